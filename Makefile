@@ -1,0 +1,40 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   create .venv, install ddpm, train on the embedded MNIST-5k, sample, write a grid
+#   make test   create .venv with the test extras and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PIP     = $(BIN)/python -m pip --disable-pip-version-check -q
+DEMO_RUN     ?= runs/demo
+DEMO_MINUTES ?= 8
+
+.PHONY: demo test test-slow install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per extra, redone when the dependencies change.
+$(VENV)/.installed-%: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -c constraints.txt -e '.[$*]'
+	touch $@
+
+$(VENV)/.installed-base: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -c constraints.txt -e .
+	touch $@
+
+install: $(VENV)/.installed-base
+
+demo: $(VENV)/.installed-base
+	rm -rf $(DEMO_RUN)
+	$(BIN)/ddpm train --out $(DEMO_RUN) --max-minutes $(DEMO_MINUTES)
+	$(BIN)/ddpm sample --run $(DEMO_RUN) --n 64 --out $(DEMO_RUN)/samples.npz --grid $(DEMO_RUN)/grid.png
+	@echo "demo: samples in $(DEMO_RUN)/grid.png, training grids in $(DEMO_RUN)/samples/, loss curve in $(DEMO_RUN)/loss.png"
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+test-slow: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) src/*.egg-info .pytest_cache

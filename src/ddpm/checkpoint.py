@@ -1,0 +1,159 @@
+"""The run directory and its checkpoints.
+
+    runs/NAME/
+      config.yaml                      the resolved config: enough to resume, sample or evaluate
+      log.csv, loss.png                training loss and learning rate every few steps
+      samples/step_000500.png          sample grids from the EMA model during training
+      checkpoints/step_000500/         one folder per checkpoint:
+          model.safetensors, ema.safetensors   the weights (no pickles)
+          state.pt                     optimiser, LR schedule, random generators (tensors only)
+          meta.json                    step and EMA update count
+      checkpoints/latest               the name of the newest complete checkpoint
+
+A checkpoint is written into a temporary folder, flushed to disk, and renamed into place; only
+then does `latest` move to it (also by rename). A crash at any moment leaves `latest` naming a
+complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import Config
+from .errors import InputError
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+class RunDir:
+    """Paths inside one run directory."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.csv"
+
+    @property
+    def loss_plot_path(self) -> Path:
+        return self.path / "loss.png"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def sample_grid_path(self, step: int) -> Path:
+        return self.path / "samples" / f"step_{step:06d}.png"
+
+    def load_config(self) -> Config:
+        if not self.path.is_dir():
+            raise InputError(f"run directory {self.path} does not exist; train one with 'ddpm train --out {self.path}'")
+        if not self.config_path.is_file():
+            raise InputError(f"{self.path} is not a run directory: it has no {CONFIG_FILE}")
+        return Config.from_yaml(self.config_path).validate()
+
+    def latest(self) -> Optional[Path]:
+        """The newest complete checkpoint folder, or None if there is none yet."""
+        pointer = self.checkpoints / LATEST
+        if not pointer.is_file():
+            return None
+        folder = self.checkpoints / pointer.read_text().strip()
+        return folder if (folder / "meta.json").is_file() else None
+
+    def all_checkpoints(self) -> list[Path]:
+        """Complete checkpoint folders, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints.glob("step_*") if (p / "meta.json").is_file())
+
+
+def save_checkpoint(run: RunDir, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
+                    meta: dict[str, Any], keep: int = 3) -> Path:
+    """Write checkpoint `step` atomically, point `latest` at it, and keep only the newest `keep`.
+
+    tensors: {"model": state_dict, "ema": state_dict}, each saved as safetensors.
+    state: everything else that resuming needs (optimiser, schedules, generators), saved with
+    torch.save and read back with weights_only=True, so it may hold only tensors and plain data.
+    """
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:06d}"
+    final = run.checkpoints / name
+    tmp = run.checkpoints / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for key, state_dict in tensors.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp / f"{key}.safetensors")
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+        for file in tmp.iterdir():
+            _fsync(file)
+        if final.exists():  # re-saving the same step (e.g. at the end of a resumed run)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(run.checkpoints)
+        _write_atomic(run.checkpoints / LATEST, name)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"could not write checkpoint {final}: {error.strerror or error}; "
+                         f"free some disk space, the previous checkpoint is intact") from None
+    for old in run.all_checkpoints()[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_weights(folder: Path, key: str) -> dict[str, torch.Tensor]:
+    """Weights `key` ("model" or "ema") of a checkpoint folder; safetensors, so no code can run."""
+    path = Path(folder) / f"{key}.safetensors"
+    if not path.is_file():
+        raise InputError(f"checkpoint {folder} has no {key}.safetensors")
+    return load_file(path)
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    """The resumable state of a checkpoint, refusing anything that would unpickle arbitrary objects."""
+    path = Path(folder) / "state.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).splitlines()[0] if str(error) else "it holds objects other than tensors"
+        raise InputError(f"refusing to load {path}: it would unpickle arbitrary objects ({reason})") from None
+    except FileNotFoundError:
+        raise InputError(f"checkpoint {folder} has no state.pt") from None
+
+
+def load_meta(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "meta.json").read_text())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,298 @@
+"""Configuration as plain dataclasses: defaults, YAML round trip, overrides, validation.
+
+A run is fully described by one `Config`. It is validated once, at the edge (the command line or
+`ddpm.train`), and written into the run directory, so that directory alone is enough to resume,
+sample or evaluate the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError
+
+SCHEDULES = ("linear", "cosine", "sigmoid")
+OBJECTIVES = ("eps", "x0", "v")
+LOSSES = ("mse", "l1")
+OPTIMIZERS = ("adamw", "lion")
+LR_SCHEDULES = ("constant", "step", "cosine")
+SAMPLERS = ("ddpm", "ddim")
+
+
+@dataclass
+class ModelConfig:
+    """The UNet: one entry of `channels` and `attention` per resolution level."""
+
+    channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    attention: list[bool] = field(default_factory=lambda: [False, False, True])
+    num_res: int = 1
+    neck_length: int = 1
+    time_emb_dim: int = 64
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        _check(len(self.channels) >= 1, "model.channels needs at least one level")
+        _check(all(c >= 1 for c in self.channels), f"model.channels must be positive (got {self.channels})")
+        _check(
+            len(self.attention) == len(self.channels),
+            f"model.attention has {len(self.attention)} entries but model.channels has "
+            f"{len(self.channels)}; give one true/false per level",
+        )
+        _check(self.num_res >= 1, f"model.num_res must be >= 1 (got {self.num_res})")
+        _check(self.neck_length >= 0, f"model.neck_length must be >= 0 (got {self.neck_length})")
+        _check(self.time_emb_dim >= 2 and self.time_emb_dim % 2 == 0,
+               f"model.time_emb_dim must be an even number >= 2 (got {self.time_emb_dim})")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
+
+    def check_image_size(self, image_size: int) -> None:
+        """Refuse a size the UNet cannot halve at every level (the skips would not line up)."""
+        factor = 2 ** (len(self.channels) - 1)
+        if image_size % factor:
+            fits = [s for s in range(factor, 4 * max(image_size, factor), factor)]
+            nearest = min(fits, key=lambda s: abs(s - image_size))
+            raise InputError(
+                f"image size {image_size} is not divisible by {factor}, which a UNet with "
+                f"{len(self.channels)} levels needs; use --image-size {nearest} or fewer levels"
+            )
+
+
+@dataclass
+class DiffusionConfig:
+    """The forward process and what the network learns to predict."""
+
+    timesteps: int = 1000
+    schedule: str = "cosine"
+    beta_start: float = 1e-4  # linear schedule only, at T = 1000 (Ho et al. 2020)
+    beta_end: float = 0.02
+    objective: str = "eps"
+    loss: str = "mse"
+
+    def validate(self) -> None:
+        _check(self.timesteps >= 1, f"diffusion.timesteps must be >= 1 (got {self.timesteps})")
+        _check_choice("diffusion.schedule", self.schedule, SCHEDULES)
+        _check_choice("diffusion.objective", self.objective, OBJECTIVES)
+        _check_choice("diffusion.loss", self.loss, LOSSES)
+        _check(0.0 < self.beta_start < 1.0 and 0.0 < self.beta_end < 1.0,
+               f"diffusion.beta_start and beta_end must lie in (0, 1) "
+               f"(got {self.beta_start}, {self.beta_end})")
+        _check(self.beta_start <= self.beta_end,
+               f"diffusion.beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end})")
+        if self.schedule == "linear":
+            scaled_end = self.beta_end * 1000 / self.timesteps
+            _check(scaled_end < 1.0,
+                   f"the linear schedule scaled to T={self.timesteps} reaches beta={scaled_end:g} >= 1; "
+                   f"use more timesteps or --schedule cosine")
+
+
+@dataclass
+class DataConfig:
+    """Which images to train on. `image_size` and `channels` None keep the data set's own; training
+    writes the resolved values into the run's config."""
+
+    name: str = "mnist5k"
+    root: str = "data"
+    image_size: typing.Optional[int] = None
+    channels: typing.Optional[int] = None
+
+    def validate(self) -> None:
+        _check(bool(self.name), "data.name must not be empty")
+        _check(self.image_size is None or self.image_size >= 1,
+               f"data.image_size must be >= 1 (got {self.image_size})")
+        _check(self.channels in (None, 1, 3), f"data.channels must be 1 or 3 (got {self.channels})")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, budgets, and how often to log, sample and checkpoint."""
+
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's or Lion's (beta1, beta2)
+    warmup_steps: int = 100
+    lr_schedule: str = "constant"
+    lr_step_size: int = 10_000  # step schedule: multiply by lr_gamma every this many steps
+    lr_gamma: float = 0.5
+    grad_clip: float = 1.0  # 0 turns clipping off
+    ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)): short runs see progress
+    max_steps: int = 20_000
+    max_minutes: typing.Optional[float] = None
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    grid_size: int = 64  # images in each sample grid written during training
+    device: str = "auto"
+
+    def validate(self) -> None:
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1 (got {self.batch_size})")
+        _check(self.lr > 0, f"train.lr must be > 0 (got {self.lr})")
+        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {self.weight_decay})")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+               f"train.betas must be two numbers in [0, 1) (got {self.betas})")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0 (got {self.warmup_steps})")
+        _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check(self.lr_step_size >= 1, f"train.lr_step_size must be >= 1 (got {self.lr_step_size})")
+        _check(0 < self.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1] (got {self.lr_gamma})")
+        _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (got {self.grad_clip})")
+        _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1) (got {self.ema_decay})")
+        _check(self.max_steps >= 1, f"train.max_steps must be >= 1 (got {self.max_steps})")
+        _check(self.max_minutes is None or self.max_minutes > 0,
+               f"train.max_minutes must be > 0 (got {self.max_minutes})")
+        for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "grid_size"):
+            value = getattr(self, name)
+            _check(value >= 1, f"train.{name} must be >= 1 (got {value})")
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+               f"train.device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
+
+
+@dataclass
+class SampleConfig:
+    """The sampler used for grids during training and as `ddpm sample`'s default."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    clip_denoised: bool = True
+
+    def validate(self) -> None:
+        _check_choice("sample.sampler", self.sampler, SAMPLERS)
+        _check(self.steps >= 1, f"sample.steps must be >= 1 (got {self.steps})")
+        _check(0.0 <= self.eta <= 1.0, f"sample.eta must be in [0, 1] (got {self.eta})")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> "Config":
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        _check(self.sample.steps <= self.diffusion.timesteps,
+               f"sample.steps ({self.sample.steps}) cannot exceed diffusion.timesteps "
+               f"({self.diffusion.timesteps})")
+        if self.data.image_size is not None:
+            self.model.check_image_size(self.data.image_size)
+        return self
+
+    # ---- serialisation -------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, base: "Config | None" = None) -> "Config":
+        """Build a config from nested dicts (as read from YAML), over `base` or the defaults."""
+        config = copy.deepcopy(base) if base is not None else cls()
+        if not isinstance(values, dict):
+            raise InputError("a config file must hold a mapping of sections (model, data, train, ...)")
+        for section_name, section_values in values.items():
+            section = _section(config, section_name)
+            if not isinstance(section_values, dict):
+                raise InputError(f"config section {section_name!r} must be a mapping of keys to values")
+            for key, value in section_values.items():
+                _assign(section, section_name, key, value)
+        return config
+
+    def to_yaml(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: Path, base: "Config | None" = None) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            first_line = str(error).splitlines()[0]
+            raise InputError(f"config file {path} is not valid YAML: {first_line}") from None
+        return cls.from_dict(values, base)
+
+    def override(self, dotted: dict[str, object]) -> "Config":
+        """Apply {"train.lr": 1e-3, ...}; string values are parsed as YAML scalars or lists."""
+        config = copy.deepcopy(self)
+        for key, value in dotted.items():
+            section_name, _, name = key.partition(".")
+            if not name:
+                raise InputError(f"override {key!r} must look like section.key=value, e.g. train.lr=1e-3")
+            if isinstance(value, str):
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    raise InputError(f"cannot parse the value of override {key}={value!r}") from None
+            _assign(_section(config, section_name), section_name, name, value)
+        return config
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise InputError(message)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _section(config: Config, name: str):
+    names = [f.name for f in dataclasses.fields(config)]
+    if name not in names:
+        raise InputError(f"unknown config section {name!r}; the sections are {', '.join(names)}")
+    return getattr(config, name)
+
+
+def _assign(section, section_name: str, key: str, value: object) -> None:
+    hints = typing.get_type_hints(type(section))
+    if key not in hints:
+        known = ", ".join(hints)
+        raise InputError(f"unknown config key {section_name}.{key}; {section_name} has {known}")
+    setattr(section, key, _coerce(value, hints[key], f"{section_name}.{key}"))
+
+
+def _coerce(value: object, hint: object, name: str) -> object:
+    """Check `value` against a field's type hint, converting where it is lossless (int to float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), name)
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise InputError(f"{name} must be a list, e.g. [1, 2, 3] (got {value!r})")
+        return [_coerce(item, args[0], name) for item in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if value in (0, 1):
+            return bool(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise InputError(f"{name} must be of type {getattr(hint, '__name__', hint)} (got {value!r})")

@@ -1,0 +1,108 @@
+"""The forward process q(x_t | x_0), the network's prediction targets, and the training loss.
+
+The network can be trained to predict the noise eps (Ho et al. 2020), the clean image x0, or the
+velocity v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, §4). Whatever it
+predicts, `Denoiser` turns its output into the pair (eps, x0) that every sampler reads.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import InputError
+from .schedules import NoiseSchedule
+
+
+def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """Draw x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)   (Ho et al. eq. 4)."""
+    return schedule.at("sqrt_alpha_bar", t, x0) * x0 + schedule.at("sqrt_one_minus_alpha_bar", t, x0) * noise
+
+
+def q_posterior(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and variance of q(x_{t-1} | x_t, x_0)   (Ho et al. eq. 6-7)."""
+    mean = schedule.at("posterior_mean_coef_x0", t, x_t) * x0 + schedule.at("posterior_mean_coef_xt", t, x_t) * x_t
+    return mean, schedule.at("posterior_variance", t, x_t)
+
+
+def target(objective: str, schedule: NoiseSchedule, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    """What a network trained with `objective` should output for x_t = q_sample(x0, t, noise)."""
+    if objective == "eps":
+        return noise
+    if objective == "x0":
+        return x0
+    if objective == "v":  # Salimans & Ho 2022 §4: v = alpha_t eps - sigma_t x
+        return schedule.at("sqrt_alpha_bar", t, x0) * noise - schedule.at("sqrt_one_minus_alpha_bar", t, x0) * x0
+    raise InputError(f"unknown objective {objective!r}; choose eps, x0 or v")
+
+
+class Prediction(NamedTuple):
+    """The network's guess of the noise in x_t and of the clean image, always consistent:
+    x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps."""
+
+    eps: Tensor
+    x0: Tensor
+
+
+def to_prediction(objective: str, schedule: NoiseSchedule, output: Tensor, x_t: Tensor, t: Tensor) -> Prediction:
+    """Turn a network output for `objective` into (eps, x0), inverting x_t = a x0 + s eps."""
+    a = schedule.at("sqrt_alpha_bar", t, x_t)
+    s = schedule.at("sqrt_one_minus_alpha_bar", t, x_t)
+    if objective == "eps":
+        return Prediction(eps=output, x0=(x_t - s * output) / a)
+    if objective == "x0":
+        return Prediction(eps=(x_t - a * output) / s, x0=output)
+    if objective == "v":  # a^2 + s^2 = 1, so x0 = a x_t - s v and eps = s x_t + a v
+        return Prediction(eps=s * x_t + a * output, x0=a * x_t - s * output)
+    raise InputError(f"unknown objective {objective!r}; choose eps, x0 or v")
+
+
+def training_loss(
+    network: Callable[[Tensor, Tensor], Tensor],
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    objective: str = "eps",
+    loss: str = "mse",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The simple denoising loss (Ho et al. eq. 14, Algorithm 1), for any prediction target.
+
+    t is drawn uniformly from {0, ..., T-1} and the noise from N(0, I), both from `generator`
+    so that a run can be replayed exactly.
+    """
+    t = torch.randint(0, schedule.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    output = network(q_sample(schedule, x0, t, noise), t)
+    wanted = target(objective, schedule, x0, noise, t)
+    if loss == "mse":
+        return F.mse_loss(output.float(), wanted.float())
+    if loss == "l1":
+        return F.l1_loss(output.float(), wanted.float())
+    raise InputError(f"unknown loss {loss!r}; choose mse or l1")
+
+
+class Denoiser(nn.Module):
+    """A trained network seen through its objective: denoiser(x_t, t) -> Prediction(eps, x0).
+
+    With `clip_denoised`, x0 is clamped to the data range [-1, 1] (Ho et al. §3.3) and eps is
+    recomputed from the clamped x0, so the pair stays consistent with x_t.
+    """
+
+    def __init__(self, network: nn.Module, schedule: NoiseSchedule, objective: str = "eps", clip_denoised: bool = True):
+        super().__init__()
+        self.network = network
+        self.schedule = schedule
+        self.objective = objective
+        self.clip_denoised = clip_denoised
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Prediction:
+        prediction = to_prediction(self.objective, self.schedule, self.network(x_t, t), x_t, t)
+        if not self.clip_denoised:
+            return prediction
+        x0 = prediction.x0.clamp(-1, 1)
+        a = self.schedule.at("sqrt_alpha_bar", t, x_t)
+        s = self.schedule.at("sqrt_one_minus_alpha_bar", t, x_t)
+        return Prediction(eps=(x_t - a * x0) / s, x0=x0)

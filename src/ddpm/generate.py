@@ -1,0 +1,105 @@
+"""From a config or a run directory to images: build the network, load weights, run a sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .checkpoint import RunDir, load_meta, load_weights
+from .config import Config
+from .data import to_uint8
+from .diffusion import Denoiser
+from .errors import InputError
+from .samplers import get_sampler
+from .schedules import NoiseSchedule, make_schedule, spaced_timesteps
+from .unet import UNet
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name} was asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def build_network(config: Config) -> UNet:
+    """The UNet that `config` describes, for images of config.data.channels channels."""
+    m = config.model
+    return UNet(config.data.channels or 1, m.channels, m.attention, m.num_res, m.neck_length, m.time_emb_dim, m.dropout)
+
+
+def build_schedule(config: Config) -> NoiseSchedule:
+    d = config.diffusion
+    return make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end)
+
+
+@dataclass
+class TrainedModel:
+    """A run's network (EMA weights by default) with its schedule and config, ready to sample."""
+
+    config: Config
+    network: torch.nn.Module
+    schedule: NoiseSchedule
+    step: int
+
+    def denoiser(self, clip_denoised: bool = True) -> Denoiser:
+        return Denoiser(self.network, self.schedule, self.config.diffusion.objective, clip_denoised)
+
+
+def load_run(run_dir: Path, checkpoint: Optional[Path] = None, use_ema: bool = True, device: str = "auto") -> TrainedModel:
+    """Load a run directory's newest checkpoint (or `checkpoint`) for sampling."""
+    run = RunDir(run_dir)
+    config = run.load_config()
+    folder = Path(checkpoint) if checkpoint is not None else run.latest()
+    if folder is None:
+        raise InputError(f"run {run.path} has no checkpoint yet; train it first with 'ddpm train --out {run.path}'")
+    network = build_network(config)
+    weights = load_weights(folder, "ema" if use_ema else "model")
+    missing, unexpected = network.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise InputError(f"checkpoint {folder} does not match the model in {run.config_path} "
+                         f"({len(missing)} missing and {len(unexpected)} unexpected tensors)")
+    network.to(resolve_device(device)).eval()
+    return TrainedModel(config, network, build_schedule(config), load_meta(folder)["step"])
+
+
+@torch.no_grad()
+def generate(
+    denoiser: Denoiser,
+    n: int,
+    shape: tuple[int, int, int],
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> Tensor:
+    """Draw `n` images of `shape` (C, H, W) as uint8 [n, C, H, W] with the named sampler.
+
+    The starting noise and every fresh noise come from one generator seeded with `seed`.
+    """
+    if n < 1:
+        raise InputError(f"the number of samples must be >= 1 (got {n})")
+    sample_fn = get_sampler(sampler)
+    options = {"eta": eta} if sampler == "ddim" else {}
+    schedule = denoiser.schedule
+    timesteps = spaced_timesteps(schedule.timesteps, steps)
+    device = next(denoiser.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batches = []
+    with tqdm(total=n, desc=f"sampling ({sampler}, {len(timesteps)} steps)", unit="img", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            x = torch.randn((count, *shape), generator=generator, device=device)
+            x = sample_fn(denoiser, x, schedule, timesteps, generator=generator, **options)
+            batches.append(to_uint8(x).cpu())
+            bar.update(count)
+    return torch.cat(batches)

@@ -1,0 +1,82 @@
+"""Writing pictures and sample files: image grids, the .npz sample format, the loss curve."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+
+def save_grid(images: Tensor, path: Path, nrow: Optional[int] = None, padding: int = 2) -> Path:
+    """Save uint8 images [N, C, H, W] as one PNG grid, about square unless `nrow` is given."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
+    grid = make_grid(images.float() / 255.0, nrow=nrow, padding=padding, pad_value=1.0)
+    _atomic(path, lambda tmp: save_image(grid, tmp, format="png"))
+    return path
+
+
+def save_npz(path: Path, images: Tensor, labels: Optional[Tensor] = None) -> Path:
+    """Save samples the way OpenAI's evaluation suite reads them: arr_0 uint8 [N, H, W, C].
+
+    Class labels, when there are any, go into arr_1.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = [images.permute(0, 2, 3, 1).contiguous().cpu().numpy().astype(np.uint8)]
+    if labels is not None:
+        arrays.append(labels.cpu().numpy().astype(np.int64))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, *arrays)
+
+    _atomic(path, write)
+    return path
+
+
+def load_npz(path: Path) -> np.ndarray:
+    """arr_0 of a sample file: uint8 [N, H, W, C]."""
+    with np.load(path) as archive:
+        return archive["arr_0"]
+
+
+def plot_loss(log_csv: Path, path: Path) -> Optional[Path]:
+    """Plot the training loss from the run's CSV log (log scale); None if nothing is logged yet."""
+    steps, losses = [], []
+    with open(log_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            steps.append(int(row["step"]))
+            losses.append(float(row["loss"]))
+    if not steps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    axes.plot(steps, losses, lw=1)
+    axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel("training loss")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    _atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
+    return Path(path)
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,41 @@
+"""The optimiser and its learning-rate schedule: linear warm-up, then constant, step or cosine."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019) or Lion (Chen et al. 2023, from lion-pytorch)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    betas = tuple(config.betas)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+    if config.optimizer == "lion":
+        from lion_pytorch import Lion
+
+        return Lion(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """The multiplier of the base learning rate at `step` (0-based)."""
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.lr_schedule == "constant":
+        decay = 1.0
+    elif config.lr_schedule == "step":
+        decay = config.lr_gamma ** (step // config.lr_step_size)
+    elif config.lr_schedule == "cosine":  # Loshchilov & Hutter 2017, to zero at max_steps
+        decay = 0.5 * (1 + math.cos(math.pi * min(step, config.max_steps) / config.max_steps))
+    else:
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
+    return warmup * decay
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))

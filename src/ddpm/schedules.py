@@ -1,0 +1,134 @@
+"""Noise schedules: the variances beta_t of the forward process and every quantity derived from them.
+
+Timesteps are 0-based in code: index t here is step t + 1 of the papers, so `alpha_bar[0]` is the
+papers' alpha_bar_1 and `alpha_bar_prev[0]` is alpha_bar_0 = 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+MAX_BETA = 0.999  # Nichol & Dhariwal 2021 §3.2: clip beta so the last steps stay invertible
+
+
+def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """Ho et al. 2020 §4: beta rises linearly from 1e-4 to 0.02 over T = 1000 steps.
+
+    For other T the end points are scaled by 1000 / T, so that alpha_bar_T, the signal left at the
+    last step, stays about the same (as in Nichol & Dhariwal's code).
+    """
+    scale = 1000 / timesteps
+    return torch.linspace(scale * beta_start, scale * beta_end, timesteps, dtype=torch.float64)
+
+
+def cosine_alpha_bar(timesteps: int, s: float = 0.008) -> Tensor:
+    """Nichol & Dhariwal 2021 eq. 17: alpha_bar_t = f(t) / f(0), f(t) = cos^2((t/T + s)/(1 + s) * pi/2).
+
+    Returns alpha_bar at t = 0, 1, ..., T (T + 1 values, the first is 1).
+    """
+    t = torch.arange(timesteps + 1, dtype=torch.float64)
+    f = torch.cos((t / timesteps + s) / (1 + s) * math.pi / 2) ** 2
+    return f / f[0]
+
+
+def cosine_betas(timesteps: int, s: float = 0.008) -> Tensor:
+    """Nichol & Dhariwal 2021 §3.2: beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}, clipped at 0.999."""
+    alpha_bar = cosine_alpha_bar(timesteps, s)
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=MAX_BETA)
+
+
+def sigmoid_betas(timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> Tensor:
+    """Jabri et al. 2022 (RIN) §3.5: alpha_bar follows a sigmoid of t between `start` and `end`.
+
+    alpha_bar(t) = (sigmoid(end / tau) - sigmoid((start + t (end - start)) / tau))
+                   / (sigmoid(end / tau) - sigmoid(start / tau)),  t in [0, 1].
+    """
+    t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    v_start, v_end = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
+    v = torch.sigmoid((start + t * (end - start)) / tau)
+    alpha_bar = (v_end - v) / (v_end - v_start)
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=MAX_BETA)
+
+
+class NoiseSchedule:
+    """beta_1..beta_T and the quantities that the forward process, losses and samplers read.
+
+    All are float64 tensors of length T, computed once here. Index them with a batch of
+    timesteps through `at(name, t, x)`, which also broadcasts to the shape of x.
+    """
+
+    def __init__(self, betas: Tensor):
+        betas = betas.to(torch.float64)
+        if betas.ndim != 1 or len(betas) == 0:
+            raise InputError("a noise schedule needs a non-empty 1-D tensor of betas")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise InputError("every beta of a noise schedule must lie in (0, 1)")
+        self.betas = betas
+        self.alphas = 1 - betas
+        self.alpha_bar = torch.cumprod(self.alphas, dim=0)  # Ho et al. eq. 4
+        self.alpha_bar_prev = torch.cat([betas.new_ones(1), self.alpha_bar[:-1]])
+        self.sqrt_alpha_bar = self.alpha_bar.sqrt()
+        self.sqrt_one_minus_alpha_bar = (1 - self.alpha_bar).sqrt()
+        # Posterior q(x_{t-1} | x_t, x_0) = N(mean_coef_x0 x_0 + mean_coef_xt x_t, posterior_variance), Ho et al. eq. 6-7
+        self.posterior_variance = betas * (1 - self.alpha_bar_prev) / (1 - self.alpha_bar)
+        self.posterior_mean_coef_x0 = betas * self.alpha_bar_prev.sqrt() / (1 - self.alpha_bar)
+        self.posterior_mean_coef_xt = (1 - self.alpha_bar_prev) * self.alphas.sqrt() / (1 - self.alpha_bar)
+        # log SNR_t = log(alpha_bar / (1 - alpha_bar)) (Kingma et al. 2021), for plots and loss weights
+        self.log_snr = self.alpha_bar.log() - (1 - self.alpha_bar).log()
+
+    @property
+    def timesteps(self) -> int:
+        return len(self.betas)
+
+    def to(self, device: torch.device | str) -> "NoiseSchedule":
+        """The same schedule with every tensor on `device` (indexing then needs no copies)."""
+        moved = object.__new__(NoiseSchedule)
+        moved.__dict__.update({name: value.to(device) for name, value in vars(self).items()})
+        return moved
+
+    def at(self, name: str, t: Tensor, x: Tensor) -> Tensor:
+        """Quantity `name` at timesteps t (shape [B]), shaped [B, 1, 1, ...] to broadcast against x."""
+        values = getattr(self, name).to(t.device)[t]
+        return values.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+    def respace(self, timesteps: Sequence[int]) -> "NoiseSchedule":
+        """The schedule of the shorter chain that visits only `timesteps` (Nichol & Dhariwal §4).
+
+        Its betas are chosen so that its alpha_bar equals ours at those steps:
+        beta'_i = 1 - alpha_bar[s_i] / alpha_bar[s_{i-1}].
+        """
+        steps = sorted(set(int(t) for t in timesteps))
+        if not steps or steps[0] < 0 or steps[-1] >= self.timesteps:
+            raise InputError(f"timesteps to respace must lie in [0, {self.timesteps})")
+        alpha_bar = self.alpha_bar[steps]
+        alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+        return NoiseSchedule(1 - alpha_bar / alpha_bar_prev)
+
+
+def make_schedule(name: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
+    """The schedule called `name` ("linear", "cosine" or "sigmoid") with T = `timesteps`."""
+    if name == "linear":
+        betas = linear_betas(timesteps, beta_start, beta_end)
+    elif name == "cosine":
+        betas = cosine_betas(timesteps)
+    elif name == "sigmoid":
+        betas = sigmoid_betas(timesteps)
+    else:
+        raise InputError(f"unknown noise schedule {name!r}; choose linear, cosine or sigmoid")
+    return NoiseSchedule(betas)
+
+
+def spaced_timesteps(timesteps: int, steps: int) -> list[int]:
+    """`steps` timesteps spread evenly over [0, T - 1], both ends included, in sampling order (descending)."""
+    if not 1 <= steps <= timesteps:
+        raise InputError(f"sampling steps must be between 1 and T = {timesteps} (got {steps})")
+    if steps == 1:
+        return [timesteps - 1]
+    chosen = torch.linspace(0, timesteps - 1, steps, dtype=torch.float64).round().long().unique()
+    return chosen.flip(0).tolist()

@@ -1,0 +1,275 @@
+"""The training loop (Ho et al. 2020, Algorithm 1), with the care a long run needs.
+
+`train(config, out)` reads top to bottom: load the data, build the network, EMA and optimiser,
+restore a checkpoint when resuming, then repeat {draw a batch, take a gradient step on the
+denoising loss, update the EMA} until the step or wall-clock budget runs out, logging, sampling
+and checkpointing along the way.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import RunDir, load_meta, load_state, load_weights, save_checkpoint
+from .config import Config
+from .data import batch_indices, load_data, to_model_range
+from .diffusion import Denoiser, training_loss
+from .ema import EMA
+from .errors import InputError
+from .generate import build_network, build_schedule, generate, resolve_device
+from .images import plot_loss, save_grid
+from .optim import make_lr_scheduler, make_optimizer
+
+LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_min")
+
+
+class TrainingDiverged(InputError):
+    """The loss or the gradient became NaN or infinite."""
+
+
+def train(config: Config, out: Path, *, resume: bool = False, progress: bool = True) -> RunDir:
+    """Train the model that `config` describes; the run directory `out` receives everything.
+
+    With `resume`, `out` must hold a run: training continues from its newest checkpoint, with the
+    same data order and random numbers as if it had never stopped.
+    """
+    run = RunDir(out)
+    config.validate()
+    tc = config.train
+    device = resolve_device(tc.device)
+    _seed_everything(tc.seed)
+
+    # The data, and the config resolved against it (image size, channels).
+    data = load_data(config.data.name, config.data.root, config.data.image_size)
+    config.data.image_size, config.data.channels = data.image_size, data.channels
+    config.model.check_image_size(data.image_size)
+
+    # The network, its EMA, the optimiser and the noise schedule.
+    network = build_network(config).to(device)
+    ema = EMA(network, tc.ema_decay, tc.ema_warmup)
+    optimizer = make_optimizer(network, tc)
+    lr_schedule = make_lr_scheduler(optimizer, tc)
+    schedule = build_schedule(config).to(device)
+    generator = torch.Generator(device=device).manual_seed(tc.seed)  # timesteps and noise of the loss
+    step = 0
+
+    if resume:
+        step = _restore(run, network, ema, optimizer, lr_schedule, generator)
+    else:
+        _start(run, config)
+
+    log = _Log(run.log_path, step)
+    batches = batch_indices(len(data), tc.batch_size, tc.seed, start_step=step)
+    deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
+    started, images_seen = time.monotonic(), 0
+    bar = tqdm(total=tc.max_steps, initial=step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+    with _stop_on_signal() as stop:
+        while step < tc.max_steps and time.monotonic() < deadline and not stop.requested:
+            x0 = to_model_range(data.images[next(batches)]).to(device, non_blocking=True)
+            loss = training_loss(network, schedule, x0, config.diffusion.objective, config.diffusion.loss, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), tc.grad_clip or math.inf)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                raise TrainingDiverged(
+                    f"the loss became {loss.item()} at step {step + 1}; the last checkpoint "
+                    f"({run.latest() or 'none'}) is intact; try a lower --lr or train.grad_clip"
+                )
+            optimizer.step()
+            lr_schedule.step()
+            ema.update(network)
+            step += 1
+            images_seen += len(x0)
+            bar.update(1)
+
+            log.add(loss, grad_norm)
+            if step % tc.log_every == 0:
+                elapsed = time.monotonic() - started
+                row = log.write(step, lr_schedule.get_last_lr()[0], images_seen / elapsed, elapsed / 60)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2g}")
+            if step % tc.sample_every == 0:
+                _sample_grid(run, config, ema, schedule, step)
+            if step % tc.checkpoint_every == 0:
+                _checkpoint(run, step, network, ema, optimizer, lr_schedule, generator, tc.keep_checkpoints)
+    bar.close()
+
+    log.flush(step, lr_schedule.get_last_lr()[0], images_seen / max(time.monotonic() - started, 1e-9),
+              (time.monotonic() - started) / 60)
+    _checkpoint(run, step, network, ema, optimizer, lr_schedule, generator, tc.keep_checkpoints)
+    if step % tc.sample_every:
+        _sample_grid(run, config, ema, schedule, step)
+    plot_loss(run.log_path, run.loss_plot_path)
+    if stop.requested:
+        tqdm.write(f"stopped by {stop.requested} at step {step}; checkpoint written. "
+                   f"Continue with: ddpm train --resume {run.path}")
+    return run
+
+
+# ---- starting, checkpointing and resuming ----------------------------------------------------
+
+
+def _start(run: RunDir, config: Config) -> None:
+    """Create the run directory and write its config; never overwrite an existing run."""
+    if run.latest() is not None or run.config_path.exists():
+        raise InputError(f"{run.path} already holds a run; continue it with --resume {run.path} "
+                         f"or choose another --out")
+    run.path.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(run.config_path)
+
+
+def _checkpoint(run, step, network, ema, optimizer, lr_schedule, generator, keep) -> None:
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(),
+        "rng": _rng_state(generator),
+    }
+    tensors = {"model": network.state_dict(), "ema": ema.model.state_dict()}
+    save_checkpoint(run, step, tensors, state, {"ema_updates": ema.updates}, keep=keep)
+
+
+def _restore(run, network, ema, optimizer, lr_schedule, generator) -> int:
+    folder = run.latest()
+    if folder is None:
+        raise InputError(f"cannot resume {run.path}: it has no complete checkpoint")
+    state = load_state(folder)
+    network.load_state_dict(load_weights(folder, "model"))
+    ema.model.load_state_dict(load_weights(folder, "ema"))
+    ema.updates = load_meta(folder)["ema_updates"]
+    optimizer.load_state_dict(state["optimizer"])
+    lr_schedule.load_state_dict(state["lr_schedule"])
+    _set_rng_state(state["rng"], generator)
+    return load_meta(folder)["step"]
+
+
+def _sample_grid(run: RunDir, config: Config, ema: EMA, schedule, step: int) -> None:
+    """A grid from the EMA model, always from the same noise, so grids compare across steps."""
+    denoiser = Denoiser(ema.model, schedule, config.diffusion.objective, config.sample.clip_denoised)
+    shape = (config.data.channels, config.data.image_size, config.data.image_size)
+    s = config.sample
+    images = generate(denoiser, config.train.grid_size, shape, s.sampler, min(s.steps, schedule.timesteps), s.eta,
+                      seed=config.train.seed, progress=False)
+    save_grid(images, run.sample_grid_path(step))
+
+
+# ---- random generators -----------------------------------------------------------------------
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    """Every random generator's state, as tensors and plain data (loadable with weights_only)."""
+    numpy_state = np.random.get_state()
+    state = {
+        "loss": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    generator.set_state(state["loss"])
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# ---- logging and signals ---------------------------------------------------------------------
+
+
+class _Log:
+    """The CSV log: mean loss and gradient norm over each `log_every` steps.
+
+    When resuming it keeps the rows up to the resumed step and drops any written after the
+    checkpoint, so the log reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        self.loss_sum, self.grad_sum, self.count = 0.0, 0.0, 0
+        self.last_step = start_step
+        rows = []
+        if start_step and path.is_file():
+            with open(path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= start_step]
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.loss_sum += loss.item()
+        self.grad_sum += grad_norm.item()
+        self.count += 1
+
+    def write(self, step: int, lr: float, images_per_s: float, elapsed_min: float) -> dict:
+        row = {
+            "step": step,
+            "loss": self.loss_sum / self.count,
+            "lr": lr,
+            "grad_norm": self.grad_sum / self.count,
+            "images_per_s": round(images_per_s, 2),
+            "elapsed_min": round(elapsed_min, 3),
+        }
+        with open(self.path, "a", newline="") as handle:
+            csv.DictWriter(handle, LOG_FIELDS).writerow(row)
+        self.loss_sum, self.grad_sum, self.count = 0.0, 0.0, 0
+        self.last_step = step
+        return row
+
+    def flush(self, step: int, lr: float, images_per_s: float, elapsed_min: float) -> None:
+        """Write the partial interval at the end of a run, if any."""
+        if self.count:
+            self.write(step, lr, images_per_s, elapsed_min)
+
+
+class _StopRequest:
+    requested: Optional[str] = None
+
+
+@contextmanager
+def _stop_on_signal():
+    """SIGINT / SIGTERM ask the loop to stop after the current step (a second SIGINT aborts)."""
+    stop = _StopRequest()
+
+    def handler(signum, frame):
+        if stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.requested = signal.Signals(signum).name
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
