@@ -78,7 +78,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = load_run(Path(args.run), checkpoint=args.checkpoint, use_ema=not args.no_ema, device=args.device)
     s = model.config.sample
     sampler = args.sampler or s.sampler
-    steps = args.steps or s.steps
+    steps = s.steps if args.steps is None else args.steps
     eta = s.eta if args.eta is None else args.eta
     _check_sampling(sampler, steps, eta, model.schedule.timesteps, args.n)
     shape = (model.config.data.channels, model.config.data.image_size, model.config.data.image_size)

@@ -287,6 +287,11 @@ def _coerce(value: object, hint: object, name: str) -> object:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

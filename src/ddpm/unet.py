@@ -32,8 +32,12 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> T
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 32 groups (Wu & He 2018), as many as divide `channels`."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    """GroupNorm (Wu & He 2018) with up to 32 groups of at least 4 channels each.
+
+    At least 4, because the time embedding is added as a per-channel shift just before a norm:
+    a group of one channel would subtract that shift right away and leave the block blind to t.
+    """
+    return nn.GroupNorm(math.gcd(32, max(channels // 4, 1)), channels)
 
 
 class ResidualBlock(nn.Module):

@@ -1,0 +1,68 @@
+"""The command line, end to end: the files it writes and the errors it gives."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm.cli import main
+
+TINY = ["--set", "model.channels=[8,16]", "--set", "model.attention=[false,true]", "--set", "model.time_emb_dim=16",
+        "--batch-size", "8", "--timesteps", "100", "--set", "sample.steps=5", "--set", "train.grid_size=4",
+        "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(out), "--max-steps", "4", *TINY]) == 0
+    return out
+
+
+def test_sample_writes_a_valid_npz_and_grid(run_dir, tmp_path):
+    npz, grid = tmp_path / "s.npz", tmp_path / "g.png"
+    assert main(["sample", "--run", str(run_dir), "--n", "10", "--steps", "5", "--sampler", "ddpm",
+                 "--out", str(npz), "--grid", str(grid), "--device", "cpu"]) == 0
+    with np.load(npz) as archive:
+        images = archive["arr_0"]
+    assert images.shape == (10, 28, 28, 1) and images.dtype == np.uint8
+    # 10 images in a 4-wide grid: 4 x 3 tiles of 28 pixels with 2 pixels of padding around each.
+    assert Image.open(grid).size == (4 * 30 + 2, 3 * 30 + 2)
+
+
+def test_sampling_is_reproducible_from_the_seed(run_dir, tmp_path):
+    for name in ("a", "b"):
+        main(["sample", "--run", str(run_dir), "--n", "3", "--steps", "4", "--seed", "7",
+              "--out", str(tmp_path / f"{name}.npz"), "--grid", str(tmp_path / f"{name}.png"), "--device", "cpu"])
+    assert np.array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--run", "/nonexistent/run"], "does not exist"),
+        (["sample", "--run", "{run}", "--sampler", "euler"], "unknown sampler 'euler'"),
+        (["sample", "--run", "{run}", "--steps", "0"], "--steps must be between 1"),
+        (["train", "--image-size", "30", "--out", "{tmp}/x"], "image size 30 is not divisible by 4"),
+        (["train", "--lr", "-1", "--out", "{tmp}/x"], "train.lr must be > 0"),
+        (["train", "--data", "imagenet", "--out", "{tmp}/x", "--device", "cpu"], "unknown data set 'imagenet'"),
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--resume", "{run}", "--lr", "0.1"], "cannot change train.lr"),
+        (["train", "--config", "{tmp}/missing.yaml"], "does not exist"),
+        (["train", "--set", "train.lr"], "must look like section.key=value"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(argv, message, run_dir, tmp_path, capsys):
+    argv = [a.format(run=run_dir, tmp=tmp_path) for a in argv]
+    before = sorted((p, p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+    assert sorted((p, p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == before
+
+
+def test_python_dash_m_and_presets():
+    result = subprocess.run([sys.executable, "-m", "ddpm", "presets"], capture_output=True, text=True, check=True)
+    assert "mnist5k" in result.stdout

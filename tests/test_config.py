@@ -1,0 +1,59 @@
+import pytest
+
+from ddpm import Config, InputError
+from ddpm.presets import list_presets, load_preset
+
+
+def test_yaml_round_trip(tmp_path):
+    config = Config().override({"train.lr": "3e-4", "model.channels": "[16, 32]", "model.attention": "[false, true]"})
+    config.to_yaml(tmp_path / "c.yaml")
+    again = Config.from_yaml(tmp_path / "c.yaml")
+    assert again == config
+    assert again.train.lr == 3e-4 and again.model.channels == [16, 32]
+
+
+def test_overrides_are_typed():
+    config = Config().override({"train.max_minutes": "2", "train.max_steps": 10.0, "sample.clip_denoised": "false"})
+    assert config.train.max_minutes == 2.0 and isinstance(config.train.max_minutes, float)
+    assert config.train.max_steps == 10 and isinstance(config.train.max_steps, int)
+    assert config.sample.clip_denoised is False
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train.lr": 0}, "train.lr must be > 0"),
+        ({"train.batch_size": 0}, "train.batch_size must be >= 1"),
+        ({"diffusion.timesteps": 0}, "diffusion.timesteps must be >= 1"),
+        ({"diffusion.beta_end": 1.5}, "must lie in \\(0, 1\\)"),
+        ({"diffusion.schedule": "square"}, "unknown diffusion.schedule 'square'"),
+        ({"sample.sampler": "euler"}, "unknown sample.sampler 'euler'"),
+        ({"model.attention": [True]}, "model.attention has 1 entries but model.channels has 3"),
+        ({"data.image_size": 30}, "image size 30 is not divisible by 4"),
+        ({"diffusion.timesteps": 10}, "linear schedule scaled to T=10"),
+        ({"sample.steps": 2000}, "cannot exceed diffusion.timesteps"),
+    ],
+)
+def test_validation_names_the_problem(overrides, message):
+    config = Config().override(overrides)
+    if overrides.get("diffusion.timesteps") == 10:
+        config.diffusion.schedule = "linear"
+        config.sample.steps = 5
+    with pytest.raises(InputError, match=message):
+        config.validate()
+
+
+def test_unknown_keys_and_bad_types_are_refused():
+    with pytest.raises(InputError, match="unknown config key train.lrr"):
+        Config().override({"train.lrr": 1})
+    with pytest.raises(InputError, match="unknown config section"):
+        Config().override({"trainer.lr": 1})
+    with pytest.raises(InputError, match="train.batch_size must be of type int"):
+        Config().override({"train.batch_size": "many"})
+
+
+def test_presets_load():
+    assert "mnist5k" in list_presets()
+    assert load_preset("mnist5k").validate().data.name == "mnist5k"
+    with pytest.raises(InputError, match="unknown preset"):
+        load_preset("nope")

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+
+from ddpm import InputError, make_schedule, spaced_timesteps
+from ddpm.schedules import NoiseSchedule, cosine_alpha_bar, linear_betas
+
+
+def test_linear_schedule_matches_ho_et_al():
+    betas = linear_betas(1000)
+    assert betas[0].item() == pytest.approx(1e-4)
+    assert betas[-1].item() == pytest.approx(0.02)
+    assert torch.allclose(betas.diff(), torch.full((999,), (0.02 - 1e-4) / 999, dtype=torch.float64))
+    # Ho et al. report sqrt(alpha_bar_T) ~ 6.4e-3 at T = 1000, i.e. alpha_bar_T ~ 4.04e-5.
+    alpha_bar_T = make_schedule("linear", 1000).alpha_bar[-1].item()
+    assert alpha_bar_T == pytest.approx(4.036e-5, rel=0.01)
+
+
+def test_linear_schedule_scales_with_T():
+    betas = linear_betas(250)
+    assert betas[0].item() == pytest.approx(4e-4)
+    assert betas[-1].item() == pytest.approx(0.08)
+    # The signal left at the end stays of the same order.
+    assert make_schedule("linear", 250).alpha_bar[-1].item() == pytest.approx(4.036e-5, rel=0.5)
+
+
+@pytest.mark.parametrize("t", [0, 1, 250, 500, 750, 990])
+def test_cosine_alpha_bar_is_equation_17(t):
+    T, s = 1000, 0.008
+    f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    schedule = make_schedule("cosine", T)
+    # alpha_bar at paper step t + 1 (0-based index t); betas are clipped only at the very end.
+    assert schedule.alpha_bar[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-9)
+    assert cosine_alpha_bar(T)[t].item() == pytest.approx(f(t) / f(0), rel=1e-12)
+
+
+def test_cosine_betas_are_clipped_at_0_999():
+    schedule = make_schedule("cosine", 1000)
+    assert schedule.betas.max().item() == pytest.approx(0.999)
+    assert (schedule.betas <= 0.999).all()
+    assert schedule.alpha_bar[-1].item() < 1e-6
+
+
+def test_sigmoid_schedule_runs_from_signal_to_noise():
+    schedule = make_schedule("sigmoid", 1000)
+    ab = schedule.alpha_bar
+    assert (ab.diff() < 0).all()
+    assert ab[0].item() > 0.999 and ab[-1].item() < 1e-3
+    # RIN sigmoid with start -3, end 3, tau 1: at t = 1/2, alpha_bar = (s(3) - s(0)) / (s(3) - s(-3)).
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    expected = (sig(3) - sig(0)) / (sig(3) - sig(-3))
+    assert ab[499].item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("t", [1, 10, 500, 998])
+def test_posterior_is_gaussian_conditioning(name, t):
+    """Ho et al. eq. 6-7 against the conditional of the joint Gaussian (x_{t-1}, x_t) given x_0."""
+    s = make_schedule(name, 1000)
+    ab_prev, ab, alpha = s.alpha_bar[t - 1].item(), s.alpha_bar[t].item(), s.alphas[t].item()
+    # x_{t-1} = sqrt(ab_prev) x0 + sqrt(1 - ab_prev) e1,  x_t = sqrt(alpha) x_{t-1} + sqrt(1 - alpha) e2
+    cov = math.sqrt(alpha) * (1 - ab_prev)
+    gain = cov / (1 - ab)
+    expected_var = (1 - ab_prev) - cov * gain
+    # mean = sqrt(ab_prev) x0 + gain (x_t - sqrt(ab) x0)
+    assert s.posterior_mean_coef_xt[t].item() == pytest.approx(gain, rel=1e-9)
+    assert s.posterior_mean_coef_x0[t].item() == pytest.approx(math.sqrt(ab_prev) - gain * math.sqrt(ab), rel=1e-6)
+    assert s.posterior_variance[t].item() == pytest.approx(expected_var, rel=1e-6)
+
+
+def test_first_step_posterior_is_deterministic():
+    s = make_schedule("linear", 1000)
+    assert s.posterior_variance[0].item() == 0.0
+    assert s.posterior_mean_coef_x0[0].item() == pytest.approx(1.0)
+    assert s.posterior_mean_coef_xt[0].item() == 0.0
+
+
+def test_respacing_keeps_alpha_bar_on_the_visited_steps():
+    s = make_schedule("cosine", 1000)
+    full = s.respace(range(1000))
+    assert torch.allclose(full.betas, s.betas, rtol=1e-9)
+    steps = [0, 99, 399, 999]
+    short = s.respace(steps)
+    assert torch.allclose(short.alpha_bar, s.alpha_bar[steps], rtol=1e-12)
+
+
+def test_spaced_timesteps():
+    assert spaced_timesteps(1000, 1000) == list(range(999, -1, -1))
+    steps = spaced_timesteps(1000, 50)
+    assert len(steps) == 50 and steps[0] == 999 and steps[-1] == 0
+    assert all(a > b for a, b in zip(steps, steps[1:]))
+    with pytest.raises(InputError):
+        spaced_timesteps(100, 101)
+
+
+def test_schedule_refuses_bad_betas():
+    with pytest.raises(InputError):
+        NoiseSchedule(torch.tensor([0.1, 1.0]))
+    with pytest.raises(InputError):
+        make_schedule("quadratic", 10)
