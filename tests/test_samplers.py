@@ -6,6 +6,7 @@ import torch
 
 from conftest import GaussianDenoiser
 from ddpm import InputError, ddim, ddpm, make_schedule, spaced_timesteps
+from ddpm.samplers import SAMPLERS, dpm_solver_pp_2m, get_sampler, heun, network_evaluations
 
 import math
 
@@ -13,30 +14,45 @@ MU = torch.tensor([0.5, -0.3, 0.0, 0.8]).reshape(1, 1, 2, 2)
 SIGMA = torch.tensor([0.3, 0.5, 1.0, 0.8]).reshape(1, 1, 2, 2)
 
 
-def _gaussian_run(sampler, steps, schedule_name="linear", n=20_000, seed=0, **options):
+def _gaussian_run(sampler, steps, schedule_name="linear", n=20_000, seed=0, spacing="uniform", **options):
     schedule = make_schedule(schedule_name, 1000)
     denoiser = GaussianDenoiser(schedule, MU, SIGMA)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((n, 1, 2, 2), generator=g)
-    return sampler(denoiser, x, schedule, spaced_timesteps(1000, steps), generator=g, **options)
+    return sampler(denoiser, x, schedule, spaced_timesteps(1000, steps, spacing, schedule), generator=g, **options)
 
 
 @pytest.mark.parametrize(
-    "sampler, steps, schedule_name",
-    [(ddpm, 1000, "linear"), (ddpm, 1000, "cosine"), (ddim, 1000, "linear"), (ddim, 1000, "cosine")],
+    "sampler, steps, schedule_name, spacing, tolerance",
+    [
+        (ddpm, 1000, "linear", "uniform", 0.02),
+        (ddpm, 1000, "cosine", "uniform", 0.02),
+        (ddim, 1000, "linear", "uniform", 0.02),
+        (ddim, 1000, "cosine", "uniform", 0.02),
+        # Second-order solvers at 20 steps meet 2 % with the spacing that suits them ...
+        (heun, 20, "linear", "quadratic", 0.02),
+        (heun, 20, "cosine", "quadratic", 0.02),
+        (dpm_solver_pp_2m, 20, "linear", "logsnr", 0.02),
+        (dpm_solver_pp_2m, 20, "cosine", "quadratic", 0.025),
+        # ... and at 10 steps land within a few per cent (measured: see the closing note of issue 3).
+        (heun, 10, "linear", "quadratic", 0.07),
+        (heun, 10, "cosine", "quadratic", 0.04),
+        (dpm_solver_pp_2m, 10, "linear", "logsnr", 0.04),
+        (dpm_solver_pp_2m, 10, "cosine", "logsnr", 0.025),
+    ],
 )
-def test_samplers_recover_gaussian_data(sampler, steps, schedule_name):
-    """With the optimal denoiser, samples of N(mu, sigma^2) have mean mu and std sigma (within 2 %).
+def test_samplers_recover_gaussian_data(sampler, steps, schedule_name, spacing, tolerance):
+    """With the optimal denoiser, samples of N(mu, sigma^2) have mean mu and std sigma.
 
     Few-step DDIM is first order: each step scales the spread by about cos(delta theta), where
     sqrt(alpha_bar) = cos(theta), so 50 steps lose >= 2.4 % of the std of unit-variance data
     whatever the spacing. It is checked against its exact discrete-chain variance below instead.
     """
-    x = _gaussian_run(sampler, steps, schedule_name)
+    x = _gaussian_run(sampler, steps, schedule_name, spacing=spacing)
     mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True)
-    # 2 % of sigma for the mean (its standard error is sigma / sqrt(n) = 0.7 %), 2 % relative for the std.
+    # the mean within 2 % of sigma (its standard error is sigma / sqrt(n) = 0.7 %), the std within `tolerance`
     assert torch.all((mean - MU).abs() <= 0.02 * SIGMA + 1e-4), (mean, MU)
-    assert torch.all((std / SIGMA - 1).abs() <= 0.02), (std, SIGMA)
+    assert torch.all((std / SIGMA - 1).abs() <= tolerance), (std / SIGMA - 1)
 
 
 def _exact_std(sampler, steps, sigma, schedule):
@@ -123,3 +139,48 @@ def test_samplers_refuse_bad_timesteps(steps):
     schedule = make_schedule("linear", 100)
     with pytest.raises(InputError):
         ddpm(GaussianDenoiser(schedule, MU, SIGMA), torch.randn(2, 1, 2, 2), schedule, steps)
+
+
+@pytest.mark.parametrize("sampler", [dpm_solver_pp_2m, heun])
+def test_second_order_solvers_follow_the_probability_flow_ode(sampler):
+    """With enough steps both solvers land where 1000-step Heun does, and near 1000-step DDIM (Euler)."""
+    reference = _gaussian_run(heun, 1000, n=256, seed=6)
+    assert torch.allclose(_gaussian_run(sampler, 200, n=256, seed=6, spacing="quadratic"), reference, atol=5e-3)
+    assert torch.allclose(_gaussian_run(ddim, 1000, n=256, seed=6), reference, atol=2e-2)
+
+
+def test_second_order_beats_first_order():
+    """At 20 steps the second-order solvers land closer to the ODE's solution than DDIM (Euler)."""
+    reference = _gaussian_run(ddim, 1000, n=512, seed=7)
+    error = {name: (_gaussian_run(SAMPLERS[name], 20, n=512, seed=7, spacing="quadratic") - reference).abs().mean().item()
+             for name in ("ddim", "dpm++2m", "heun")}
+    assert error["dpm++2m"] < error["ddim"] / 2 and error["heun"] < error["ddim"] / 4, error
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "trailing", "quadratic", "logsnr"])
+def test_every_spacing_converges(spacing):
+    x = _gaussian_run(heun, 200, "linear", n=20_000, spacing=spacing)
+    assert torch.all((x.std(0, keepdim=True) / SIGMA - 1).abs() <= 0.02)
+
+
+def test_spacings():
+    assert spaced_timesteps(1000, 10, "trailing") == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    quadratic = spaced_timesteps(1000, 10, "quadratic")
+    assert quadratic[0] == 999 and quadratic[-1] == 0
+    assert quadratic[-2] == round(999 / 81)  # (1/9)^2 of the way
+    cosine = make_schedule("cosine", 1000)
+    for spacing in ("uniform", "trailing", "quadratic", "logsnr"):
+        for steps in (1, 2, 7, 50, 999, 1000):
+            chosen = spaced_timesteps(1000, steps, spacing, cosine)
+            assert len(chosen) == steps and chosen[0] == 999
+            assert all(a > b >= 0 for a, b in zip(chosen, chosen[1:]))
+    with pytest.raises(InputError, match="unknown timestep spacing"):
+        spaced_timesteps(1000, 10, "cubic")
+
+
+def test_network_evaluations_and_eta_binding():
+    assert network_evaluations("heun", 10) == 19 and network_evaluations("dpm++2m", 10) == 10
+    with pytest.raises(InputError, match="eta applies to the ddim sampler only"):
+        get_sampler("heun", eta=0.5)
+    with pytest.raises(InputError, match="unknown sampler"):
+        get_sampler("euler")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import LOSSES, OBJECTIVES, OPTIMIZERS, SAMPLERS, SCHEDULES, Config
+from .schedules import SPACINGS
 from .errors import InputError
 
 # Named flags of `ddpm train` and the config keys they set.
@@ -72,22 +73,66 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .generate import generate, load_run
     from .images import save_grid, save_npz
 
-    model = load_run(Path(args.run), checkpoint=args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    s = model.config.sample
-    sampler = args.sampler or s.sampler
-    steps = s.steps if args.steps is None else args.steps
-    eta = s.eta if args.eta is None else args.eta
-    _check_sampling(sampler, steps, eta, model.schedule.timesteps, args.n)
-    shape = (model.config.data.channels, model.config.data.image_size, model.config.data.image_size)
-    images = generate(model.denoiser(s.clip_denoised), args.n, shape, sampler, steps, eta, args.seed, args.batch_size)
+    images, source = _sample_run(args)
     out = Path(args.out) if args.out else Path(args.run) / "samples.npz"
     grid = Path(args.grid) if args.grid else Path(args.run) / "grid.png"
     save_npz(out, images)
     save_grid(images[: args.grid_n], grid)
-    print(f"{len(images)} samples from step {model.step} written to {out}; grid written to {grid}")
+    print(f"{len(images)} samples from step {source['step']} written to {out}; grid written to {grid}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate, load_samples
+
+    if bool(args.samples) == bool(args.run):
+        raise InputError("give either --samples PATH (.npz or folder of images) or --run RUN")
+    data = args.data
+    if args.samples:
+        images = load_samples(Path(args.samples))
+        source = {"samples": str(args.samples)}
+    else:
+        images, source = _sample_run(args)
+        data = data or source["data"]
+    result = {**source, **evaluate(images, data or "mnist5k", args.data_root, args.ref_n, _eval_device(args.device))}
+    print(f"FID {result['fid']:.3f}")
+    print(f"KID {result['kid']:.5f}")
+    print(f"({result['samples']} samples against {result['reference']} {result['data']} images at "
+          f"{result['image_size']}px; FID is biased upward at small counts, compare equal counts only)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.run:
+        _append_eval_history(Path(args.run), result)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .evaluate import Evaluator
+    from .generate import load_run
+    from .images import plot_sweep
+    from .sweep import sweep
+
+    samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
+    try:
+        steps = [int(k) for k in args.steps.split(",") if k.strip()]
+    except ValueError:
+        raise InputError(f"--steps must be comma-separated integers, e.g. 5,10,20 (got {args.steps!r})") from None
+    if not samplers or not steps or min(steps) < 1:
+        raise InputError("--samplers and --steps need at least one entry each, and steps must be >= 1")
+    if args.n < 2:
+        raise InputError(f"--n must be >= 2 for FID (got {args.n})")
+    model = load_run(Path(args.run), device=args.device)
+    out = Path(args.out) if args.out else Path(args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluator = Evaluator(args.data or model.config.data.name, args.data_root, model.config.data.image_size, args.ref_n,
+                          _eval_device(args.device))
+    rows = sweep(model, samplers, steps, args.n, evaluator, args.spacing, args.seed, args.batch_size, out / "sweep.csv")
+    plot_sweep(rows, out / "sweep.png", f"{Path(args.run).name}, step {model.step}, {args.n} samples")
+    print(f"sweep written to {out / 'sweep.csv'} and {out / 'sweep.png'}")
     return 0
 
 
@@ -127,6 +172,26 @@ def _resumed_config(run_dir: Path, overrides: dict) -> Config:
     return config.override(overrides)
 
 
+def _eval_device(name: str) -> str:
+    from .generate import resolve_device
+
+    return str(resolve_device(name))
+
+
+def _append_eval_history(run_dir: Path, result: dict) -> None:
+    """RUN/eval.csv: one row per evaluation, the run's FID history."""
+    import csv
+
+    fields = ["step", "sampler", "steps", "samples", "reference", "data", "fid", "kid"]
+    path = run_dir / "eval.csv"
+    new = not path.is_file()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(result)
+
+
 def _parse_set(items: Sequence[str]) -> dict:
     overrides = {}
     for item in items or []:
@@ -137,16 +202,42 @@ def _parse_set(items: Sequence[str]) -> dict:
     return overrides
 
 
-def _check_sampling(sampler: str, steps: int, eta: float, timesteps: int, n: int) -> None:
-    from .samplers import get_sampler
+def _sample_run(args: argparse.Namespace):
+    """Samples from `args.run` with the sampling flags, each defaulting to the run's own config."""
+    from .generate import generate, load_run
+    from .samplers import get_sampler, network_evaluations
 
-    get_sampler(sampler)
-    if not 1 <= steps <= timesteps:
-        raise InputError(f"--steps must be between 1 and the model's T = {timesteps} (got {steps})")
-    if not 0 <= eta <= 1:
-        raise InputError(f"--eta must lie in [0, 1] (got {eta})")
-    if n < 1:
-        raise InputError(f"--n must be >= 1 (got {n})")
+    model = load_run(Path(args.run), checkpoint=args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    s = model.config.sample
+    sampler = args.sampler or s.sampler
+    steps = s.steps if args.steps is None else args.steps
+    spacing = args.spacing or s.spacing
+    eta = (s.eta if sampler == "ddim" else 0.0) if args.eta is None else args.eta
+    get_sampler(sampler, eta)  # refuses an unknown name or a misplaced eta before any work
+    if not 1 <= steps <= model.schedule.timesteps:
+        raise InputError(f"--steps must be between 1 and the model's T = {model.schedule.timesteps} (got {steps})")
+    if args.n < 1:
+        raise InputError(f"--n must be >= 1 (got {args.n})")
+    shape = (model.config.data.channels, model.config.data.image_size, model.config.data.image_size)
+    images = generate(model.denoiser(s.clip_denoised), args.n, shape, sampler, steps, eta, spacing, args.seed,
+                      args.batch_size)
+    source = {"run": str(args.run), "step": model.step, "sampler": sampler, "steps": steps, "spacing": spacing,
+              "nfe": network_evaluations(sampler, steps), "data": model.config.data.name}
+    return images, source
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser, n: int) -> None:
+    """Flags for drawing samples from a run; each defaults to the run's own `sample` config."""
+    parser.add_argument("--n", type=int, default=n, help=f"number of samples (default {n})")
+    parser.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: the run's, ddim)")
+    parser.add_argument("--steps", type=int, help="timesteps to visit (default: the run's, 50); heun evaluates 2 x steps - 1")
+    parser.add_argument("--spacing", choices=SPACINGS, help="how the timesteps are chosen (default: the run's, uniform)")
+    parser.add_argument("--eta", type=float, help="DDIM's eta: 0 deterministic, 1 ancestral (default 0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest)")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    parser.add_argument("--device", default="auto")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,19 +270,40 @@ def _parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="draw samples from a trained run", description="Draw samples from a run's EMA model.")
     sample.add_argument("--run", required=True, help="run directory")
-    sample.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
-    sample.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: the run's, ddim)")
-    sample.add_argument("--steps", type=int, help="sampling steps, i.e. network evaluations (default: the run's, 50)")
-    sample.add_argument("--eta", type=float, help="DDIM's eta: 0 deterministic, 1 ancestral (default 0)")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--batch-size", type=int, default=256)
+    _add_sampling_args(sample, n=64)
     sample.add_argument("--out", help="samples as .npz: arr_0 uint8 [N, H, W, C] (default RUN/samples.npz)")
     sample.add_argument("--grid", help="PNG grid of the samples (default RUN/grid.png)")
     sample.add_argument("--grid-n", type=int, default=64, help="how many samples the grid shows (default 64)")
-    sample.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest)")
-    sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    sample.add_argument("--device", default="auto")
     sample.set_defaults(command=cmd_sample)
+
+    evaluate = commands.add_parser("eval", help="FID and KID of samples against a data set",
+                                   description="FID and KID of a sample set (.npz, image folder, or a run that is sampled) "
+                                               "against a data set. Reference features are cached in $DDPM_CACHE (~/.cache/ddpm).")
+    evaluate.add_argument("--samples", help="a .npz (arr_0 uint8 [N, H, W, C]) or a folder of images")
+    evaluate.add_argument("--run", help="a run directory: sample --n images from it first")
+    _add_sampling_args(evaluate, n=1000)
+    evaluate.add_argument("--data", help="reference data set (default: the run's, else mnist5k)")
+    evaluate.add_argument("--data-root", default="data")
+    evaluate.add_argument("--ref-n", type=int, help="reference images (default: the whole data set)")
+    evaluate.add_argument("--json", help="also write the result as JSON here")
+    evaluate.set_defaults(command=cmd_eval)
+
+    sweep = commands.add_parser("sweep", help="FID and wall time for each sampler and step count",
+                                description="Sample a run with every sampler at every step count; write sweep.csv and "
+                                            "sweep.png (FID against network evaluations) into the run or --out.")
+    sweep.add_argument("--run", required=True)
+    sweep.add_argument("--samplers", default="ddpm,ddim,dpm++2m,heun", help="comma-separated (default ddpm,ddim,dpm++2m,heun)")
+    sweep.add_argument("--steps", default="5,10,20,50,100,1000", help="comma-separated step counts (default 5,10,20,50,100,1000)")
+    sweep.add_argument("--n", type=int, default=1000, help="samples per pair (default 1000)")
+    sweep.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the run's)")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--batch-size", type=int, default=256)
+    sweep.add_argument("--data", help="reference data set (default: the run's)")
+    sweep.add_argument("--data-root", default="data")
+    sweep.add_argument("--ref-n", type=int, help="reference images (default: the whole data set)")
+    sweep.add_argument("--out", help="folder for sweep.csv and sweep.png (default: the run directory)")
+    sweep.add_argument("--device", default="auto")
+    sweep.set_defaults(command=cmd_sweep)
 
     presets = commands.add_parser("presets", help="list the named configurations")
     presets.set_defaults(command=cmd_presets)

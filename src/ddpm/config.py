@@ -16,13 +16,16 @@ from pathlib import Path
 import yaml
 
 from .errors import InputError
+from .samplers import SAMPLERS as _SAMPLER_FUNCTIONS
+from .schedules import SPACINGS
+
+SAMPLERS = tuple(_SAMPLER_FUNCTIONS)
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
 OBJECTIVES = ("eps", "x0", "v")
 LOSSES = ("mse", "l1")
 OPTIMIZERS = ("adamw", "lion")
 LR_SCHEDULES = ("constant", "step", "cosine")
-SAMPLERS = ("ddpm", "ddim")
 
 
 @dataclass
@@ -162,11 +165,14 @@ class SampleConfig:
 
     sampler: str = "ddim"
     steps: int = 50
-    eta: float = 0.0
+    spacing: str = "uniform"
+    eta: float = 0.0  # ddim only
     clip_denoised: bool = True
 
     def validate(self) -> None:
         _check_choice("sample.sampler", self.sampler, SAMPLERS)
+        _check_choice("sample.spacing", self.spacing, SPACINGS)
+        _check(self.eta == 0.0 or self.sampler == "ddim", f"sample.eta applies to the ddim sampler only (got {self.sampler})")
         _check(self.steps >= 1, f"sample.steps must be >= 1 (got {self.steps})")
         _check(0.0 <= self.eta <= 1.0, f"sample.eta must be in [0, 1] (got {self.eta})")
 

@@ -15,7 +15,7 @@ from .config import Config
 from .data import to_uint8
 from .diffusion import Denoiser
 from .errors import InputError
-from .samplers import get_sampler
+from .samplers import get_sampler, network_evaluations
 from .schedules import NoiseSchedule, make_schedule, spaced_timesteps
 from .unet import UNet
 
@@ -78,28 +78,30 @@ def generate(
     sampler: str = "ddim",
     steps: int = 50,
     eta: float = 0.0,
+    spacing: str = "uniform",
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
 ) -> Tensor:
-    """Draw `n` images of `shape` (C, H, W) as uint8 [n, C, H, W] with the named sampler.
+    """Draw `n` images of `shape` (C, H, W) as uint8 [n, C, H, W] with the named sampler, visiting
+    `steps` timesteps chosen by `spacing`; `eta` is DDIM's.
 
     The starting noise and every fresh noise come from one generator seeded with `seed`.
     """
     if n < 1:
         raise InputError(f"the number of samples must be >= 1 (got {n})")
-    sample_fn = get_sampler(sampler)
-    options = {"eta": eta} if sampler == "ddim" else {}
+    sample_fn = get_sampler(sampler, eta)
     schedule = denoiser.schedule
-    timesteps = spaced_timesteps(schedule.timesteps, steps)
+    timesteps = spaced_timesteps(schedule.timesteps, steps, spacing, schedule)
     device = next(denoiser.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     batches = []
-    with tqdm(total=n, desc=f"sampling ({sampler}, {len(timesteps)} steps)", unit="img", disable=not progress) as bar:
+    with tqdm(total=n, desc=f"sampling ({sampler}, {network_evaluations(sampler, steps)} NFE)", unit="img",
+              disable=not progress) as bar:
         for start in range(0, n, batch_size):
             count = min(batch_size, n - start)
             x = torch.randn((count, *shape), generator=generator, device=device)
-            x = sample_fn(denoiser, x, schedule, timesteps, generator=generator, **options)
+            x = sample_fn(denoiser, x, schedule, timesteps, generator=generator)
             batches.append(to_uint8(x).cpu())
             bar.update(count)
     return torch.cat(batches)

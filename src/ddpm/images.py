@@ -58,11 +58,7 @@ def plot_loss(log_csv: Path, path: Path) -> Optional[Path]:
             losses.append(float(row["loss"]))
     if not steps:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     axes.plot(steps, losses, lw=1)
     axes.set_yscale("log")
@@ -73,6 +69,34 @@ def plot_loss(log_csv: Path, path: Path) -> Optional[Path]:
     _atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
     return Path(path)
+
+
+def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
+    """FID against network evaluations (log scale), one line per sampler."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    for sampler in dict.fromkeys(row["sampler"] for row in rows):
+        points = sorted((float(r["nfe"]), float(r["fid"])) for r in rows if r["sampler"] == sampler)
+        axes.plot(*zip(*points), marker="o", label=sampler)
+    axes.set_xscale("log")
+    axes.set_xlabel("network evaluations per sample (NFE)")
+    axes.set_ylabel("FID")
+    axes.set_title(title)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    figure.tight_layout()
+    _atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
+    return Path(path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _atomic(path: Path, write) -> None:

@@ -124,11 +124,47 @@ def make_schedule(name: str, timesteps: int, beta_start: float = 1e-4, beta_end:
     return NoiseSchedule(betas)
 
 
-def spaced_timesteps(timesteps: int, steps: int) -> list[int]:
-    """`steps` timesteps spread evenly over [0, T - 1], both ends included, in sampling order (descending)."""
+SPACINGS = ("uniform", "trailing", "quadratic", "logsnr")
+
+
+def spaced_timesteps(timesteps: int, steps: int, spacing: str = "uniform",
+                     schedule: "NoiseSchedule | None" = None) -> list[int]:
+    """`steps` of the T timesteps to visit when sampling, in sampling order (descending).
+
+    - uniform: evenly over [0, T - 1], both ends included;
+    - trailing: T - 1, T - 1 - T/K, ..., ending at T/K - 1 (Lin et al. 2024, Table 2), so the
+      first step always starts from pure noise and the gaps are equal;
+    - quadratic: t_i = (T - 1) (i / (K - 1))^2, dense near t = 0 where the image's details form
+      (Song et al. 2021 use a quadratic selection for CIFAR-10);
+    - logsnr: evenly in log SNR between the first and last timestep of `schedule`, the spacing Lu
+      et al. 2022 (DPM-Solver, §3.3) recommend for solvers in lambda; each t is the nearest one.
+    """
     if not 1 <= steps <= timesteps:
         raise InputError(f"sampling steps must be between 1 and T = {timesteps} (got {steps})")
+    if spacing not in SPACINGS:
+        raise InputError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if steps == 1:
         return [timesteps - 1]
-    chosen = torch.linspace(0, timesteps - 1, steps, dtype=torch.float64).round().long().unique()
+    if spacing == "trailing":
+        chosen = torch.round(timesteps - torch.arange(steps, dtype=torch.float64) * timesteps / steps).long() - 1
+        return chosen.tolist()
+    fraction = torch.linspace(0, 1, steps, dtype=torch.float64)
+    if spacing == "logsnr":
+        if schedule is None or schedule.timesteps != timesteps:
+            raise InputError("logsnr spacing needs the noise schedule of the model")
+        log_snr = schedule.log_snr.cpu()
+        targets = log_snr[0] + fraction * (log_snr[-1] - log_snr[0])
+        chosen = (log_snr[None, :] - targets[:, None]).abs().argmin(dim=1)
+    else:
+        if spacing == "quadratic":
+            fraction = fraction**2
+        chosen = (fraction * (timesteps - 1)).round().long()
+    # Rounding can merge neighbours: push each step past the one before it, then back below the
+    # one after it, so the K steps are distinct and run from 0 to T - 1.
+    chosen[0] = 0
+    for i in range(1, steps):
+        chosen[i] = max(chosen[i], chosen[i - 1] + 1)
+    chosen[-1] = timesteps - 1
+    for i in range(steps - 2, -1, -1):
+        chosen[i] = min(chosen[i], chosen[i + 1] - 1)
     return chosen.flip(0).tolist()

@@ -157,7 +157,7 @@ def _sample_grid(run: RunDir, config: Config, ema: EMA, schedule, step: int) -> 
     denoiser = Denoiser(ema.model, schedule, config.diffusion.objective, config.sample.clip_denoised)
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
     s = config.sample
-    images = generate(denoiser, config.train.grid_size, shape, s.sampler, min(s.steps, schedule.timesteps), s.eta,
+    images = generate(denoiser, config.train.grid_size, shape, s.sampler, s.steps, s.eta, s.spacing,
                       seed=config.train.seed, progress=False)
     save_grid(images, run.sample_grid_path(step))
 

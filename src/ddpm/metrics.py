@@ -1,0 +1,63 @@
+"""Distances between two sets of image features: FID and KID.
+
+FID (Heusel et al. 2017) fits a Gaussian to each set and takes the Frechet distance
+    d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)),
+in float64, with scipy's matrix square root. It is biased: it grows as the sample count shrinks,
+so compare FIDs only at equal counts.
+
+KID (Binkowski et al. 2018, §3) is the squared MMD with the cubic polynomial kernel
+k(x, y) = (x.y / d + 1)^3, estimated without bias on random subsets; near 0 for equal
+distributions at any sample count.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of features [N, D], in float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if len(features) < 2:
+        raise ValueError("FID needs at least 2 images per set")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The Frechet distance between N(mu1, sigma1) and N(mu2, sigma2)."""
+    diff = mu1 - mu2
+    with warnings.catch_warnings():  # fewer images than dimensions make the product singular: handled below
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():  # singular product: nudge both covariances (as Heusel et al.'s code does)
+        offset = np.eye(len(sigma1)) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    covmean = covmean.real  # rounding leaves tiny imaginary parts
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
+    return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+
+
+def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> tuple[float, float]:
+    """Unbiased MMD^2 with the kernel (x.y / d + 1)^3, mean and std over random subsets."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    m = min(len(a), len(b), subset_size)
+    if m < 2:
+        raise ValueError("KID needs at least 2 images per set")
+    d = a.shape[1]
+    rng = np.random.default_rng(seed)
+    estimates = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        k_xx, k_yy, k_xy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        # the diagonal terms k(x_i, x_i) are left out: that is what makes the estimate unbiased
+        within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+        estimates.append(within - 2 * k_xy.mean())
+    return float(np.mean(estimates)), float(np.std(estimates))
