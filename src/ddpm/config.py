@@ -32,7 +32,7 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 class ModelConfig:
     """The UNet: one entry of `channels` and `attention` per resolution level."""
 
-    channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     attention: list[bool] = field(default_factory=lambda: [False, False, True])
     num_res: int = 1
     neck_length: int = 1
@@ -73,7 +73,7 @@ class DiffusionConfig:
     schedule: str = "cosine"
     beta_start: float = 1e-4  # linear schedule only, at T = 1000 (Ho et al. 2020)
     beta_end: float = 0.02
-    objective: str = "eps"
+    objective: str = "v"  # measured on the CPU default: FID 46.6 vs 74.3 for eps at equal budget
     loss: str = "mse"
 
     def validate(self) -> None:
@@ -114,8 +114,8 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, budgets, and how often to log, sample and checkpoint."""
 
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int = 32
+    lr: float = 1.5e-3
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's or Lion's (beta1, beta2)
@@ -163,7 +163,7 @@ class TrainConfig:
 class SampleConfig:
     """The sampler used for grids during training and as `ddpm sample`'s default."""
 
-    sampler: str = "ddim"
+    sampler: str = "ddpm"  # stochastic: forgives a short run's errors that ODE samplers turn into blobs
     steps: int = 50
     spacing: str = "uniform"
     eta: float = 0.0  # ddim only
