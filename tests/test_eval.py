@@ -79,3 +79,19 @@ def test_eval_bad_input(argv, message, tmp_path, capsys):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_sweep_writes_csv_and_plot(tiny_run, tmp_path, counted, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--run", str(tiny_run), "--samplers", "ddim,heun", "--steps", "2,3", "--n", "4",
+                 "--ref-n", "10", "--out", str(out)]) == 0
+    rows = (out / "sweep.csv").read_text().splitlines()
+    assert rows[0] == "sampler,steps,nfe,fid,kid,seconds,samples"
+    assert [r.split(",")[:3] for r in rows[1:]] == [["ddim", "2", "2"], ["ddim", "3", "3"], ["heun", "2", "3"], ["heun", "3", "5"]]
+    assert Image.open(out / "sweep.png").size == (600, 400)
+    assert counted == [10, 4, 4, 4, 4]  # the reference once, then each pair's samples
+
+
+def test_sweep_refuses_unknown_sampler_before_work(tiny_run, capsys):
+    assert main(["sweep", "--run", str(tiny_run), "--samplers", "ddim,euler", "--n", "4"]) == 2
+    assert "unknown sampler 'euler'" in capsys.readouterr().err

@@ -114,6 +114,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .evaluate import Evaluator
     from .generate import load_run
     from .images import plot_sweep
+    from .samplers import get_sampler
     from .sweep import sweep
 
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
@@ -125,6 +126,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise InputError("--samplers and --steps need at least one entry each, and steps must be >= 1")
     if args.n < 2:
         raise InputError(f"--n must be >= 2 for FID (got {args.n})")
+    for name in samplers:
+        get_sampler(name)  # before the reference features, which can take minutes
     model = load_run(Path(args.run), device=args.device)
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,8 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     batches = batch_indices(len(data), tc.batch_size, tc.seed, start_step=step)
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
     started, images_seen = time.monotonic(), 0
-    bar = tqdm(total=tc.max_steps, initial=step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+    budget = f"training (stops at step {tc.max_steps}" + (f" or after {tc.max_minutes:g} min)" if tc.max_minutes else ")")
+    bar = tqdm(total=tc.max_steps, initial=step, desc=budget, unit="step", disable=not progress, dynamic_ncols=True)
     with _stop_on_signal() as stop:
         while step < tc.max_steps and time.monotonic() < deadline and not stop.requested:
             x0 = to_model_range(data.images[next(batches)]).to(device, non_blocking=True)
