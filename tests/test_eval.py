@@ -63,7 +63,7 @@ def test_eval_npz_then_folder_reuses_the_cached_reference(tiny_run, tmp_path, co
 def test_eval_of_a_run_samples_it_and_records_the_history(tiny_run, counted, capsys):
     assert main(["eval", "--run", str(tiny_run), "--n", "10", "--steps", "3", "--ref-n", "10"]) == 0
     history = (tiny_run / "eval.csv").read_text().splitlines()
-    assert history[0].startswith("step,sampler,steps") and history[1].startswith("2,ddim,3,10,10,mnist5k,")
+    assert history[0].startswith("step,sampler,steps") and history[1].startswith("2,ddpm,3,10,10,mnist5k,")
 
 
 @pytest.mark.parametrize(
