@@ -73,6 +73,7 @@ def test_eval_of_a_run_samples_it_and_records_the_history(tiny_run, counted, cap
         (["eval"], "give either --samples"),
         (["eval", "--samples", "{tmp}"], "holds no images"),
         (["eval", "--samples", "{tmp}/bad.npz"], "is not a sample file"),
+        (["eval", "--run", "{tmp}", "--data", "imagenet", "--n", "1"], "unknown data set 'imagenet'"),
     ],
 )
 def test_eval_bad_input(argv, message, tmp_path, capsys):

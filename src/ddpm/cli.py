@@ -87,11 +87,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    from .data import DATASETS
     from .evaluate import evaluate, load_samples
 
     if bool(args.samples) == bool(args.run):
         raise InputError("give either --samples PATH (.npz or folder of images) or --run RUN")
     data = args.data
+    if data is not None and data not in DATASETS:  # before minutes of sampling
+        raise InputError(f"unknown data set {data!r}; known data sets: {', '.join(DATASETS)}")
     if args.samples:
         images = load_samples(Path(args.samples))
         source = {"samples": str(args.samples)}
