@@ -102,7 +102,4 @@ class Denoiser(nn.Module):
         prediction = to_prediction(self.objective, self.schedule, self.network(x_t, t), x_t, t)
         if not self.clip_denoised:
             return prediction
-        x0 = prediction.x0.clamp(-1, 1)
-        a = self.schedule.at("sqrt_alpha_bar", t, x_t)
-        s = self.schedule.at("sqrt_one_minus_alpha_bar", t, x_t)
-        return Prediction(eps=(x_t - a * x0) / s, x0=x0)
+        return to_prediction("x0", self.schedule, prediction.x0.clamp(-1, 1), x_t, t)

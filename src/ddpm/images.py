@@ -43,12 +43,6 @@ def save_npz(path: Path, images: Tensor, labels: Optional[Tensor] = None) -> Pat
     return path
 
 
-def load_npz(path: Path) -> np.ndarray:
-    """arr_0 of a sample file: uint8 [N, H, W, C]."""
-    with np.load(path) as archive:
-        return archive["arr_0"]
-
-
 def plot_loss(log_csv: Path, path: Path) -> Optional[Path]:
     """Plot the training loss from the run's CSV log (log scale); None if nothing is logged yet."""
     steps, losses = [], []

@@ -82,8 +82,7 @@ def ddim(
     sigma = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) sqrt(1 - alpha_bar / alpha_bar_prev)  (eq. 16).
     eta = 0 is deterministic; eta = 1 over all T steps is DDPM's ancestral sampler.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise InputError(f"DDIM's eta must lie in [0, 1] (got {eta})")
+    _check_eta(eta)
     timesteps = _check_timesteps(timesteps, schedule)
     alpha_bar = schedule.alpha_bar.tolist()
     for i, t in enumerate(_progress(timesteps, progress, "ddim")):
@@ -128,14 +127,12 @@ def dpm_solver_pp_2m(
         if i + 1 == len(timesteps):
             x = prediction.x0
         else:
-            a_t, a_next = alpha_bar[t], alpha_bar[timesteps[i + 1]]
-            alpha_next, sigma_t, sigma_next = math.sqrt(a_next), math.sqrt(1 - a_t), math.sqrt(1 - a_next)
-            h = _log_snr_half(a_next) - _log_snr_half(a_t)
+            decay, weight, h = _exponential_step(alpha_bar[t], alpha_bar[timesteps[i + 1]])
             data = prediction.x0
             if previous_x0 is not None:
                 r = previous_h / h
                 data = (1 + 1 / (2 * r)) * prediction.x0 - (1 / (2 * r)) * previous_x0
-            x = (sigma_next / sigma_t) * x - alpha_next * math.expm1(-h) * data
+            x = decay * x + weight * data
             previous_x0, previous_h = prediction.x0, h
         if callback is not None:
             callback(i, t, x, prediction)
@@ -177,14 +174,11 @@ def heun(
             x = prediction.x0
         else:
             t_next = timesteps[i + 1]
-            a_t, a_next = alpha_bar[t], alpha_bar[t_next]
-            alpha_next, sigma_t, sigma_next = math.sqrt(a_next), math.sqrt(1 - a_t), math.sqrt(1 - a_next)
-            h = _log_snr_half(a_next) - _log_snr_half(a_t)
-            decay, weight = sigma_next / sigma_t, -alpha_next * math.expm1(-h)  # weight = alpha_next (1 - e^-h)
+            decay, weight, h = _exponential_step(alpha_bar[t], alpha_bar[t_next])
             x_euler = decay * x + weight * prediction.x0  # predictor: Euler (DDIM) step
             corrected = denoiser(x_euler, _batch(t_next, x))
             # x0 linear in lambda: the slope term integrates to alpha_next (h - 1 + e^-h) / h
-            slope_weight = alpha_next * (h + math.expm1(-h)) / h
+            slope_weight = math.sqrt(alpha_bar[t_next]) * (h + math.expm1(-h)) / h
             x = x_euler + slope_weight * (corrected.x0 - prediction.x0)
         if callback is not None:
             callback(i, t, x, prediction)
@@ -199,8 +193,7 @@ def get_sampler(name: str, eta: float = 0.0) -> Callable[..., Tensor]:
     if name not in SAMPLERS:
         raise InputError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if name == "ddim":
-        if not 0.0 <= eta <= 1.0:
-            raise InputError(f"DDIM's eta must lie in [0, 1] (got {eta})")
+        _check_eta(eta)  # now, not at the first step of a long job
         return functools.partial(ddim, eta=eta)
     if eta:
         raise InputError(f"eta applies to the ddim sampler only, not {name}")
@@ -229,6 +222,20 @@ def _check_timesteps(timesteps: Sequence[int], schedule: NoiseSchedule) -> list[
 def _log_snr_half(alpha_bar: float) -> float:
     """lambda = log(alpha / sigma) = log SNR / 2, the time variable of DPM-Solver."""
     return 0.5 * (math.log(alpha_bar) - math.log1p(-alpha_bar))
+
+
+def _exponential_step(alpha_bar_t: float, alpha_bar_next: float) -> tuple[float, float, float]:
+    """Coefficients of the first-order exponential-integrator step (Lu et al. 2022b, eq. 9):
+    x_next = decay * x_t + weight * x0, with decay = sigma_next / sigma_t and
+    weight = alpha_next (1 - e^-h); also returns h = lambda_next - lambda_t."""
+    h = _log_snr_half(alpha_bar_next) - _log_snr_half(alpha_bar_t)
+    decay = math.sqrt(1 - alpha_bar_next) / math.sqrt(1 - alpha_bar_t)
+    return decay, -math.sqrt(alpha_bar_next) * math.expm1(-h), h
+
+
+def _check_eta(eta: float) -> None:
+    if not 0.0 <= eta <= 1.0:
+        raise InputError(f"DDIM's eta must lie in [0, 1] (got {eta})")
 
 
 def _batch(t: int, x: Tensor) -> Tensor:
