@@ -1,5 +1,6 @@
 """The command line, end to end: the files it writes and the errors it gives."""
 
+import shutil
 import subprocess
 import sys
 
@@ -52,6 +53,14 @@ def test_sampling_is_reproducible_from_the_seed(run_dir, tmp_path):
         (["train", "--resume", "{run}", "--lr", "0.1"], "cannot change train.lr"),
         (["train", "--config", "{tmp}/missing.yaml"], "does not exist"),
         (["train", "--set", "train.lr"], "must look like section.key=value"),
+        (["train", "--batch-size", "0", "--out", "{tmp}/x"], "train.batch_size must be >= 1 (got 0)"),
+        (["train", "--timesteps", "0", "--out", "{tmp}/x"], "diffusion.timesteps must be >= 1 (got 0)"),
+        (["train", "--set", "diffusion.beta_end=1.5", "--out", "{tmp}/x"], "beta_start and beta_end must lie in (0, 1)"),
+        (["train", "--set", "model.attention=[true]", "--out", "{tmp}/x"], "model.attention has 1 entries but model.channels has 3"),
+        (["train", "--schedule", "quadratic", "--out", "{tmp}/x"], "invalid choice: 'quadratic'"),
+        (["train", "--set", "diffusion.schedule=quadratic", "--out", "{tmp}/x"], "unknown diffusion.schedule 'quadratic'"),
+        (["train", "--resume", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
+        (["eval", "--run", "{run}", "--sampler", "euler"], "unknown sampler 'euler'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, run_dir, tmp_path, capsys):
@@ -61,6 +70,21 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, message, run_dir, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err, err
     assert sorted((p, p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == before
+    assert not (tmp_path / "x").exists()  # no half-made run directory
+
+
+def test_a_checkpoint_that_does_not_match_its_config_is_refused(run_dir, tmp_path, capsys):
+    edited = tmp_path / "edited"
+    shutil.copytree(run_dir, edited)
+    config = edited / "config.yaml"
+    config.write_text(config.read_text().replace("- 16\n", "- 24\n", 1))
+    before = {p: p.read_bytes() for p in edited.rglob("*") if p.is_file()}
+    for argv in (["sample", "--run", str(edited), "--n", "2", "--device", "cpu"],
+                 ["train", "--resume", str(edited), "--max-steps", "8", "--no-progress"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "does not match the model in" in err and "reshaped" in err, err
+    assert {p: p.read_bytes() for p in edited.rglob("*") if p.is_file()} == before
 
 
 def test_python_dash_m_and_presets():

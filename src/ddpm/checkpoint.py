@@ -33,6 +33,8 @@ from .errors import InputError
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+TMP_PREFIX = ".tmp-"  # a checkpoint being written
+TRASH_PREFIX = ".trash-"  # a checkpoint being deleted
 
 
 class RunDir:
@@ -89,31 +91,34 @@ def save_checkpoint(run: RunDir, step: int, tensors: dict[str, dict[str, torch.T
     tensors: {"model": state_dict, "ema": state_dict}, each saved as safetensors.
     state: everything else that resuming needs (optimiser, schedules, generators), saved with
     torch.save and read back with weights_only=True, so it may hold only tensors and plain data.
+
+    A complete checkpoint is never modified: if step `step` is already saved (a run resumed and
+    stopped at once), `latest` simply points at it again.
     """
     run.checkpoints.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(run)
     name = f"step_{step:06d}"
     final = run.checkpoints / name
-    tmp = run.checkpoints / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = run.checkpoints / f"{TMP_PREFIX}{name}"
     try:
-        for key, state_dict in tensors.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp / f"{key}.safetensors")
-        torch.save(state, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
-        for file in tmp.iterdir():
-            _fsync(file)
-        if final.exists():  # re-saving the same step (e.g. at the end of a resumed run)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(run.checkpoints)
+        if not (final / "meta.json").is_file():
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete folder of that name (never `latest`)
+            tmp.mkdir()
+            for key, state_dict in tensors.items():
+                save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp / f"{key}.safetensors")
+            torch.save(state, tmp / "state.pt")
+            (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+            for file in tmp.iterdir():
+                _fsync(file)
+            os.replace(tmp, final)
+            _fsync(run.checkpoints)
         _write_atomic(run.checkpoints / LATEST, name)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"could not write checkpoint {final}: {error.strerror or error}; "
-                         f"free some disk space, the previous checkpoint is intact") from None
+                         f"free some disk space and resume, the previous checkpoint is intact") from None
     for old in run.all_checkpoints()[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
 
 
@@ -141,8 +146,38 @@ def load_meta(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "meta.json").read_text())
 
 
+def load_into(network: torch.nn.Module, weights: dict[str, torch.Tensor], folder: Path, config_path: Path) -> None:
+    """Load `weights` into `network`, or say that the checkpoint belongs to a different model."""
+    expected = network.state_dict()
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape)
+    if missing or unexpected or reshaped:
+        first = (missing or unexpected or reshaped)[0]
+        raise InputError(f"checkpoint {folder} does not match the model in {config_path} ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected and {len(reshaped)} reshaped tensors, e.g. {first}); "
+                         f"was the config edited after training?")
+    network.load_state_dict(weights)
+
+
+def _remove_leftovers(run: RunDir) -> None:
+    """Half-written or half-deleted folders that a killed process left behind."""
+    for path in [*run.checkpoints.glob(f"{TMP_PREFIX}*"), *run.checkpoints.glob(f"{TRASH_PREFIX}*")]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _remove(folder: Path) -> None:
+    """Delete a folder so that no moment of the deletion looks like a complete checkpoint."""
+    trash = folder.with_name(f"{TRASH_PREFIX}{folder.name}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
     with open(tmp, "w") as handle:
         handle.write(text)
         handle.flush()

@@ -36,8 +36,10 @@ TRAIN_FLAGS = {
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit:  # --help, or a usage error already printed on one line
+        return exit.code
     try:
         return args.command(args)
     except InputError as error:
@@ -246,8 +248,15 @@ def _add_sampling_args(parser: argparse.ArgumentParser, n: int) -> None:
     parser.add_argument("--device", default="auto")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line like every other error of `ddpm`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm", description="Train and sample denoising diffusion models.")
+    parser = _Parser(prog="ddpm", description="Train and sample denoising diffusion models.")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model (or resume a run)",

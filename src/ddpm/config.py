@@ -26,6 +26,7 @@ OBJECTIVES = ("eps", "x0", "v")
 LOSSES = ("mse", "l1")
 OPTIMIZERS = ("adamw", "lion")
 LR_SCHEDULES = ("constant", "step", "cosine")
+NONFINITE = ("stop", "skip")
 
 
 @dataclass
@@ -124,6 +125,7 @@ class TrainConfig:
     lr_step_size: int = 10_000  # step schedule: multiply by lr_gamma every this many steps
     lr_gamma: float = 0.5
     grad_clip: float = 1.0  # 0 turns clipping off
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop, or skip the update (up to 10 in a row)
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)): short runs see progress
     max_steps: int = 20_000
@@ -148,6 +150,7 @@ class TrainConfig:
         _check(self.lr_step_size >= 1, f"train.lr_step_size must be >= 1 (got {self.lr_step_size})")
         _check(0 < self.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1] (got {self.lr_gamma})")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (got {self.grad_clip})")
+        _check_choice("train.nonfinite", self.nonfinite, NONFINITE)
         _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1) (got {self.ema_decay})")
         _check(self.max_steps >= 1, f"train.max_steps must be >= 1 (got {self.max_steps})")
         _check(self.max_minutes is None or self.max_minutes > 0,

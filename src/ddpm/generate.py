@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .checkpoint import RunDir, load_meta, load_weights
+from .checkpoint import RunDir, load_into, load_meta, load_weights
 from .config import Config
 from .data import to_uint8
 from .diffusion import Denoiser
@@ -61,11 +61,7 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None, use_ema: bool = T
     if folder is None:
         raise InputError(f"run {run.path} has no checkpoint yet; train it first with 'ddpm train --out {run.path}'")
     network = build_network(config)
-    weights = load_weights(folder, "ema" if use_ema else "model")
-    missing, unexpected = network.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise InputError(f"checkpoint {folder} does not match the model in {run.config_path} "
-                         f"({len(missing)} missing and {len(unexpected)} unexpected tensors)")
+    load_into(network, load_weights(folder, "ema" if use_ema else "model"), folder, run.config_path)
     network.to(resolve_device(device)).eval()
     return TrainedModel(config, network, build_schedule(config), load_meta(folder)["step"])
 

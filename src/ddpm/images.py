@@ -11,11 +11,12 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
 
 
 def save_grid(images: Tensor, path: Path, nrow: Optional[int] = None, padding: int = 2) -> Path:
     """Save uint8 images [N, C, H, W] as one PNG grid, about square unless `nrow` is given."""
+    from torchvision.utils import make_grid, save_image  # imported here: it takes a second
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))

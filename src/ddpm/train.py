@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import RunDir, load_meta, load_state, load_weights, save_checkpoint
+from .checkpoint import RunDir, load_into, load_meta, load_state, load_weights, save_checkpoint
 from .config import Config
 from .data import batch_indices, load_data, to_model_range
 from .diffusion import Denoiser, training_loss
@@ -32,6 +32,7 @@ from .images import plot_loss, save_grid
 from .optim import make_lr_scheduler, make_optimizer
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_min")
+MAX_SKIPPED = 10  # with train.nonfinite=skip: non-finite steps in a row before giving up
 
 
 class TrainingDiverged(InputError):
@@ -72,7 +73,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     log = _Log(run.log_path, step)
     batches = batch_indices(len(data), tc.batch_size, tc.seed, start_step=step)
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
-    started, images_seen = time.monotonic(), 0
+    started, images_seen, skipped = time.monotonic(), 0, 0
     budget = f"training (stops at step {tc.max_steps}" + (f" or after {tc.max_minutes:g} min)" if tc.max_minutes else ")")
     bar = tqdm(total=tc.max_steps, initial=step, desc=budget, unit="step", disable=not progress, dynamic_ncols=True)
     with _stop_on_signal() as stop:
@@ -82,20 +83,27 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), tc.grad_clip or math.inf)
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            if torch.isfinite(loss) and torch.isfinite(grad_norm):
+                optimizer.step()
+                ema.update(network)
+                log.add(loss, grad_norm)
+                skipped = 0
+            elif tc.nonfinite == "skip" and skipped < MAX_SKIPPED:
+                skipped += 1  # no update: the weights, optimiser and EMA stay as they were
+                tqdm.write(f"step {step + 1}: the loss became {loss.item()}; step skipped ({skipped} in a row)")
+            else:
                 raise TrainingDiverged(
-                    f"the loss became {loss.item()} at step {step + 1}; the last checkpoint "
-                    f"({run.latest() or 'none'}) is intact; try a lower --lr or train.grad_clip"
+                    f"the loss became {loss.item()} at step {step + 1}"
+                    + (f" after {skipped} skipped steps in a row" if skipped else "")
+                    + f"; the last checkpoint ({run.latest() or 'none'}) is intact; try a lower --lr or "
+                    f"train.grad_clip, or --set train.nonfinite=skip"
                 )
-            optimizer.step()
             lr_schedule.step()
-            ema.update(network)
             step += 1
             images_seen += len(x0)
             bar.update(1)
 
-            log.add(loss, grad_norm)
-            if step % tc.log_every == 0:
+            if step % tc.log_every == 0 and log.count:
                 elapsed = time.monotonic() - started
                 row = log.write(step, lr_schedule.get_last_lr()[0], images_seen / elapsed, elapsed / 60)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2g}")
@@ -144,8 +152,8 @@ def _restore(run, network, ema, optimizer, lr_schedule, generator) -> int:
     if folder is None:
         raise InputError(f"cannot resume {run.path}: it has no complete checkpoint")
     state = load_state(folder)
-    network.load_state_dict(load_weights(folder, "model"))
-    ema.model.load_state_dict(load_weights(folder, "ema"))
+    load_into(network, load_weights(folder, "model"), folder, run.config_path)
+    load_into(ema.model, load_weights(folder, "ema"), folder, run.config_path)
     ema.updates = load_meta(folder)["ema_updates"]
     optimizer.load_state_dict(state["optimizer"])
     lr_schedule.load_state_dict(state["lr_schedule"])
