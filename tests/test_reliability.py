@@ -183,3 +183,14 @@ def test_nonfinite_skip_leaves_the_weights_untouched_and_goes_on(tmp_path, monke
     assert "step 3: the loss became nan; step skipped (1 in a row)" in captured.out + captured.err
     steps_logged = [line.split(",")[0] for line in run.log_path.read_text().splitlines()[1:]]
     assert steps_logged == ["1", "2", "5", "6"]
+
+
+@pytest.mark.parametrize("name", ["state.pt", "model.safetensors"])
+def test_a_damaged_checkpoint_file_is_a_one_line_error(tmp_path, capsys, name):
+    run = train(tiny_config(**{"train.max_steps": 2}), tmp_path / "run", progress=False)
+    damaged = run.latest() / name
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    command = ["train", "--resume", str(run.path), "--max-steps", "4", "--no-progress"]
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{name} is damaged" in err, err

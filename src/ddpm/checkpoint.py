@@ -127,7 +127,10 @@ def load_weights(folder: Path, key: str) -> dict[str, torch.Tensor]:
     path = Path(folder) / f"{key}.safetensors"
     if not path.is_file():
         raise InputError(f"checkpoint {folder} has no {key}.safetensors")
-    return load_file(path)
+    try:
+        return load_file(path)
+    except Exception as error:  # safetensors raises its own SafetensorError for a damaged file
+        raise InputError(f"checkpoint file {path} is damaged ({error}); use an earlier checkpoint") from None
 
 
 def load_state(folder: Path) -> dict[str, Any]:
@@ -140,6 +143,8 @@ def load_state(folder: Path) -> dict[str, Any]:
         raise InputError(f"refusing to load {path}: it would unpickle arbitrary objects ({reason})") from None
     except FileNotFoundError:
         raise InputError(f"checkpoint {folder} has no state.pt") from None
+    except (EOFError, RuntimeError) as error:
+        raise InputError(f"checkpoint file {path} is damaged ({error or 'truncated'}); use an earlier checkpoint") from None
 
 
 def load_meta(folder: Path) -> dict[str, Any]:
