@@ -7,12 +7,13 @@ Bad input ends in one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import LOSSES, OBJECTIVES, OPTIMIZERS, SAMPLERS, SCHEDULES, Config
+from .config import LOSSES, OBJECTIVES, OPTIMIZERS, PRECISIONS, SAMPLERS, SCHEDULES, Config
 from .schedules import SPACINGS
 from .errors import InputError
 
@@ -28,10 +29,15 @@ TRAIN_FLAGS = {
     "schedule": "diffusion.schedule",
     "objective": "diffusion.objective",
     "loss": "diffusion.loss",
+    "classes": "model.num_classes",
     "max_steps": "train.max_steps",
     "max_minutes": "train.max_minutes",
     "seed": "train.seed",
     "device": "train.device",
+    "precision": "train.precision",
+    "compile": "train.compile",
+    "channels_last": "train.channels_last",
+    "grad_accum": "train.grad_accum",
 }
 
 
@@ -48,6 +54,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("ddpm: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .distributed import close_distributed
+
+        close_distributed()  # under torchrun
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -70,18 +80,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / f"{args.preset or config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config.validate()
     run = train(config, out, resume=bool(args.resume), progress=not args.no_progress)
-    print(f"run written to {run.path}")
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one line from rank 0
+        print(f"run written to {run.path}")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .images import save_grid, save_npz
+    from .images import save_class_grid, save_grid, save_npz
 
-    images, source = _sample_run(args)
+    images, labels, source = _sample_run(args)
+    if not source["writes"]:
+        return 0  # another rank of torchrun writes the files
     out = Path(args.out) if args.out else Path(args.run) / "samples.npz"
     grid = Path(args.grid) if args.grid else Path(args.run) / "grid.png"
-    save_npz(out, images)
-    save_grid(images[: args.grid_n], grid)
+    save_npz(out, images, labels)
+    if labels is None:
+        save_grid(images[: args.grid_n], grid)
+    else:
+        save_class_grid(images, labels, grid, args.grid_n)
     print(f"{len(images)} samples from step {source['step']} written to {out}; grid written to {grid}")
     return 0
 
@@ -101,7 +117,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         images = load_samples(Path(args.samples))
         source = {"samples": str(args.samples)}
     else:
-        images, source = _sample_run(args)
+        images, _, source = _sample_run(args)
+        if not source.pop("writes"):
+            return 0  # another rank of torchrun evaluates
         data = data or source["data"]
     result = {**source, **evaluate(images, data or "mnist5k", args.data_root, args.ref_n, _eval_device(args.device))}
     print(f"FID {result['fid']:.3f}")
@@ -172,7 +190,8 @@ def _resumed_config(run_dir: Path, overrides: dict) -> Config:
 
     config = RunDir(run_dir).load_config()
     changeable = {"train.max_steps", "train.max_minutes", "train.device", "train.log_every",
-                  "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints"}
+                  "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.precision",
+                  "train.compile", "train.channels_last", "train.grad_accum"}
     fixed = sorted(key for key in overrides if key not in changeable)
     if fixed:
         raise InputError(f"--resume continues {run_dir} with its own config; it cannot change {', '.join(fixed)} "
@@ -211,11 +230,16 @@ def _parse_set(items: Sequence[str]) -> dict:
 
 
 def _sample_run(args: argparse.Namespace):
-    """Samples from `args.run` with the sampling flags, each defaulting to the run's own config."""
-    from .generate import generate, load_run
+    """Samples from `args.run` with the sampling flags, each defaulting to the run's own config.
+
+    Returns (uint8 images, their class labels or None, a description of how they were drawn).
+    """
+    from .distributed import init_distributed
+    from .generate import class_labels, generate, load_run
     from .samplers import get_sampler, network_evaluations
 
-    model = load_run(Path(args.run), checkpoint=args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    ranks, device = init_distributed(args.device)  # under torchrun the ranks share the sampling
+    model = load_run(Path(args.run), checkpoint=args.checkpoint, use_ema=not args.no_ema, device=device)
     s = model.config.sample
     sampler = args.sampler or s.sampler
     steps = s.steps if args.steps is None else args.steps
@@ -226,12 +250,36 @@ def _sample_run(args: argparse.Namespace):
         raise InputError(f"--steps must be between 1 and the model's T = {model.schedule.timesteps} (got {steps})")
     if args.n < 1:
         raise InputError(f"--n must be >= 1 (got {args.n})")
+    classes = _parse_classes(args.classes, model.config.model.num_classes, args.run)
+    guidance = s.guidance if args.guidance is None else args.guidance
+    if guidance < 0 or (args.guidance is not None and classes is None):
+        raise InputError(f"--guidance needs a class-conditional run and a weight >= 0 (got {guidance})")
+    labels = None if classes is None else class_labels(args.n, classes)
     shape = (model.config.data.channels, model.config.data.image_size, model.config.data.image_size)
     images = generate(model.denoiser(s.clip_denoised), args.n, shape, sampler, steps, eta, spacing, args.seed,
-                      args.batch_size)
+                      args.batch_size, labels=labels, guidance=guidance, ranks=ranks)
     source = {"run": str(args.run), "step": model.step, "sampler": sampler, "steps": steps, "spacing": spacing,
-              "nfe": network_evaluations(sampler, steps), "data": model.config.data.name}
-    return images, source
+              "nfe": network_evaluations(sampler, steps), "data": model.config.data.name, "writes": ranks.is_main}
+    if classes is not None:
+        source.update(classes=args.classes or "all", guidance=guidance)
+    return images, labels, source
+
+
+def _parse_classes(text: Optional[str], num_classes: int, run: str) -> Optional[list[int]]:
+    """--class: "3", "1,4,7" or "all" (the default for a class-conditional run); None if unconditional."""
+    if not num_classes:
+        if text is not None:
+            raise InputError(f"run {run} was trained without classes; train with --classes K to use --class")
+        return None
+    if text is None or text == "all":
+        return list(range(num_classes))
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        classes = []
+    if not classes or not all(0 <= c < num_classes for c in classes):
+        raise InputError(f"--class must be 'all' or class numbers in 0..{num_classes - 1}, e.g. 3 or 1,4,7 (got {text!r})")
+    return classes
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser, n: int) -> None:
@@ -241,6 +289,10 @@ def _add_sampling_args(parser: argparse.ArgumentParser, n: int) -> None:
     parser.add_argument("--steps", type=int, help="timesteps to visit (default: the run's, 50); heun evaluates 2 x steps - 1")
     parser.add_argument("--spacing", choices=SPACINGS, help="how the timesteps are chosen (default: the run's, uniform)")
     parser.add_argument("--eta", type=float, help="DDIM's eta: 0 deterministic, 1 ancestral (default 0)")
+    parser.add_argument("--class", dest="classes", metavar="CLASSES",
+                        help="class-conditional runs: a class, a list (1,4,7) or all (default all, cycled)")
+    parser.add_argument("--guidance", type=float,
+                        help="classifier-free guidance weight: 0 unconditional, 1 conditional, >1 guided (default: the run's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest)")
@@ -275,10 +327,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", choices=SCHEDULES, help="noise schedule")
     train.add_argument("--objective", choices=OBJECTIVES, help="what the network predicts")
     train.add_argument("--loss", choices=LOSSES)
+    train.add_argument("--classes", type=int, metavar="K",
+                       help="class-conditional on the data set's K labels, with classifier-free guidance (default 0: unconditional)")
     train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     train.add_argument("--max-minutes", type=float, help="stop after this many minutes of wall-clock time")
     train.add_argument("--seed", type=int)
-    train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--device", help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank)")
+    train.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), or bf16 / fp16 autocast")
+    train.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet")
+    train.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    train.add_argument("--grad-accum", type=int, metavar="K", help="split each batch into K micro-batches")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. train.ema_decay=0.9995 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(command=cmd_train)

@@ -27,6 +27,7 @@ LOSSES = ("mse", "l1")
 OPTIMIZERS = ("adamw", "lion")
 LR_SCHEDULES = ("constant", "step", "cosine")
 NONFINITE = ("stop", "skip")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ModelConfig:
     neck_length: int = 1
     time_emb_dim: int = 64
     dropout: float = 0.0
+    num_classes: int = 0  # > 0: class-conditional on the data set's labels (classifier-free guidance)
 
     def validate(self) -> None:
         _check(len(self.channels) >= 1, "model.channels needs at least one level")
@@ -53,6 +55,7 @@ class ModelConfig:
         _check(self.time_emb_dim >= 2 and self.time_emb_dim % 2 == 0,
                f"model.time_emb_dim must be an even number >= 2 (got {self.time_emb_dim})")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
+        _check(self.num_classes >= 0, f"model.num_classes must be >= 0, 0 for an unconditional model (got {self.num_classes})")
 
     def check_image_size(self, image_size: int) -> None:
         """Refuse a size the UNet cannot halve at every level (the skips would not line up)."""
@@ -127,6 +130,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 turns clipping off
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop, or skip the update (up to 10 in a row)
     ema_decay: float = 0.999
+    label_dropout: float = 0.1  # class-conditional models: P(label -> null class), Ho & Salimans 2022
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)): short runs see progress
     max_steps: int = 20_000
     max_minutes: typing.Optional[float] = None
@@ -137,6 +141,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     grid_size: int = 64  # images in each sample grid written during training
     device: str = "auto"
+    precision: str = "fp32"  # or bf16 / fp16 autocast (fp16 with a gradient scaler); CPUs without bf16 units are slower
+    compile: bool = False  # torch.compile the UNet for training
+    channels_last: bool = False  # NHWC memory format: faster convolutions on recent GPUs
+    grad_accum: int = 1  # micro-batches per step: the batch is split, the gradient is the same
 
     def validate(self) -> None:
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1 (got {self.batch_size})")
@@ -151,6 +159,7 @@ class TrainConfig:
         _check(0 < self.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1] (got {self.lr_gamma})")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (got {self.grad_clip})")
         _check_choice("train.nonfinite", self.nonfinite, NONFINITE)
+        _check(0 <= self.label_dropout < 1, f"train.label_dropout must be in [0, 1) (got {self.label_dropout})")
         _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1) (got {self.ema_decay})")
         _check(self.max_steps >= 1, f"train.max_steps must be >= 1 (got {self.max_steps})")
         _check(self.max_minutes is None or self.max_minutes > 0,
@@ -158,6 +167,10 @@ class TrainConfig:
         for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "grid_size"):
             value = getattr(self, name)
             _check(value >= 1, f"train.{name} must be >= 1 (got {value})")
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        _check(self.grad_accum >= 1, f"train.grad_accum must be >= 1 (got {self.grad_accum})")
+        _check(self.batch_size % self.grad_accum == 0,
+               f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum ({self.grad_accum})")
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                f"train.device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
 
@@ -171,6 +184,7 @@ class SampleConfig:
     spacing: str = "uniform"
     eta: float = 0.0  # ddim only
     clip_denoised: bool = True
+    guidance: float = 1.0  # class-conditional models: 0 unconditional, 1 conditional, > 1 guided
 
     def validate(self) -> None:
         _check_choice("sample.sampler", self.sampler, SAMPLERS)
@@ -178,6 +192,7 @@ class SampleConfig:
         _check(self.eta == 0.0 or self.sampler == "ddim", f"sample.eta applies to the ddim sampler only (got {self.sampler})")
         _check(self.steps >= 1, f"sample.steps must be >= 1 (got {self.steps})")
         _check(0.0 <= self.eta <= 1.0, f"sample.eta must be in [0, 1] (got {self.eta})")
+        _check(self.guidance >= 0, f"sample.guidance must be >= 0 (got {self.guidance})")
 
 
 @dataclass

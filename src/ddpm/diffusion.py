@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InputError
+from .guidance import guided_output
 from .schedules import NoiseSchedule
 
 
@@ -67,15 +68,23 @@ def training_loss(
     objective: str = "eps",
     loss: str = "mse",
     generator: torch.Generator | None = None,
+    labels: Tensor | None = None,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """The simple denoising loss (Ho et al. eq. 14, Algorithm 1), for any prediction target.
 
     t is drawn uniformly from {0, ..., T-1} and the noise from N(0, I), both from `generator`
-    so that a run can be replayed exactly.
+    so that a run can be replayed exactly; the training loop may pass them in instead (it draws
+    them for the whole batch, then splits it across processes and micro-batches). A
+    class-conditional network also gets `labels`.
     """
-    t = torch.randint(0, schedule.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
-    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    output = network(q_sample(schedule, x0, t, noise), t)
+    if t is None:
+        t = torch.randint(0, schedule.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+    if noise is None:
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    x_t = q_sample(schedule, x0, t, noise)
+    output = network(x_t, t) if labels is None else network(x_t, t, labels)
     wanted = target(objective, schedule, x0, noise, t)
     if loss == "mse":
         return F.mse_loss(output.float(), wanted.float())
@@ -89,17 +98,32 @@ class Denoiser(nn.Module):
 
     With `clip_denoised`, x0 is clamped to the data range [-1, 1] (Ho et al. §3.3) and eps is
     recomputed from the clamped x0, so the pair stays consistent with x_t.
+
+    A class-conditional network is asked for `labels` (one per image of the batch), mixed with
+    its unconditional prediction by classifier-free guidance of weight `guidance`; see
+    `conditioned` and guidance.py.
     """
 
-    def __init__(self, network: nn.Module, schedule: NoiseSchedule, objective: str = "eps", clip_denoised: bool = True):
+    def __init__(self, network: nn.Module, schedule: NoiseSchedule, objective: str = "eps", clip_denoised: bool = True,
+                 labels: Tensor | None = None, guidance: float = 1.0):
         super().__init__()
         self.network = network
         self.schedule = schedule
         self.objective = objective
         self.clip_denoised = clip_denoised
+        self.labels = labels
+        self.guidance = guidance
+
+    def conditioned(self, labels: Tensor, guidance: float = 1.0) -> "Denoiser":
+        """The same denoiser, for a batch of these class labels with guidance weight `guidance`."""
+        return Denoiser(self.network, self.schedule, self.objective, self.clip_denoised, labels, guidance)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Prediction:
-        prediction = to_prediction(self.objective, self.schedule, self.network(x_t, t), x_t, t)
+        if self.labels is None:
+            output = self.network(x_t, t)
+        else:
+            output = guided_output(self.network, x_t, t, self.labels, self.guidance)
+        prediction = to_prediction(self.objective, self.schedule, output, x_t, t)
         if not self.clip_denoised:
             return prediction
         return to_prediction("x0", self.schedule, prediction.x0.clamp(-1, 1), x_t, t)

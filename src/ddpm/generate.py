@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -14,6 +14,7 @@ from .checkpoint import RunDir, load_into, load_meta, load_weights
 from .config import Config
 from .data import to_uint8
 from .diffusion import Denoiser
+from .distributed import Distributed
 from .errors import InputError
 from .samplers import get_sampler, network_evaluations
 from .schedules import NoiseSchedule, make_schedule, spaced_timesteps
@@ -32,7 +33,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def build_network(config: Config) -> UNet:
     """The UNet that `config` describes, for images of config.data.channels channels."""
     m = config.model
-    return UNet(config.data.channels or 1, m.channels, m.attention, m.num_res, m.neck_length, m.time_emb_dim, m.dropout)
+    return UNet(config.data.channels or 1, m.channels, m.attention, m.num_res, m.neck_length, m.time_emb_dim, m.dropout,
+                m.num_classes)
 
 
 def build_schedule(config: Config) -> NoiseSchedule:
@@ -66,6 +68,11 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None, use_ema: bool = T
     return TrainedModel(config, network, build_schedule(config), load_meta(folder)["step"])
 
 
+def class_labels(n: int, classes: Sequence[int]) -> Tensor:
+    """Labels for n samples that cycle through `classes` (0, 1, 2, 0, 1, 2, ...): balanced."""
+    return torch.tensor(list(classes), dtype=torch.long)[torch.arange(n) % len(classes)]
+
+
 @torch.no_grad()
 def generate(
     denoiser: Denoiser,
@@ -78,26 +85,45 @@ def generate(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
+    labels: Optional[Tensor] = None,
+    guidance: float = 1.0,
+    ranks: Optional[Distributed] = None,
 ) -> Tensor:
     """Draw `n` images of `shape` (C, H, W) as uint8 [n, C, H, W] with the named sampler, visiting
     `steps` timesteps chosen by `spacing`; `eta` is DDIM's.
 
-    The starting noise and every fresh noise come from one generator seeded with `seed`.
+    For a class-conditional model, `labels` [n] names each image's class and `guidance` is the
+    classifier-free guidance weight. Each batch's starting and fresh noise come from a generator
+    seeded with (`seed`, batch number). Under torchrun, pass `ranks` to share the batches out;
+    every rank gets all n images back.
     """
     if n < 1:
         raise InputError(f"the number of samples must be >= 1 (got {n})")
+    if labels is not None and len(labels) != n:
+        raise InputError(f"give one label per sample ({len(labels)} labels for {n} samples)")
     sample_fn = get_sampler(sampler, eta)
     schedule = denoiser.schedule
     timesteps = spaced_timesteps(schedule.timesteps, steps, spacing, schedule)
     device = next(denoiser.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    ranks = ranks or Distributed()
+    starts = range(0, n, batch_size)
+    mine = starts[ranks.rank :: ranks.world_size]  # under torchrun each rank draws every world_size-th batch
     batches = []
     with tqdm(total=n, desc=f"sampling ({sampler}, {network_evaluations(sampler, steps)} NFE)", unit="img",
-              disable=not progress) as bar:
-        for start in range(0, n, batch_size):
+              disable=not (progress and ranks.is_main)) as bar:
+        for start in mine:
             count = min(batch_size, n - start)
+            # Each batch has its own seed, so the images do not depend on how many ranks share the work.
+            generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start // batch_size)
             x = torch.randn((count, *shape), generator=generator, device=device)
-            x = sample_fn(denoiser, x, schedule, timesteps, generator=generator)
-            batches.append(to_uint8(x).cpu())
-            bar.update(count)
-    return torch.cat(batches)
+            batch_denoiser = denoiser
+            if labels is not None:
+                batch_denoiser = denoiser.conditioned(labels[start : start + count].to(device), guidance)
+            x = sample_fn(batch_denoiser, x, schedule, timesteps, generator=generator)
+            batches.append((start, to_uint8(x).cpu()))
+            bar.update(count * ranks.world_size)
+    if ranks.enabled:
+        gathered = [None] * ranks.world_size
+        torch.distributed.all_gather_object(gathered, batches)
+        batches = sorted(batch for part in gathered for batch in part)
+    return torch.cat([images for _, images in batches])

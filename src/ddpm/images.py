@@ -25,6 +25,15 @@ def save_grid(images: Tensor, path: Path, nrow: Optional[int] = None, padding: i
     return path
 
 
+def save_class_grid(images: Tensor, labels: Tensor, path: Path, max_images: int = 64) -> Path:
+    """Save a grid with one row per class (in label order), at most `max_images` images in all."""
+    classes = labels.unique().tolist()
+    per_class = min(int((labels == c).sum()) for c in classes)
+    per_row = max(1, min(per_class, max_images // len(classes)))
+    rows = [torch.nonzero(labels == c).flatten()[:per_row] for c in classes]
+    return save_grid(images[torch.cat(rows)], path, nrow=per_row)
+
+
 def save_npz(path: Path, images: Tensor, labels: Optional[Tensor] = None) -> Path:
     """Save samples the way OpenAI's evaluation suite reads them: arr_0 uint8 [N, H, W, C].
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .evaluate import Evaluator
-from .generate import TrainedModel, generate
+from .generate import TrainedModel, class_labels, generate
 from .samplers import get_sampler, network_evaluations
 
 FIELDS = ("sampler", "steps", "nfe", "fid", "kid", "seconds", "samples")
@@ -27,6 +27,8 @@ def sweep(model: TrainedModel, samplers: Sequence[str], steps: Sequence[int], n:
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
     spacing = spacing or config.sample.spacing
     denoiser = model.denoiser(config.sample.clip_denoised)
+    num_classes = config.model.num_classes  # a class-conditional run: every class, with the run's guidance
+    labels = class_labels(n, range(num_classes)) if num_classes else None
     if out_csv is not None:
         with open(out_csv, "w", newline="") as handle:
             csv.DictWriter(handle, FIELDS).writeheader()
@@ -36,7 +38,8 @@ def sweep(model: TrainedModel, samplers: Sequence[str], steps: Sequence[int], n:
             if k > model.schedule.timesteps:
                 continue
             started = time.perf_counter()
-            images = generate(denoiser, n, shape, name, k, 0.0, spacing, seed, batch_size)
+            images = generate(denoiser, n, shape, name, k, 0.0, spacing, seed, batch_size, labels=labels,
+                              guidance=config.sample.guidance)
             seconds = time.perf_counter() - started
             scores = evaluator(images)
             row = {"sampler": name, "steps": k, "nfe": network_evaluations(name, k), "fid": round(scores["fid"], 4),

@@ -13,7 +13,7 @@ import math
 import random
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -25,11 +25,14 @@ from .checkpoint import RunDir, load_into, load_meta, load_state, load_weights, 
 from .config import Config
 from .data import batch_indices, load_data, to_model_range
 from .diffusion import Denoiser, training_loss
+from .distributed import init_distributed
 from .ema import EMA
 from .errors import InputError
-from .generate import build_network, build_schedule, generate, resolve_device
-from .images import plot_loss, save_grid
+from .generate import build_network, build_schedule, class_labels, generate, resolve_device
+from .guidance import drop_labels
+from .images import plot_loss, save_class_grid, save_grid
 from .optim import make_lr_scheduler, make_optimizer
+from .precision import autocast, make_scaler
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_min")
 MAX_SKIPPED = 10  # with train.nonfinite=skip: non-finite steps in a row before giving up
@@ -43,54 +46,93 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     """Train the model that `config` describes; the run directory `out` receives everything.
 
     With `resume`, `out` must hold a run: training continues from its newest checkpoint, with the
-    same data order and random numbers as if it had never stopped.
+    same data order and random numbers as if it had never stopped. Under torchrun every process
+    calls this; they share the work of each step and rank 0 writes the files (distributed.py).
     """
     run = RunDir(out)
     config.validate()
     tc = config.train
-    device = resolve_device(tc.device)
+    ranks, device_name = init_distributed(tc.device)
+    device = resolve_device(device_name)
+    _check_batch_split(tc, ranks.world_size)
     _seed_everything(tc.seed)
 
     # The data, and the config resolved against it (image size, channels).
     data = load_data(config.data.name, config.data.root, config.data.image_size)
     config.data.image_size, config.data.channels = data.image_size, data.channels
     config.model.check_image_size(data.image_size)
+    num_classes = config.model.num_classes
+    if num_classes:
+        _check_labels(data, num_classes)
 
     # The network, its EMA, the optimiser and the noise schedule.
-    network = build_network(config).to(device)
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    network = build_network(config).to(device, memory_format=memory_format)
     ema = EMA(network, tc.ema_decay, tc.ema_warmup)
     optimizer = make_optimizer(network, tc)
     lr_schedule = make_lr_scheduler(optimizer, tc)
+    scaler = make_scaler(tc.precision, device)
     schedule = build_schedule(config).to(device)
-    generator = torch.Generator(device=device).manual_seed(tc.seed)  # timesteps and noise of the loss
+    generator = torch.Generator(device=device).manual_seed(tc.seed)  # labels, timesteps and noise of the loss
     step = 0
 
     if resume:
-        step = _restore(run, network, ema, optimizer, lr_schedule, generator)
+        step = _restore(run, network, ema, optimizer, lr_schedule, scaler, generator)
     else:
-        _start(run, config)
+        _refuse_existing_run(run)
+        ranks.barrier()  # every rank has looked before rank 0 creates the run directory
+        if ranks.is_main:
+            run.path.mkdir(parents=True, exist_ok=True)
+            config.to_yaml(run.config_path)
+    ranks.barrier()
+    model = ranks.wrap(network, device)  # what the loss calls: DDP averages the gradients across ranks
+    if tc.compile:
+        model = torch.compile(model)
 
-    log = _Log(run.log_path, step)
+    log = _Log(run.log_path, step) if ranks.is_main else None
     batches = batch_indices(len(data), tc.batch_size, tc.seed, start_step=step)
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
     started, images_seen, skipped = time.monotonic(), 0, 0
     budget = f"training (stops at step {tc.max_steps}" + (f" or after {tc.max_minutes:g} min)" if tc.max_minutes else ")")
-    bar = tqdm(total=tc.max_steps, initial=step, desc=budget, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=tc.max_steps, initial=step, desc=budget, unit="step", disable=not (progress and ranks.is_main),
+               dynamic_ncols=True)
     with _stop_on_signal() as stop:
-        while step < tc.max_steps and time.monotonic() < deadline and not stop.requested:
-            x0 = to_model_range(data.images[next(batches)]).to(device, non_blocking=True)
-            loss = training_loss(network, schedule, x0, config.diffusion.objective, config.diffusion.loss, generator)
+        while step < tc.max_steps and not ranks.any(stop.requested is not None or time.monotonic() > deadline, device):
+            # The global batch with its labels, timesteps and noise: the same draws on every rank.
+            indices = next(batches)
+            x0 = to_model_range(data.images[indices]).to(device, non_blocking=True)
+            labels = None
+            if num_classes:  # a random 10% become the null class: the unconditional model (guidance.py)
+                labels = drop_labels(data.labels[indices].to(device), tc.label_dropout, num_classes, generator)
+            t = torch.randint(0, schedule.timesteps, (len(x0),), device=device, generator=generator)
+            noise = torch.randn(x0.shape, device=device, generator=generator)
+
+            # This rank's share, in grad_accum micro-batches; the gradient is that of the mean loss.
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = torch.zeros((), device=device)
+            for i, (x0_i, t_i, noise_i, labels_i) in enumerate(_micro_batches(ranks, tc.grad_accum, x0, t, noise, labels)):
+                with _accumulating(model, i < tc.grad_accum - 1), autocast(tc.precision, device):
+                    x0_i = x0_i.contiguous(memory_format=memory_format)
+                    micro_loss = training_loss(model, schedule, x0_i, config.diffusion.objective, config.diffusion.loss,
+                                               labels=labels_i, t=t_i, noise=noise_i) / tc.grad_accum
+                scaler.scale(micro_loss).backward()
+                loss += micro_loss.detach()
+            scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), tc.grad_clip or math.inf)
-            if torch.isfinite(loss) and torch.isfinite(grad_norm):
-                optimizer.step()
+            loss = ranks.mean(loss)
+
+            # The update, unless the loss or gradient is not finite (fp16's scaler skips overflows itself).
+            if torch.isfinite(loss) and (torch.isfinite(grad_norm) or scaler.is_enabled()):
+                scaler.step(optimizer)
+                scaler.update()
                 ema.update(network)
-                log.add(loss, grad_norm)
+                if log:
+                    log.add(loss, grad_norm)
                 skipped = 0
             elif tc.nonfinite == "skip" and skipped < MAX_SKIPPED:
                 skipped += 1  # no update: the weights, optimiser and EMA stay as they were
-                tqdm.write(f"step {step + 1}: the loss became {loss.item()}; step skipped ({skipped} in a row)")
+                if ranks.is_main:
+                    tqdm.write(f"step {step + 1}: the loss became {loss.item()}; step skipped ({skipped} in a row)")
             else:
                 raise TrainingDiverged(
                     f"the loss became {loss.item()} at step {step + 1}"
@@ -103,6 +145,8 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
             images_seen += len(x0)
             bar.update(1)
 
+            if not ranks.is_main:
+                continue
             if step % tc.log_every == 0 and log.count:
                 elapsed = time.monotonic() - started
                 row = log.write(step, lr_schedule.get_last_lr()[0], images_seen / elapsed, elapsed / 60)
@@ -110,44 +154,64 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
             if step % tc.sample_every == 0:
                 _sample_grid(run, config, ema, schedule, step)
             if step % tc.checkpoint_every == 0:
-                _checkpoint(run, step, network, ema, optimizer, lr_schedule, generator, tc.keep_checkpoints)
+                _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, tc.keep_checkpoints)
     bar.close()
 
-    log.flush(step, lr_schedule.get_last_lr()[0], images_seen / max(time.monotonic() - started, 1e-9),
-              (time.monotonic() - started) / 60)
-    _checkpoint(run, step, network, ema, optimizer, lr_schedule, generator, tc.keep_checkpoints)
-    if step % tc.sample_every:
-        _sample_grid(run, config, ema, schedule, step)
-    plot_loss(run.log_path, run.loss_plot_path)
-    if stop.requested:
-        tqdm.write(f"stopped by {stop.requested} at step {step}; checkpoint written. "
-                   f"Continue with: ddpm train --resume {run.path}")
+    if ranks.is_main:
+        log.flush(step, lr_schedule.get_last_lr()[0], images_seen / max(time.monotonic() - started, 1e-9),
+                  (time.monotonic() - started) / 60)
+        _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, tc.keep_checkpoints)
+        if step % tc.sample_every:
+            _sample_grid(run, config, ema, schedule, step)
+        plot_loss(run.log_path, run.loss_plot_path)
+        if stop.requested:
+            tqdm.write(f"stopped by {stop.requested} at step {step}; checkpoint written. "
+                       f"Continue with: ddpm train --resume {run.path}")
+    ranks.barrier()  # the final checkpoint exists before any rank returns
     return run
+
+
+def _check_batch_split(tc, world_size: int) -> None:
+    parts = world_size * tc.grad_accum
+    if tc.batch_size % parts:
+        raise InputError(f"train.batch_size ({tc.batch_size}) is the global batch and must split evenly into "
+                         f"{world_size} processes x {tc.grad_accum} micro-batches; use a multiple of {parts}")
+
+
+def _micro_batches(ranks, count: int, *tensors):
+    """This rank's shard of each global-batch tensor (None stays None), cut into `count` micro-batches."""
+    shards = [None if x is None else ranks.shard(x).chunk(count) for x in tensors]
+    for i in range(count):
+        yield [None if shard is None else shard[i] for shard in shards]
+
+
+def _accumulating(model: torch.nn.Module, still: bool):
+    """While micro-batches remain, DDP need not average gradients across ranks yet."""
+    return model.no_sync() if still and hasattr(model, "no_sync") else nullcontext()
 
 
 # ---- starting, checkpointing and resuming ----------------------------------------------------
 
 
-def _start(run: RunDir, config: Config) -> None:
-    """Create the run directory and write its config; never overwrite an existing run."""
+def _refuse_existing_run(run: RunDir) -> None:
+    """A new run never overwrites an existing one."""
     if run.latest() is not None or run.config_path.exists():
         raise InputError(f"{run.path} already holds a run; continue it with --resume {run.path} "
                          f"or choose another --out")
-    run.path.mkdir(parents=True, exist_ok=True)
-    config.to_yaml(run.config_path)
 
 
-def _checkpoint(run, step, network, ema, optimizer, lr_schedule, generator, keep) -> None:
+def _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, keep) -> None:
     state = {
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
+        "grad_scaler": scaler.state_dict(),
         "rng": _rng_state(generator),
     }
     tensors = {"model": network.state_dict(), "ema": ema.model.state_dict()}
     save_checkpoint(run, step, tensors, state, {"ema_updates": ema.updates}, keep=keep)
 
 
-def _restore(run, network, ema, optimizer, lr_schedule, generator) -> int:
+def _restore(run, network, ema, optimizer, lr_schedule, scaler, generator) -> int:
     folder = run.latest()
     if folder is None:
         raise InputError(f"cannot resume {run.path}: it has no complete checkpoint")
@@ -157,18 +221,33 @@ def _restore(run, network, ema, optimizer, lr_schedule, generator) -> int:
     ema.updates = load_meta(folder)["ema_updates"]
     optimizer.load_state_dict(state["optimizer"])
     lr_schedule.load_state_dict(state["lr_schedule"])
+    if state.get("grad_scaler") and scaler.is_enabled():  # empty unless the run trained in fp16
+        scaler.load_state_dict(state["grad_scaler"])
     _set_rng_state(state["rng"], generator)
     return load_meta(folder)["step"]
 
 
 def _sample_grid(run: RunDir, config: Config, ema: EMA, schedule, step: int) -> None:
-    """A grid from the EMA model, always from the same noise, so grids compare across steps."""
+    """A grid from the EMA model, always from the same noise, so grids compare across steps.
+    A class-conditional model shows one row per class."""
     denoiser = Denoiser(ema.model, schedule, config.diffusion.objective, config.sample.clip_denoised)
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
-    s = config.sample
-    images = generate(denoiser, config.train.grid_size, shape, s.sampler, s.steps, s.eta, s.spacing,
-                      seed=config.train.seed, progress=False)
-    save_grid(images, run.sample_grid_path(step))
+    s, n = config.sample, config.train.grid_size
+    labels = class_labels(n, range(config.model.num_classes)) if config.model.num_classes else None
+    images = generate(denoiser, n, shape, s.sampler, s.steps, s.eta, s.spacing, seed=config.train.seed, progress=False,
+                      labels=labels, guidance=s.guidance)
+    if labels is None:
+        save_grid(images, run.sample_grid_path(step))
+    else:
+        save_class_grid(images, labels, run.sample_grid_path(step), n)
+
+
+def _check_labels(data, num_classes: int) -> None:
+    if data.labels is None:
+        raise InputError(f"data set {data.name!r} has no class labels; train it without --classes")
+    top = int(data.labels.max())
+    if num_classes <= top or int(data.labels.min()) < 0:
+        raise InputError(f"data set {data.name!r} has labels 0..{top}; use --classes {top + 1}")
 
 
 # ---- random generators -----------------------------------------------------------------------

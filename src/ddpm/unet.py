@@ -14,7 +14,7 @@ embedding (Vaswani et al. 2017, as in Ho et al. 2020 §4) and an MLP.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +131,10 @@ class UNet(nn.Module):
 
     `channels[i]` is the width of level i (full resolution first) and `attention[i]` whether level
     i uses self-attention. An image side must be divisible by 2^(levels - 1).
+
+    With `num_classes` K > 0 the network is class-conditional: a learned embedding of the label
+    y in {0, ..., K-1} is added to the time embedding. Label K is the null class, the
+    unconditional model of classifier-free guidance (see guidance.py); y=None means null.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class UNet(nn.Module):
         neck_length: int = 1,
         time_emb_dim: int = 64,
         dropout: float = 0.0,
+        num_classes: int = 0,
     ):
         super().__init__()
         if len(attention) != len(channels):
@@ -153,6 +158,8 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(time_emb_dim, time_channels), nn.SiLU(), nn.Linear(time_channels, time_channels), nn.SiLU()
         )
+        self.num_classes = num_classes
+        self.class_embedding = nn.Embedding(num_classes + 1, time_channels) if num_classes else None
         self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1)
 
         last = len(channels) - 1
@@ -176,9 +183,13 @@ class UNet(nn.Module):
                 f"{self.levels} levels needs; resize the images or use fewer levels"
             )
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         self.check_size(x.shape[-2], x.shape[-1])
         time = self.time_mlp(sinusoidal_embedding(t, self.time_emb_dim))
+        if self.class_embedding is not None:
+            time = time + self.class_embedding(torch.full_like(t, self.num_classes) if y is None else y)
+        elif y is not None:
+            raise InputError("this UNet was built without classes (num_classes=0); it takes no labels")
         h = self.stem(x)
         skips = []
         for block in self.down:

@@ -1,0 +1,131 @@
+"""How close does a training step come to the hardware's limit?  (issue: scale and speed)
+
+For a preset at a batch size, precision and device: the training step's images/s, its FLOPs per
+image counted by torch.utils.flop_counter (forward and backward, not guessed), the FLOP/s that
+gives, and that as a fraction of a matrix-multiply rate measured in this same process (fp32 on a
+CPU, bf16 on CUDA). Also the sampling rate at a given number of network evaluations.
+
+    python benchmarks/throughput.py                                   # the mnist5k default on this CPU
+    python benchmarks/throughput.py --preset cifar10-ddpm --batch-size 128 --precision bf16 \\
+        --compile --channels-last --device cuda
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddpm import Config, build_network, build_schedule, load_data
+from ddpm.diffusion import Denoiser, training_loss
+from ddpm.generate import generate, resolve_device
+from ddpm.precision import autocast
+from ddpm.presets import load_preset
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 3.0) -> float:
+    """FLOP/s of a large square matrix multiply: the practical limit of this device and dtype."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+        if device.type == "cuda" and count % 10:
+            continue
+        _sync(device)
+    _sync(device)
+    return 2 * size**3 * count / (time.perf_counter() - started)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", help="a preset (default: the mnist5k default config)")
+    parser.add_argument("--batch-size", type=int, help="default: the preset's")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps (after 5 warm-up steps)")
+    parser.add_argument("--sample-nfe", type=int, default=50, help="network evaluations per sample when timing sampling")
+    parser.add_argument("--sample-n", type=int, default=64)
+    args = parser.parse_args()
+
+    config = load_preset(args.preset) if args.preset else Config()
+    batch = args.batch_size or config.train.batch_size
+    device = resolve_device(args.device)
+    data = load_data(config.data.name, config.data.root, config.data.image_size)  # for the image shape only
+    config.data.image_size, config.data.channels = data.image_size, data.channels
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    network = build_network(config).to(device, memory_format=memory_format)
+    model = torch.compile(network) if args.compile else network
+    schedule = build_schedule(config).to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    x0 = (torch.rand(batch, data.channels, data.image_size, data.image_size, device=device) * 2 - 1).contiguous(
+        memory_format=memory_format)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(args.precision, device):
+            loss = training_loss(model, schedule, x0, config.diffusion.objective, config.diffusion.loss)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    with FlopCounterMode(display=False) as counter:  # on the eager network: the FLOPs of the maths, not of a kernel
+        optimizer.zero_grad(set_to_none=True)
+        training_loss(network, schedule, x0, config.diffusion.objective, config.diffusion.loss).backward()
+    flops_per_image = counter.get_total_flops() / batch
+
+    for _ in range(5):  # warm-up, and compilation
+        step()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    _sync(device)
+    train_images_per_s = args.steps * batch / (time.perf_counter() - started)
+
+    limit_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    limit = matmul_rate(device, limit_dtype, 2048 if device.type == "cpu" else 8192)
+    achieved = train_images_per_s * flops_per_image
+
+    network.eval()
+    shape = (data.channels, data.image_size, data.image_size)
+    started = time.perf_counter()
+    generate(Denoiser(network, schedule, config.diffusion.objective), args.sample_n, shape, "ddim", args.sample_nfe,
+             batch_size=args.sample_n, progress=False)
+    _sync(device)
+    sample_images_per_s = args.sample_n / (time.perf_counter() - started)
+
+    print(json.dumps({
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "preset": args.preset or "default (mnist5k)",
+        "parameters_M": round(sum(p.numel() for p in network.parameters()) / 1e6, 2),
+        "batch_size": batch, "precision": args.precision, "compile": args.compile, "channels_last": args.channels_last,
+        "train_images_per_s": round(train_images_per_s, 1),
+        "train_gflop_per_image": round(flops_per_image / 1e9, 3),
+        "achieved_tflop_per_s": round(achieved / 1e12, 4),
+        f"matmul_{'fp32' if limit_dtype == torch.float32 else 'bf16'}_tflop_per_s": round(limit / 1e12, 4),
+        "fraction_of_matmul": round(achieved / limit, 3),
+        "sample_nfe": args.sample_nfe,
+        "sample_images_per_s": round(sample_images_per_s, 2),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Several processes, one training run: PyTorch's DistributedDataParallel, launched by torchrun.
+
+    torchrun --nproc_per_node=4 -m ddpm train ...     # 4 GPUs (NCCL) or 4 CPU processes (gloo)
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything runs in one process and
+none of this does anything. The configured batch size is the global batch: every rank draws the
+same global batch indices, timesteps and noise (one shared generator), and keeps its own slice of
+them. So a step over N ranks computes the same gradient as one process with the whole batch, and
+a run can resume with a different number of processes. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the run directory, logs and shows progress."""
+        return self.rank == 0
+
+    def shard(self, batch: Tensor) -> Tensor:
+        """This rank's contiguous slice of a global batch (the batch size divides evenly)."""
+        size = len(batch) // self.world_size
+        return batch[self.rank * size : (self.rank + 1) * size]
+
+    def mean(self, value: Tensor) -> Tensor:
+        """The mean of `value` over the ranks (a no-op in one process)."""
+        if self.enabled:
+            value = value.detach().clone()
+            dist.all_reduce(value)
+            value /= self.world_size
+        return value
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank if `flag` is true on any: ranks must stop at the same step."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def gather(self, tensor: Tensor) -> Tensor:
+        """Every rank's `tensor` (same shape on each), concatenated in rank order."""
+        if not self.enabled:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def wrap(self, network: nn.Module, device: torch.device) -> nn.Module:
+        """The network as DDP sees it: gradients are averaged across ranks during backward."""
+        if not self.enabled:
+            return network
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def init_distributed(device_name: str = "auto") -> tuple[Distributed, str]:
+    """Join the process group torchrun describes, if any; returns it and the device this rank uses.
+
+    NCCL on CUDA (one GPU per rank, by LOCAL_RANK), gloo on CPU.
+    """
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+        return Distributed(), device_name
+    info = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(info.local_rank)
+        device_name = f"cuda:{info.local_rank}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return info, device_name
+
+
+def close_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

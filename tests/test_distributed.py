@@ -1,0 +1,102 @@
+"""Several processes (torchrun, gloo on CPU), micro-batches and mixed precision all compute the
+same step as one process with the whole batch."""
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from ddpm import train
+from ddpm.checkpoint import load_state
+from ddpm.cli import main
+
+from test_cli import TINY
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpm", "--"]  # "--": torchrun would take --run for its --run-path
+
+
+def _assert_same_step(a, b, rtol=1e-4):
+    """Two runs took the same optimiser step: the same first moment (the gradient) and weights."""
+    moments = [load_state(run.latest())["optimizer"]["state"] for run in (a, b)]
+    for key in moments[0]:
+        m0, m1 = moments[0][key]["exp_avg"], moments[1][key]["exp_avg"]
+        assert torch.allclose(m0, m1, rtol=rtol, atol=1e-7 * m0.abs().max()), key
+    w0, w1 = (load_file(run.latest() / "model.safetensors") for run in (a, b))
+    assert all(torch.allclose(w0[k], w1[k], atol=1e-5) for k in w0)
+
+
+class _Run:
+    def __init__(self, path):
+        from ddpm.checkpoint import RunDir
+
+        self.path, self.run = path, RunDir(path)
+
+    def latest(self):
+        return self.run.latest()
+
+
+def test_torchrun_two_ranks_equal_one_process_and_resume_alone(tmp_path):
+    args = ["--max-steps", "1", *TINY, "--set", "train.log_every=1"]
+    single = tmp_path / "single"
+    assert main(["train", "--out", str(single), *args]) == 0
+    work = tmp_path / "cwd"
+    work.mkdir()
+    result = subprocess.run([*TORCHRUN, "train", "--out", "ddp", *args], cwd=work, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = work / "ddp"
+    _assert_same_step(_Run(single), _Run(ddp))
+    # Only rank 0 wrote: the same files as the single process, and nothing else in the working directory.
+    files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert files(ddp) == files(single)
+    assert [p.name for p in work.iterdir()] == ["ddp"]
+    assert result.stdout.count("run written to") == 1
+    # The two-rank run resumes in one process.
+    assert main(["train", "--resume", str(ddp), "--max-steps", "3", "--no-progress"]) == 0
+    with open(ddp / "log.csv", newline="") as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
+
+
+def test_torchrun_sampling_shares_batches_and_matches_one_process(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--max-steps", "1", *TINY]) == 0
+    sample = ["sample", "--run", str(run), "--n", "7", "--batch-size", "2", "--steps", "3", "--device", "cpu"]
+    assert main([*sample, "--out", str(tmp_path / "one.npz"), "--grid", str(tmp_path / "one.png")]) == 0
+    result = subprocess.run([*TORCHRUN, *sample, "--out", str(tmp_path / "two.npz"), "--grid", str(tmp_path / "two.png")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (np.load(tmp_path / f"{name}.npz")["arr_0"] for name in ("one", "two"))
+    assert one.shape == (7, 28, 28, 1) and np.array_equal(one, two)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    config = tiny_config(**{"train.max_steps": 1, "train.batch_size": 8})
+    whole = train(config, tmp_path / "whole", progress=False)
+    micro = train(config.override({"train.grad_accum": 4}), tmp_path / "micro", progress=False)
+    _assert_same_step(whole, micro)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    # 8x8 digits: CPUs without bf16 units emulate it, ~50x slower than fp32 at 28x28.
+    config = tiny_config(**{"data.name": "digits", "train.max_steps": 60, "train.batch_size": 32, "train.lr": 3e-3,
+                            "train.warmup_steps": 5, "train.precision": "bf16"})
+    run = train(config, tmp_path / "run", progress=False)
+    with open(run.log_path, newline="") as handle:
+        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+
+
+def test_fp16_trains_with_a_gradient_scaler_and_resumes_it(tmp_path):
+    config = tiny_config(**{"train.max_steps": 2, "train.precision": "fp16"})
+    run = train(config, tmp_path / "run", progress=False)
+    scaler = load_state(run.latest())["grad_scaler"]
+    assert scaler["scale"] > 0
+    train(config.override({"train.max_steps": 3}), run.path, resume=True, progress=False)
+
+
+def test_a_batch_that_does_not_split_is_refused(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "x"), *TINY, "--grad-accum", "3"]) == 2
+    assert "must be divisible by train.grad_accum (3)" in capsys.readouterr().err
