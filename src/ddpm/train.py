@@ -91,6 +91,9 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
 
     log = _Log(run.log_path, step) if ranks.is_main else None
     batches = batch_indices(len(data), tc.batch_size, tc.seed, start_step=step)
+    # The uint8 images live on the device (MNIST-5k: 4 MB), so a step copies nothing from the host.
+    images = data.images.to(device)
+    classes = data.labels.to(device) if num_classes else None
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
     started, images_seen, skipped = time.monotonic(), 0, 0
     budget = f"training (stops at step {tc.max_steps}" + (f" or after {tc.max_minutes:g} min)" if tc.max_minutes else ")")
@@ -99,11 +102,11 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     with _stop_on_signal() as stop:
         while step < tc.max_steps and not ranks.any(stop.requested is not None or time.monotonic() > deadline, device):
             # The global batch with its labels, timesteps and noise: the same draws on every rank.
-            indices = next(batches)
-            x0 = to_model_range(data.images[indices]).to(device, non_blocking=True)
+            indices = next(batches).to(device)
+            x0 = to_model_range(images[indices])
             labels = None
             if num_classes:  # a random 10% become the null class: the unconditional model (guidance.py)
-                labels = drop_labels(data.labels[indices].to(device), tc.label_dropout, num_classes, generator)
+                labels = drop_labels(classes[indices], tc.label_dropout, num_classes, generator)
             t = torch.randint(0, schedule.timesteps, (len(x0),), device=device, generator=generator)
             noise = torch.randn(x0.shape, device=device, generator=generator)
 
