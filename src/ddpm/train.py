@@ -58,7 +58,8 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     _seed_everything(tc.seed)
 
     # The data, and the config resolved against it (image size, channels).
-    data = load_data(config.data.name, config.data.root, config.data.image_size)
+    d = config.data
+    data = load_data(d.name, d.root, d.image_size, d.crop, d.channels)
     config.data.image_size, config.data.channels = data.image_size, data.channels
     config.model.check_image_size(data.image_size)
     num_classes = config.model.num_classes
@@ -104,6 +105,9 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
             # The global batch with its labels, timesteps and noise: the same draws on every rank.
             indices = next(batches).to(device)
             x0 = to_model_range(images[indices])
+            if config.data.flip:  # random horizontal flips, drawn from the same shared generator
+                flipped = torch.rand(len(x0), device=device, generator=generator) < 0.5
+                x0 = torch.where(flipped[:, None, None, None], x0.flip(-1), x0)
             labels = None
             if num_classes:  # a random 10% become the null class: the unconditional model (guidance.py)
                 labels = drop_labels(classes[indices], tc.label_dropout, num_classes, generator)

