@@ -18,6 +18,7 @@ import yaml
 from .errors import InputError
 from .samplers import SAMPLERS as _SAMPLER_FUNCTIONS
 from .schedules import SPACINGS
+from .unet import ACTIVATIONS, NORMS, SKIPS, UPSAMPLES
 
 SAMPLERS = tuple(_SAMPLER_FUNCTIONS)
 
@@ -41,6 +42,11 @@ class ModelConfig:
     time_emb_dim: int = 64
     dropout: float = 0.0
     num_classes: int = 0  # > 0: class-conditional on the data set's labels (classifier-free guidance)
+    norm: str = "group"  # or batch
+    activation: str = "silu"  # or relu
+    upsample: str = "nearest"  # nearest or bilinear, then a 3x3 conv; or transposed (a transposed conv)
+    skips: str = "level"  # one skip per level; or block: one per residual block, as in Ho et al.'s UNet
+    neck_attention: bool = False  # self-attention between the first two neck blocks (Ho et al.'s middle)
 
     def validate(self) -> None:
         _check(len(self.channels) >= 1, "model.channels needs at least one level")
@@ -55,6 +61,9 @@ class ModelConfig:
         _check(self.time_emb_dim >= 2 and self.time_emb_dim % 2 == 0,
                f"model.time_emb_dim must be an even number >= 2 (got {self.time_emb_dim})")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
+        for name, value, choices in [("norm", self.norm, NORMS), ("activation", self.activation, tuple(ACTIVATIONS)),
+                                     ("upsample", self.upsample, UPSAMPLES), ("skips", self.skips, SKIPS)]:
+            _check_choice(f"model.{name}", value, choices)
         _check(self.num_classes >= 0, f"model.num_classes must be >= 0, 0 for an unconditional model (got {self.num_classes})")
 
     def check_image_size(self, image_size: int) -> None:

@@ -1,26 +1,39 @@
 """The UNet that predicts eps (or x0, or v) from a noisy image x_t and its timestep t.
 
-    x ─ conv3x3 ─ Down_0 ─ Down_1 ─ … ─ Down_{L-1} ─ neck ─ Up_{L-1} ─ … ─ Up_0 ─ norm/SiLU/conv3x3 ─ out
+    x ─ conv3x3 ─ Down_0 ─ Down_1 ─ … ─ Down_{L-1} ─ neck ─ Up_{L-1} ─ … ─ Up_0 ─ norm/act/conv3x3 ─ out
                     │skip    │skip          │skip            ↑            ↑
                     └────────┴──────────────┴────────────────┘ concatenated at the same level
 
-Each Down level runs `num_res` residual blocks (and self-attention where asked), then halves the
-resolution with a strided 3x3 convolution, except at the lowest level. Each Up level doubles the
-resolution (except at the lowest level), concatenates the skip of its level and runs `num_res`
-residual blocks (and attention). The timestep enters every residual block through a sinusoidal
-embedding (Vaswani et al. 2017, as in Ho et al. 2020 §4) and an MLP.
+Each Down level runs `num_res` residual blocks, each followed by self-attention where asked, then
+halves the resolution with a strided 3x3 convolution, except at the lowest level. The timestep
+enters every residual block through a sinusoidal embedding (Vaswani et al. 2017, as in Ho et al.
+2020 §4) and an MLP. Skips come in two layouts:
+
+- `skips="level"` (the default, small and fast): one skip per level, the output of its blocks.
+  Each Up level upsamples, concatenates that skip and runs `num_res` blocks.
+- `skips="block"` (Ho et al.'s CIFAR-10 model): a skip after the stem, after every residual block
+  and after every downsampling. Each Up level runs `num_res + 1` blocks, each concatenating one
+  skip, then upsamples.
+
+The seeds' variants choose GroupNorm or BatchNorm, SiLU or ReLU, and nearest or bilinear
+upsampling followed by a 3x3 convolution, or a transposed convolution.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InputError
+
+NORMS = ("group", "batch")
+ACTIVATIONS = {"silu": F.silu, "relu": F.relu}
+UPSAMPLES = ("nearest", "bilinear", "transposed")
+SKIPS = ("level", "block")
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -40,15 +53,29 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(32, max(channels // 4, 1)), channels)
 
 
-class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with GroupNorm and SiLU; the time embedding is added between them."""
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """GroupNorm, or BatchNorm (the fourth seed's choice; its statistics are shared across the batch)."""
+    return group_norm(channels) if kind == "group" else nn.BatchNorm2d(channels)
 
-    def __init__(self, in_channels: int, out_channels: int, time_channels: int, dropout: float = 0.0):
+
+def make_upsample(kind: str, channels: int) -> nn.Module:
+    """Double the resolution: nearest or bilinear interpolation then a 3x3 conv, or a transposed conv."""
+    if kind == "transposed":
+        return nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode=kind), nn.Conv2d(channels, channels, 3, padding=1))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with a norm and an activation; the time embedding is added between them."""
+
+    def __init__(self, in_channels: int, out_channels: int, time_channels: int, dropout: float = 0.0,
+                 norm: str = "group", activation: str = "silu"):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.act = ACTIVATIONS[activation]
+        self.norm1 = make_norm(norm, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.time = nn.Linear(time_channels, out_channels)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = make_norm(norm, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: a stable deep net at step 0
@@ -56,21 +83,21 @@ class ResidualBlock(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor, time: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(self.act(self.norm1(x)))
         h = h + self.time(time)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(self.act(self.norm2(h))))
         return h + self.skip(x)
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the pixels of a feature map, with a residual connection."""
 
-    def __init__(self, channels: int, head_dim: int = 64):
+    def __init__(self, channels: int, head_dim: int = 64, norm: str = "group"):
         super().__init__()
         self.heads = max(1, channels // head_dim)
         if channels % self.heads:
             raise InputError(f"attention needs channels divisible by its {self.heads} heads (got {channels})")
-        self.norm = group_norm(channels)
+        self.norm = make_norm(norm, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
@@ -84,53 +111,88 @@ class SelfAttention(nn.Module):
         return x + self.out(attended.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class _Options:
+    """What every block of one UNet shares: time width, dropout, norm, activation, upsampling."""
+
+    def __init__(self, time_channels: int, dropout: float, norm: str, activation: str, upsample: str):
+        self.time_channels, self.dropout = time_channels, dropout
+        self.norm, self.activation, self.upsample = norm, activation, upsample
+
+    def res(self, in_channels: int, out_channels: int) -> ResidualBlock:
+        return ResidualBlock(in_channels, out_channels, self.time_channels, self.dropout, self.norm, self.activation)
+
+    def attention(self, channels: int, wanted: bool) -> nn.Module:
+        return SelfAttention(channels, norm=self.norm) if wanted else nn.Identity()
+
+
 class DownBlock(nn.Module):
-    """One resolution level on the way down: residual blocks, optional attention, then downsampling."""
+    """One resolution level on the way down: residual blocks (each with optional attention), then
+    downsampling. Returns the downsampled map and the skips it leaves for the way up."""
 
-    def __init__(self, in_channels, out_channels, time_channels, num_res, attention, downsample, dropout):
+    def __init__(self, in_channels: int, out_channels: int, num_res: int, attention: bool, downsample: bool,
+                 per_block: bool, o: _Options):
         super().__init__()
-        self.res = nn.ModuleList(
-            ResidualBlock(in_channels if i == 0 else out_channels, out_channels, time_channels, dropout)
-            for i in range(num_res)
-        )
-        self.attention = SelfAttention(out_channels) if attention else nn.Identity()
-        self.downsample = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) if downsample else nn.Identity()
+        self.per_block = per_block
+        self.res = nn.ModuleList(o.res(in_channels if i == 0 else out_channels, out_channels) for i in range(num_res))
+        self.attention = nn.ModuleList(o.attention(out_channels, attention) for _ in range(num_res))
+        self.downsample = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) if downsample else None
 
-    def forward(self, x: Tensor, time: Tensor) -> tuple[Tensor, Tensor]:
-        for block in self.res:
-            x = block(x, time)
-        skip = self.attention(x)
-        return self.downsample(skip), skip
+    def skip_count(self) -> int:
+        return len(self.res) + (self.downsample is not None) if self.per_block else 1
+
+    def forward(self, x: Tensor, time: Tensor) -> tuple[Tensor, list[Tensor]]:
+        skips = []
+        for block, attention in zip(self.res, self.attention):
+            x = attention(block(x, time))
+            skips.append(x)
+        if not self.per_block:
+            skips = skips[-1:]
+        if self.downsample is not None:
+            x = self.downsample(x)
+            if self.per_block:
+                skips.append(x)
+        return x, skips
 
 
 class UpBlock(nn.Module):
-    """One resolution level on the way up: upsampling, the skip concatenated, residual blocks, attention."""
+    """One resolution level on the way up. Level skips: upsample, concatenate the level's skip, run
+    the blocks. Block skips: each block concatenates one skip, then upsample."""
 
-    def __init__(self, in_channels, skip_channels, out_channels, time_channels, num_res, attention, upsample, dropout):
+    def __init__(self, in_channels: int, skip_channels: list[int], out_channels: int, num_res: int, attention: bool,
+                 upsample: bool, per_block: bool, o: _Options):
         super().__init__()
-        self.upsample = (
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_channels, in_channels, 3, padding=1))
-            if upsample
-            else nn.Identity()
-        )
-        self.res = nn.ModuleList(
-            ResidualBlock(in_channels + skip_channels if i == 0 else out_channels, out_channels, time_channels, dropout)
-            for i in range(num_res)
-        )
-        self.attention = SelfAttention(out_channels) if attention else nn.Identity()
+        self.per_block = per_block
+        count = num_res + 1 if per_block else num_res
+        widths = [in_channels] + [out_channels] * (count - 1)
+        if per_block:
+            ins = [w + s for w, s in zip(widths, skip_channels)]
+        else:
+            ins = [in_channels + skip_channels[0]] + widths[1:]
+        self.upsample = make_upsample(o.upsample, out_channels if per_block else in_channels) if upsample else None
+        self.res = nn.ModuleList(o.res(c, out_channels) for c in ins)
+        self.attention = nn.ModuleList(o.attention(out_channels, attention) for _ in ins)
 
-    def forward(self, x: Tensor, skip: Tensor, time: Tensor) -> Tensor:
-        x = torch.cat([self.upsample(x), skip], dim=1)
-        for block in self.res:
-            x = block(x, time)
-        return self.attention(x)
+    def forward(self, x: Tensor, skips: list[Tensor], time: Tensor) -> Tensor:
+        if not self.per_block:
+            if self.upsample is not None:
+                x = self.upsample(x)
+            x = torch.cat([x, skips.pop()], dim=1)
+        for block, attention in zip(self.res, self.attention):
+            if self.per_block:
+                x = torch.cat([x, skips.pop()], dim=1)
+            x = attention(block(x, time))
+        if self.per_block and self.upsample is not None:
+            x = self.upsample(x)
+        return x
 
 
 class UNet(nn.Module):
     """UNet(in_channels, channels=[...], attention=[...], num_res, neck_length, time_emb_dim, dropout).
 
     `channels[i]` is the width of level i (full resolution first) and `attention[i]` whether level
-    i uses self-attention. An image side must be divisible by 2^(levels - 1).
+    i uses self-attention. An image side must be divisible by 2^(levels - 1). The neck runs
+    `neck_length` residual blocks at the lowest resolution, with attention after the first if
+    `neck_attention` (Ho et al.'s middle: block, attention, block).
 
     With `num_classes` K > 0 the network is class-conditional: a learned embedding of the label
     y in {0, ..., K-1} is added to the time embedding. Label K is the null class, the
@@ -147,33 +209,53 @@ class UNet(nn.Module):
         time_emb_dim: int = 64,
         dropout: float = 0.0,
         num_classes: int = 0,
+        norm: str = "group",
+        activation: str = "silu",
+        upsample: str = "nearest",
+        skips: str = "level",
+        neck_attention: bool = False,
     ):
         super().__init__()
         if len(attention) != len(channels):
             raise InputError(f"attention has {len(attention)} entries but channels has {len(channels)}; give one per level")
+        for name, value, choices in [("norm", norm, NORMS), ("activation", activation, tuple(ACTIVATIONS)),
+                                     ("upsample", upsample, UPSAMPLES), ("skips", skips, SKIPS)]:
+            if value not in choices:
+                raise InputError(f"unknown UNet {name} {value!r}; choose one of {', '.join(choices)}")
         self.in_channels = in_channels
         self.levels = len(channels)
         self.time_emb_dim = time_emb_dim
+        self.act = ACTIVATIONS[activation]
         time_channels = 4 * time_emb_dim  # Ho et al. widen the embedding 4x in its MLP
         self.time_mlp = nn.Sequential(
             nn.Linear(time_emb_dim, time_channels), nn.SiLU(), nn.Linear(time_channels, time_channels), nn.SiLU()
         )
         self.num_classes = num_classes
         self.class_embedding = nn.Embedding(num_classes + 1, time_channels) if num_classes else None
+        o = _Options(time_channels, dropout, norm, activation, upsample)
+        per_block = skips == "block"
         self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1)
 
         last = len(channels) - 1
+        skip_widths = [channels[0]] if per_block else []  # block skips start with the stem's output
         self.down = nn.ModuleList()
         width = channels[0]
         for i, out in enumerate(channels):
-            self.down.append(DownBlock(width, out, time_channels, num_res, attention[i], i < last, dropout))
+            block = DownBlock(width, out, num_res, attention[i], i < last, per_block, o)
+            self.down.append(block)
+            skip_widths += [out] * block.skip_count()
             width = out
-        self.neck = nn.ModuleList(ResidualBlock(width, width, time_channels, dropout) for _ in range(neck_length))
+        self.neck = nn.ModuleList(o.res(width, width) for _ in range(neck_length))
+        self.neck_attention = o.attention(width, neck_attention and neck_length > 0)
         self.up = nn.ModuleList()
         for i in reversed(range(len(channels))):
-            self.up.append(UpBlock(width, channels[i], channels[i], time_channels, num_res, attention[i], i < last, dropout))
+            count = num_res + 1 if per_block else 1
+            taken, skip_widths = skip_widths[-count:][::-1], skip_widths[:-count]
+            self.up.append(UpBlock(width, taken, channels[i], num_res, attention[i], i > 0 if per_block else i < last,
+                                   per_block, o))
             width = channels[i]
-        self.head = nn.Sequential(group_norm(width), nn.SiLU(), nn.Conv2d(width, in_channels, 3, padding=1))
+        self.head_norm = make_norm(norm, width)
+        self.head = nn.Conv2d(width, in_channels, 3, padding=1)
 
     def check_size(self, height: int, width: int) -> None:
         factor = 2 ** (self.levels - 1)
@@ -191,12 +273,14 @@ class UNet(nn.Module):
         elif y is not None:
             raise InputError("this UNet was built without classes (num_classes=0); it takes no labels")
         h = self.stem(x)
-        skips = []
+        skips = [h] if self.down[0].per_block else []
         for block in self.down:
-            h, skip = block(h, time)
-            skips.append(skip)
-        for block in self.neck:
+            h, level_skips = block(h, time)
+            skips += level_skips
+        for i, block in enumerate(self.neck):
             h = block(h, time)
+            if i == 0:
+                h = self.neck_attention(h)
         for block in self.up:
-            h = block(h, skips.pop(), time)
-        return self.head(h)
+            h = block(h, skips, time)
+        return self.head(self.act(self.head_norm(h)))

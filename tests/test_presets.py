@@ -1,0 +1,50 @@
+"""Every preset builds its model and trains two steps on a tiny stand-in of its data."""
+
+import csv
+
+import pytest
+from PIL import Image
+
+from ddpm import build_network, train
+from ddpm.presets import list_presets, load_preset
+
+from test_datasets import _write_cifar, _write_idx
+
+
+def _stand_in(name, root):
+    """A few files of data set `name` in its real on-disk format under `root`."""
+    if name == "cifar10":
+        _write_cifar(root, per_batch=2)
+    elif name in ("mnist", "fashion-mnist"):
+        raw = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+        raw.mkdir(parents=True)
+        _write_idx(raw, "train", 4)
+        _write_idx(raw, "t10k", 2)
+    elif name == "celeba":
+        (root / "celeba" / "img_align_celeba").mkdir(parents=True)
+        for i in range(1, 4):
+            Image.new("RGB", (178, 218), (30 * i, 60, 90)).save(root / "celeba" / "img_align_celeba" / f"{i:06d}.jpg")
+        (root / "celeba" / "list_eval_partition.txt").write_text("".join(f"{i:06d}.jpg 0\n" for i in range(1, 4)))
+    elif name == "stanford-cars":
+        for i, make in enumerate(["Audi TT", "BMW M3"]):
+            (root / "stanford-cars" / make).mkdir(parents=True)
+            Image.new("RGB", (90, 60), (40 * i, 90, 120)).save(root / "stanford-cars" / make / "0.jpg")
+
+
+@pytest.mark.parametrize("name", sorted(list_presets()))
+def test_each_preset_trains_two_steps(name, tmp_path):
+    config = load_preset(name)
+    _stand_in(config.data.name, tmp_path / "data")
+    config = config.override({"data.root": str(tmp_path / "data"), "train.batch_size": 2, "train.max_steps": 2,
+                              "train.warmup_steps": 1, "train.grid_size": 2, "train.log_every": 1,
+                              "train.device": "cpu", "sample.steps": 2, "sample.sampler": "ddim"})
+    run = train(config, tmp_path / "run", progress=False)
+    with open(run.log_path, newline="") as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2"]
+
+
+def test_cifar10_ddpm_has_the_papers_35_7_million_parameters():
+    config = load_preset("cifar10-ddpm")
+    config.data.channels = 3
+    count = sum(p.numel() for p in build_network(config).parameters())
+    assert abs(count - 35.7e6) / 35.7e6 < 0.01, count
