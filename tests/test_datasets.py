@@ -132,3 +132,28 @@ def test_bad_data_is_a_one_line_error(make, message, tmp_path, offline, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message.format(tmp=tmp_path) in err, err
     assert not out.exists()
+
+
+def test_a_large_folder_streams_through_workers_in_the_same_order(tmp_path, monkeypatch):
+    """Above STREAM_ABOVE images a folder is decoded by DataLoader workers; training sees exactly
+    the batches it would see with the folder in memory."""
+    import csv
+
+    from conftest import tiny_config
+    from ddpm import train
+    from ddpm.datasets import ImageFiles
+
+    for i in range(12):
+        (tmp_path / "imgs" / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(RNG.integers(0, 256, (20, 20), dtype=np.uint8)).save(tmp_path / "imgs" / f"class{i % 3}" / f"{i}.png")
+    config = tiny_config(**{"data.name": f"folder:{tmp_path / 'imgs'}", "data.channels": 1, "data.image_size": 16,
+                            "train.batch_size": 4, "train.max_steps": 5, "model.num_classes": 3})
+    losses = {}
+    for mode, threshold, workers in [("memory", 1000, 0), ("streamed", 5, 2)]:
+        monkeypatch.setattr("ddpm.datasets.STREAM_ABOVE", threshold)
+        data = load_data(config.data.name, image_size=16, channels=1)
+        assert isinstance(data, ImageFiles) == (mode == "streamed")
+        run = train(config.override({"data.workers": workers}), tmp_path / mode, progress=False)
+        with open(run.log_path, newline="") as handle:
+            losses[mode] = [row["loss"] for row in csv.DictReader(handle)]
+    assert len(losses["memory"]) == 5 and losses["memory"] == losses["streamed"]

@@ -117,6 +117,7 @@ class DataConfig:
     channels: typing.Optional[int] = None  # 1 grayscale or 3 RGB, converted when the data differs
     crop: typing.Optional[int] = None  # center crop to crop x crop before resizing (celeba: 140)
     flip: bool = False  # random horizontal flips during training
+    workers: int = 2  # DataLoader workers for folders too large to hold in memory (datasets.STREAM_ABOVE)
 
     def validate(self) -> None:
         _check(bool(self.name), "data.name must not be empty")
@@ -124,6 +125,7 @@ class DataConfig:
                f"data.image_size must be >= 1 (got {self.image_size})")
         _check(self.channels in (None, 1, 3), f"data.channels must be 1 or 3 (got {self.channels})")
         _check(self.crop is None or self.crop >= 1, f"data.crop must be >= 1 (got {self.crop})")
+        _check(self.workers >= 0, f"data.workers must be >= 0 (got {self.workers})")
 
 
 @dataclass

@@ -41,6 +41,9 @@ class ImageData:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, indices: Tensor, progress: bool = False) -> "ImageData":
+        return ImageData(self.name, self.images[indices], None if self.labels is None else self.labels[indices])
+
     def cropped(self, size: Optional[int]) -> "ImageData":
         """Center-crop to size x size; None keeps the images whole."""
         if size is None:
@@ -113,3 +116,36 @@ def _epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> Tensor:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     repeats = -(-batch_size // size)  # a data set smaller than one batch is tiled
     return torch.cat([torch.randperm(size, generator=generator) for _ in range(repeats)])
+
+
+def iterate_batches(data, batch_size: int, seed: int, start_step: int, device: torch.device,
+                    workers: int = 2) -> Iterator[tuple[Tensor, Optional[Tensor]]]:
+    """(uint8 images, labels or None) on `device` for steps start_step, start_step + 1, ...
+
+    An in-memory ImageData moves to the device once and is indexed there. A streamed data set
+    (datasets.ImageFiles) is decoded by DataLoader workers, in the same order, into pinned memory
+    on CUDA.
+    """
+    order = batch_indices(len(data), batch_size, seed, start_step)
+    if isinstance(data, ImageData):
+        images = data.images.to(device)
+        labels = None if data.labels is None else data.labels.to(device)
+        for indices in order:
+            indices = indices.to(device)
+            yield images[indices], None if labels is None else labels[indices]
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(data, batch_sampler=_BatchOrder(order), num_workers=workers, pin_memory=device.type == "cuda")
+    for images, labels in loader:
+        yield images.to(device, non_blocking=True), None if data.labels is None else labels.to(device, non_blocking=True)
+
+
+class _BatchOrder:
+    """batch_indices as a DataLoader batch_sampler: lists of indices, one per step."""
+
+    def __init__(self, order: Iterator[Tensor]):
+        self.order = order
+
+    def __iter__(self):
+        return (indices.tolist() for indices in self.order)

@@ -107,16 +107,18 @@ def _download(make: Callable[[bool], object], name: str, where: str):
 # ---- image folders ---------------------------------------------------------------------------
 
 
+STREAM_ABOVE = 20_000  # folders with more images are decoded on the fly by DataLoader workers
+
+
 def load_folder(name: str, path: Path, files: Optional[list[Path]] = None, channels: int = 3,
-                image_size: Optional[int] = None, crop: Optional[int] = None) -> ImageData:
-    """Every image under `path` (recursively), decoded once into memory.
+                image_size: Optional[int] = None, crop: Optional[int] = None) -> "ImageData | ImageFiles":
+    """Every image under `path` (recursively): decoded once into memory, or, above STREAM_ABOVE
+    images, an `ImageFiles` that DataLoader workers decode batch by batch.
 
     Labels come from the first-level subfolders when every image sits in one (torchvision's
     ImageFolder layout), in sorted order. Each image is center-cropped to a square (of side `crop`,
     or its shorter side) and resized to `image_size` (default: the size of the first image).
     """
-    from PIL import Image
-
     if not path.is_dir():
         raise InputError(f"image folder {path} does not exist")
     files = files if files is not None else sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -124,17 +126,60 @@ def load_folder(name: str, path: Path, files: Optional[list[Path]] = None, chann
         raise InputError(f"image folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}), also in subfolders")
     tops = [p.relative_to(path).parts[0] if len(p.relative_to(path).parts) > 1 else None for p in files]
     class_names = sorted(set(tops)) if None not in tops else []
-    images = []
-    for file in tqdm(files, desc=f"decoding {name}", unit="img", disable=len(files) < 1000):
-        try:
-            with Image.open(file) as image:
-                picture = image.convert("L" if channels == 1 else "RGB")
-        except Exception as error:
-            raise InputError(f"cannot read image {file}: {error}; remove or replace it") from None
-        images.append(_square(picture, image_size, crop))
-        image_size = image_size or images[0].shape[-1]
     labels = torch.tensor([class_names.index(t) for t in tops]) if class_names else None
-    return ImageData(name, torch.stack(images), labels)
+    image_size = image_size or read_image(files[0], channels, None, crop).shape[-1]
+    streamed = ImageFiles(name, files, labels, channels, image_size, crop)
+    if len(files) > STREAM_ABOVE:
+        return streamed
+    return streamed.subset(torch.arange(len(files)), progress=len(files) >= 1000)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files decoded on demand (for DataLoader workers), with the same face as ImageData:
+    a name, a length, labels, image_size and channels."""
+
+    def __init__(self, name: str, files: list[Path], labels: Optional[torch.Tensor], channels: int, image_size: int,
+                 crop: Optional[int]):
+        self.name, self.files, self.labels = name, files, labels
+        self.channels, self.image_size, self.crop = channels, image_size, crop
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = read_image(self.files[index], self.channels, self.image_size, self.crop)
+        return image, -1 if self.labels is None else int(self.labels[index])
+
+    def subset(self, indices: torch.Tensor, progress: bool = False) -> ImageData:
+        """The images at `indices`, decoded into memory."""
+        images = [self[int(i)][0] for i in tqdm(indices, desc=f"decoding {self.name}", unit="img", disable=not progress)]
+        labels = None if self.labels is None else self.labels[indices]
+        return ImageData(self.name, torch.stack(images), labels)
+
+    def resized(self, size: Optional[int]) -> "ImageFiles":
+        if size is None or size == self.image_size:
+            return self
+        return ImageFiles(self.name, self.files, self.labels, self.channels, size, self.crop)
+
+    def cropped(self, size: Optional[int]) -> "ImageFiles":
+        return self if size is None else ImageFiles(self.name, self.files, self.labels, self.channels, self.image_size, size)
+
+    def with_channels(self, channels: Optional[int]) -> "ImageFiles":
+        if channels is None or channels == self.channels:
+            return self
+        return ImageFiles(self.name, self.files, self.labels, channels, self.image_size, self.crop)
+
+
+def read_image(file: Path, channels: int, size: Optional[int], crop: Optional[int]) -> torch.Tensor:
+    """One image file as uint8 [channels, size, size]; a file that cannot be read is named."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as image:
+            picture = image.convert("L" if channels == 1 else "RGB")
+    except Exception as error:
+        raise InputError(f"cannot read image {file}: {error}; remove or replace it") from None
+    return _square(picture, size, crop)
 
 
 def _square(picture, size: Optional[int], crop: Optional[int]) -> torch.Tensor:

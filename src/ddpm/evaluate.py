@@ -75,7 +75,7 @@ def reference_features(data: str, root: str, image_size: int, count: Optional[in
     if path.is_file():
         return np.load(path).astype(np.float64)
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:count]
-    images = dataset.resized(image_size).images[chosen]
+    images = dataset.resized(image_size).subset(chosen, progress=True).images  # decodes only these, if streamed
     features = extractor.features(images, progress=progress, desc=f"reference features ({data}, {count} images)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import RunDir, load_into, load_meta, load_state, load_weights, save_checkpoint
 from .config import Config
-from .data import batch_indices, load_data, to_model_range
+from .data import iterate_batches, load_data, to_model_range
 from .diffusion import Denoiser, training_loss
 from .distributed import init_distributed
 from .ema import EMA
@@ -91,10 +91,8 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
         model = torch.compile(model)
 
     log = _Log(run.log_path, step) if ranks.is_main else None
-    batches = batch_indices(len(data), tc.batch_size, tc.seed, start_step=step)
-    # The uint8 images live on the device (MNIST-5k: 4 MB), so a step copies nothing from the host.
-    images = data.images.to(device)
-    classes = data.labels.to(device) if num_classes else None
+    # uint8 batches in the order of (seed, step); small data sets live on the device, large ones stream.
+    batches = iterate_batches(data, tc.batch_size, tc.seed, step, device, config.data.workers)
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
     started, images_seen, skipped = time.monotonic(), 0, 0
     budget = f"training (stops at step {tc.max_steps}" + (f" or after {tc.max_minutes:g} min)" if tc.max_minutes else ")")
@@ -103,14 +101,14 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     with _stop_on_signal() as stop:
         while step < tc.max_steps and not ranks.any(stop.requested is not None or time.monotonic() > deadline, device):
             # The global batch with its labels, timesteps and noise: the same draws on every rank.
-            indices = next(batches).to(device)
-            x0 = to_model_range(images[indices])
+            images, classes = next(batches)
+            x0 = to_model_range(images)
             if config.data.flip:  # random horizontal flips, drawn from the same shared generator
                 flipped = torch.rand(len(x0), device=device, generator=generator) < 0.5
                 x0 = torch.where(flipped[:, None, None, None], x0.flip(-1), x0)
             labels = None
             if num_classes:  # a random 10% become the null class: the unconditional model (guidance.py)
-                labels = drop_labels(classes[indices], tc.label_dropout, num_classes, generator)
+                labels = drop_labels(classes, tc.label_dropout, num_classes, generator)
             t = torch.randint(0, schedule.timesteps, (len(x0),), device=device, generator=generator)
             noise = torch.randn(x0.shape, device=device, generator=generator)
 
