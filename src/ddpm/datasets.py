@@ -9,6 +9,7 @@ Without a network the error says which files to put where.
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -134,14 +135,17 @@ def load_folder(name: str, path: Path, files: Optional[list[Path]] = None, chann
     return streamed.subset(torch.arange(len(files)), progress=len(files) >= 1000)
 
 
+@dataclass
 class ImageFiles(torch.utils.data.Dataset):
     """Image files decoded on demand (for DataLoader workers), with the same face as ImageData:
     a name, a length, labels, image_size and channels."""
 
-    def __init__(self, name: str, files: list[Path], labels: Optional[torch.Tensor], channels: int, image_size: int,
-                 crop: Optional[int]):
-        self.name, self.files, self.labels = name, files, labels
-        self.channels, self.image_size, self.crop = channels, image_size, crop
+    name: str
+    files: list[Path]
+    labels: Optional[torch.Tensor]
+    channels: int
+    image_size: int
+    crop: Optional[int]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -157,17 +161,13 @@ class ImageFiles(torch.utils.data.Dataset):
         return ImageData(self.name, torch.stack(images), labels)
 
     def resized(self, size: Optional[int]) -> "ImageFiles":
-        if size is None or size == self.image_size:
-            return self
-        return ImageFiles(self.name, self.files, self.labels, self.channels, size, self.crop)
+        return self if size is None else replace(self, image_size=size)
 
     def cropped(self, size: Optional[int]) -> "ImageFiles":
-        return self if size is None else ImageFiles(self.name, self.files, self.labels, self.channels, self.image_size, size)
+        return self if size is None else replace(self, crop=size)
 
     def with_channels(self, channels: Optional[int]) -> "ImageFiles":
-        if channels is None or channels == self.channels:
-            return self
-        return ImageFiles(self.name, self.files, self.labels, channels, self.image_size, self.crop)
+        return self if channels is None else replace(self, channels=channels)
 
 
 def read_image(file: Path, channels: int, size: Optional[int], crop: Optional[int]) -> torch.Tensor:
