@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from ddpm import train
-from ddpm.checkpoint import load_state
+from ddpm.checkpoint import RunDir, load_state
 from ddpm.cli import main
 
 from test_cli import TINY
@@ -29,16 +29,6 @@ def _assert_same_step(a, b, rtol=1e-4):
     assert all(torch.allclose(w0[k], w1[k], atol=1e-5) for k in w0)
 
 
-class _Run:
-    def __init__(self, path):
-        from ddpm.checkpoint import RunDir
-
-        self.path, self.run = path, RunDir(path)
-
-    def latest(self):
-        return self.run.latest()
-
-
 def test_torchrun_two_ranks_equal_one_process_and_resume_alone(tmp_path):
     args = ["--max-steps", "1", *TINY, "--set", "train.log_every=1"]
     single = tmp_path / "single"
@@ -48,7 +38,7 @@ def test_torchrun_two_ranks_equal_one_process_and_resume_alone(tmp_path):
     result = subprocess.run([*TORCHRUN, "train", "--out", "ddp", *args], cwd=work, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = work / "ddp"
-    _assert_same_step(_Run(single), _Run(ddp))
+    _assert_same_step(RunDir(single), RunDir(ddp))
     # Only rank 0 wrote: the same files as the single process, and nothing else in the working directory.
     files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert files(ddp) == files(single)
