@@ -67,3 +67,27 @@ def test_loss_of_a_zero_network_is_the_target_energy():
     b = training_loss(zero, s, x0, "v", "mse", torch.Generator().manual_seed(1))
     c = training_loss(zero, s, x0, "v", "mse", torch.Generator().manual_seed(2))
     assert a.item() == b.item() != c.item()
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_min_snr_weighting_is_the_clipped_x0_loss(objective):
+    """Hang et al. 2023: with min-SNR-gamma every objective's loss is min(SNR_t, gamma) ||x0 - x0_hat||^2."""
+    s = make_schedule("cosine", 1000)
+    x0 = torch.rand(6, 1, 4, 4, dtype=torch.float64) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 10, 200, 500, 800, 990])
+    output = torch.randn_like(x0)  # any network output: the identity holds for every guess
+
+    def network(x_t, t_):
+        return output
+
+    gamma = 5.0
+    loss = training_loss(network, s, x0, objective, t=t, noise=noise, min_snr_gamma=gamma)
+    x0_hat = to_prediction(objective, s, output, q_sample(s, x0, t, noise), t).x0
+    snr = s.log_snr[t].exp().double()
+    expected = (snr.clamp(max=gamma) * ((x0 - x0_hat) ** 2).flatten(1).mean(1)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # without the weighting the loss is the plain objective's mean squared error
+    plain = training_loss(network, s, x0, objective, t=t, noise=noise)
+    assert plain.item() == pytest.approx(((output - target(objective, s, x0, noise, t)) ** 2).mean().item(), rel=1e-6)
+    assert plain.item() != pytest.approx(loss.item(), rel=1e-3)

@@ -88,8 +88,11 @@ class DiffusionConfig:
     beta_end: float = 0.02
     objective: str = "v"  # measured on the CPU default: FID 46.6 vs 74.3 for eps at equal budget
     loss: str = "mse"
+    min_snr_gamma: typing.Optional[float] = None  # weight the loss by min(SNR, gamma) (Hang et al. 2023); 5 in the paper
 
     def validate(self) -> None:
+        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
+               f"diffusion.min_snr_gamma must be > 0, or null for the unweighted loss (got {self.min_snr_gamma})")
         _check(self.timesteps >= 1, f"diffusion.timesteps must be >= 1 (got {self.timesteps})")
         _check_choice("diffusion.schedule", self.schedule, SCHEDULES)
         _check_choice("diffusion.objective", self.objective, OBJECTIVES)

@@ -61,6 +61,21 @@ def to_prediction(objective: str, schedule: NoiseSchedule, output: Tensor, x_t: 
     raise InputError(f"unknown objective {objective!r}; choose eps, x0 or v")
 
 
+def min_snr_weight(objective: str, schedule: NoiseSchedule, t: Tensor, gamma: float) -> Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 7-9): every objective's loss becomes
+    min(SNR_t, gamma) ||x0 - x0_hat||^2, so the low-noise steps, whose SNR is huge, stop dominating
+    the gradient. ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2."""
+    snr = schedule.log_snr.to(t.device)[t].exp()
+    clipped = snr.clamp(max=gamma)
+    if objective == "eps":
+        return clipped / snr
+    if objective == "x0":
+        return clipped
+    if objective == "v":
+        return clipped / (snr + 1)
+    raise InputError(f"unknown objective {objective!r}; choose eps, x0 or v")
+
+
 def training_loss(
     network: Callable[[Tensor, Tensor], Tensor],
     schedule: NoiseSchedule,
@@ -71,8 +86,10 @@ def training_loss(
     labels: Tensor | None = None,
     t: Tensor | None = None,
     noise: Tensor | None = None,
+    min_snr_gamma: float | None = None,
 ) -> Tensor:
-    """The simple denoising loss (Ho et al. eq. 14, Algorithm 1), for any prediction target.
+    """The simple denoising loss (Ho et al. eq. 14, Algorithm 1), for any prediction target,
+    optionally weighted per timestep by min-SNR-gamma (`min_snr_weight`).
 
     t is drawn uniformly from {0, ..., T-1} and the noise from N(0, I), both from `generator`
     so that a run can be replayed exactly; the training loop may pass them in instead (it draws
@@ -87,10 +104,15 @@ def training_loss(
     output = network(x_t, t) if labels is None else network(x_t, t, labels)
     wanted = target(objective, schedule, x0, noise, t)
     if loss == "mse":
-        return F.mse_loss(output.float(), wanted.float())
-    if loss == "l1":
-        return F.l1_loss(output.float(), wanted.float())
-    raise InputError(f"unknown loss {loss!r}; choose mse or l1")
+        per_image = F.mse_loss(output.float(), wanted.float(), reduction="none")
+    elif loss == "l1":
+        per_image = F.l1_loss(output.float(), wanted.float(), reduction="none")
+    else:
+        raise InputError(f"unknown loss {loss!r}; choose mse or l1")
+    per_image = per_image.flatten(1).mean(1)
+    if min_snr_gamma is not None:
+        per_image = per_image * min_snr_weight(objective, schedule, t, min_snr_gamma)
+    return per_image.mean()
 
 
 class Denoiser(nn.Module):

@@ -119,7 +119,8 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
                 with _accumulating(model, i < tc.grad_accum - 1), autocast(tc.precision, device):
                     x0_i = x0_i.contiguous(memory_format=memory_format)
                     micro_loss = training_loss(model, schedule, x0_i, config.diffusion.objective, config.diffusion.loss,
-                                               labels=labels_i, t=t_i, noise=noise_i) / tc.grad_accum
+                                               labels=labels_i, t=t_i, noise=noise_i,
+                                               min_snr_gamma=config.diffusion.min_snr_gamma) / tc.grad_accum
                 scaler.scale(micro_loss).backward()
                 loss += micro_loss.detach()
             scaler.unscale_(optimizer)
