@@ -157,6 +157,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     grid_size: int = 64  # images in each sample grid written during training
+    tensorboard: bool = True  # also write the logged scalars and sample grids to RUN/tensorboard
     device: str = "auto"
     precision: str = "fp32"  # or bf16 / fp16 autocast (fp16 with a gradient scaler); CPUs without bf16 units are slower
     compile: bool = False  # torch.compile the UNet for training

@@ -90,7 +90,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     if tc.compile:
         model = torch.compile(model)
 
-    log = _Log(run.log_path, step) if ranks.is_main else None
+    log = _Log(run.log_path, step, run.tensorboard if tc.tensorboard else None) if ranks.is_main else None
     # uint8 batches in the order of (seed, step); small data sets live on the device, large ones stream.
     batches = iterate_batches(data, tc.batch_size, tc.seed, step, device, config.data.workers)
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
@@ -158,7 +158,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
                 row = log.write(step, lr_schedule.get_last_lr()[0], images_seen / elapsed, elapsed / 60)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2g}")
             if step % tc.sample_every == 0:
-                _sample_grid(run, config, ema, schedule, step)
+                log.images(step, _sample_grid(run, config, ema, schedule, step))
             if step % tc.checkpoint_every == 0:
                 _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, tc.keep_checkpoints)
     bar.close()
@@ -168,7 +168,8 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
                   (time.monotonic() - started) / 60)
         _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, tc.keep_checkpoints)
         if step % tc.sample_every:
-            _sample_grid(run, config, ema, schedule, step)
+            log.images(step, _sample_grid(run, config, ema, schedule, step))
+        log.close()
         plot_loss(run.log_path, run.loss_plot_path)
         if stop.requested:
             tqdm.write(f"stopped by {stop.requested} at step {step}; checkpoint written. "
@@ -233,9 +234,9 @@ def _restore(run, network, ema, optimizer, lr_schedule, scaler, generator) -> in
     return load_meta(folder)["step"]
 
 
-def _sample_grid(run: RunDir, config: Config, ema: EMA, schedule, step: int) -> None:
+def _sample_grid(run: RunDir, config: Config, ema: EMA, schedule, step: int) -> torch.Tensor:
     """A grid from the EMA model, always from the same noise, so grids compare across steps.
-    A class-conditional model shows one row per class."""
+    A class-conditional model shows one row per class. Returns the images (uint8)."""
     denoiser = Denoiser(ema.model, schedule, config.diffusion.objective, config.sample.clip_denoised)
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
     s, n = config.sample, config.train.grid_size
@@ -246,6 +247,7 @@ def _sample_grid(run: RunDir, config: Config, ema: EMA, schedule, step: int) -> 
         save_grid(images, run.sample_grid_path(step))
     else:
         save_class_grid(images, labels, run.sample_grid_path(step), n)
+    return images
 
 
 def _check_labels(data, num_classes: int) -> None:
@@ -297,14 +299,20 @@ def _tuples(value):
 
 
 class _Log:
-    """The CSV log: mean loss and gradient norm over each `log_every` steps.
+    """The CSV log: mean loss and gradient norm over each `log_every` steps; the same scalars and
+    the sample grids also go to TensorBoard when given a folder for its event files.
 
     When resuming it keeps the rows up to the resumed step and drops any written after the
-    checkpoint, so the log reads as one uninterrupted run.
+    checkpoint (TensorBoard's purge_step does the same), so the log reads as one uninterrupted run.
     """
 
-    def __init__(self, path: Path, start_step: int):
+    def __init__(self, path: Path, start_step: int, tensorboard: Optional[Path] = None):
         self.path = path
+        self.board = None
+        if tensorboard is not None:
+            from torch.utils.tensorboard import SummaryWriter  # imported here: it takes a second
+
+            self.board = SummaryWriter(str(tensorboard), purge_step=start_step + 1 if start_step else None)
         self.loss_sum, self.grad_sum, self.count = 0.0, 0.0, 0
         self.last_step = start_step
         rows = []
@@ -332,6 +340,9 @@ class _Log:
         }
         with open(self.path, "a", newline="") as handle:
             csv.DictWriter(handle, LOG_FIELDS).writerow(row)
+        if self.board is not None:
+            for name in LOG_FIELDS[1:5]:
+                self.board.add_scalar(f"train/{name}", row[name], step)
         self.loss_sum, self.grad_sum, self.count = 0.0, 0.0, 0
         self.last_step = step
         return row
@@ -340,6 +351,17 @@ class _Log:
         """Write the partial interval at the end of a run, if any."""
         if self.count:
             self.write(step, lr, images_per_s, elapsed_min)
+
+    def images(self, step: int, images: torch.Tensor) -> None:
+        """A sample grid (uint8 [N, C, H, W]) for TensorBoard's image tab."""
+        if self.board is not None:
+            from torchvision.utils import make_grid
+
+            self.board.add_image("samples", make_grid(images, nrow=max(1, math.isqrt(len(images)))), step)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
 
 class _StopRequest:
