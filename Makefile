@@ -12,7 +12,7 @@ DEMO_MINUTES ?= 6.5
 DEMO_FID_N   ?= 250
 DEMO_FID_REF ?= 500
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow install clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,17 @@ demo: $(VENV)/.installed-base
 	$(BIN)/ddpm eval --samples $(DEMO_RUN)/samples.npz --data mnist5k --ref-n $(DEMO_FID_REF) --json $(DEMO_RUN)/fid.json
 	@echo "demo: samples in $(DEMO_RUN)/grid.png, FID in $(DEMO_RUN)/fid.json, training grids in $(DEMO_RUN)/samples/, loss curve in $(DEMO_RUN)/loss.png"
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
+
+# The report's browser test opens it in Debian's headless chromium: installed here when this
+# machine allows it (root with apt-get); without it that one test is skipped.
+APT_CHROMIUM = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core >/dev/null
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { $(APT_CHROMIUM) || { apt-get update -q >/dev/null && $(APT_CHROMIUM); }; }; } || \
+	  echo "chromium is not installed: the browser test will be skipped"
 
 test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m slow

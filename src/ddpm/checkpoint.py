@@ -3,7 +3,10 @@
     runs/NAME/
       config.yaml                      the resolved config: enough to resume, sample or evaluate
       log.csv, loss.png                training loss and learning rate every few steps
+      tensorboard/                     the same scalars and the sample grids, for TensorBoard
       samples/step_000500.png          sample grids from the EMA model during training
+      progression.png, trajectory.png/.gif, eval.csv, sweep.csv/.png   written by ddpm show, eval, sweep
+      report.html                      all of the above on one page (ddpm report)
       checkpoints/step_000500/         one folder per checkpoint:
           model.safetensors, ema.safetensors   the weights (no pickles)
           state.pt                     optimiser, LR schedule, random generators (tensors only)
@@ -59,8 +62,20 @@ class RunDir:
     def checkpoints(self) -> Path:
         return self.path / CHECKPOINTS
 
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
     def sample_grid_path(self, step: int) -> Path:
         return self.path / "samples" / f"step_{step:06d}.png"
+
+    def sample_grids(self) -> list[Path]:
+        """The training sample grids, oldest first."""
+        return sorted((self.path / "samples").glob("step_*.png"))
+
+    def picture_path(self, name: str) -> Path:
+        """Where `ddpm show NAME --run` writes by default, and where `ddpm report` looks."""
+        return self.path / f"{name}.png"
 
     def load_config(self) -> Config:
         if not self.path.is_dir():

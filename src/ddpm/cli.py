@@ -165,6 +165,57 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from . import pictures
+    from .checkpoint import RunDir
+    from .images import save_gif, save_picture
+
+    if args.picture == "forward":
+        from .data import load_data
+
+        timesteps = _parse_ints(args.t, "--t", "0,100,250,500,750,999")
+        picture = pictures.forward_picture(load_data(args.data, args.data_root), args.index, timesteps, args.timesteps,
+                                           args.seed)
+        out = save_picture(picture, _picture_out(args.out, Path("forward.png")))
+        print(f"forward process written to {out}")
+        return 0
+
+    from .generate import class_labels, load_run
+
+    if not args.run:
+        raise InputError(f"ddpm show {args.picture} needs --run RUN")
+    n = args.n if args.n is not None else (4 if args.picture == "trajectory" else 8)
+    if n < 1:
+        raise InputError(f"--n must be >= 1 (got {n})")
+    model = load_run(Path(args.run), device=args.device)
+    s = model.config.sample
+    sampler, steps, spacing = args.sampler or s.sampler, args.steps or s.steps, args.spacing or s.spacing
+    eta = s.eta if sampler == "ddim" else 0.0
+    shape = (model.config.data.channels, model.config.data.image_size, model.config.data.image_size)
+    labels = class_labels(n, range(model.config.model.num_classes)) if model.config.model.num_classes else None
+    out = _picture_out(args.out, RunDir(args.run).picture_path(args.picture))
+    if args.picture == "trajectory":
+        denoiser = model.denoiser(s.clip_denoised)
+        if labels is not None:  # a class-conditional run: classes 0, 1, 2, ... with the run's guidance
+            denoiser = denoiser.conditioned(labels.to(next(model.network.parameters()).device), s.guidance)
+        picture, frames = pictures.trajectory(denoiser, n, shape, sampler, steps, args.frames, spacing, eta, args.seed)
+        save_picture(picture, out)
+        gif = save_gif(frames, out.with_suffix(".gif"))
+        print(f"trajectory written to {out} and {gif} ({len(frames)} frames)")
+    else:
+        save_picture(pictures.progression(model, Path(args.run), n, sampler, steps, spacing, eta, args.seed, labels), out)
+        print(f"progression written to {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out, sections = write_report(Path(args.run), Path(args.out) if args.out else None)
+    print(f"report written to {out} (sections: {', '.join(sections)})")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from .presets import list_presets
 
@@ -220,6 +271,23 @@ def _append_eval_history(run_dir: Path, result: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow(result)
+
+
+def _parse_ints(text: str, flag: str, example: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise InputError(f"{flag} must be comma-separated integers, e.g. {example} (got {text!r})")
+    return values
+
+
+def _picture_out(out: Optional[str], default: Path) -> Path:
+    path = Path(out) if out else default
+    if path.suffix.lower() != ".png":
+        raise InputError(f"--out must name a .png file (got {path})")
+    return path
 
 
 def _parse_set(items: Sequence[str]) -> dict:
@@ -288,7 +356,7 @@ def _parse_classes(text: Optional[str], num_classes: int, run: str) -> Optional[
 def _add_sampling_args(parser: argparse.ArgumentParser, n: int) -> None:
     """Flags for drawing samples from a run; each defaults to the run's own `sample` config."""
     parser.add_argument("--n", type=int, default=n, help=f"number of samples (default {n})")
-    parser.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: the run's, ddim)")
+    parser.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: the run's)")
     parser.add_argument("--steps", type=int, help="timesteps to visit (default: the run's, 50); heun evaluates 2 x steps - 1")
     parser.add_argument("--spacing", choices=SPACINGS, help="how the timesteps are chosen (default: the run's, uniform)")
     parser.add_argument("--eta", type=float, help="DDIM's eta: 0 deterministic, 1 ancestral (default 0)")
@@ -384,6 +452,37 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="folder for sweep.csv and sweep.png (default: the run directory)")
     sweep.add_argument("--device", default="auto")
     sweep.set_defaults(command=cmd_sweep)
+
+    show = commands.add_parser(
+        "show", help="pictures of each stage: forward, trajectory, progression",
+        description="forward: a data image noised at chosen t under each schedule, and alpha_bar_t and log SNR; "
+                    "trajectory: x_t and the predicted x0 along the reverse process (PNG and animated GIF); "
+                    "progression: samples from the same noise at each checkpoint of a run.")
+    show.add_argument("picture", choices=("forward", "trajectory", "progression"))
+    show.add_argument("--out", help="the PNG to write (default forward.png, or RUN/trajectory.png and .gif, "
+                                    "RUN/progression.png)")
+    show.add_argument("--data", default="mnist5k", help="forward: the data set (default mnist5k)")
+    show.add_argument("--data-root", default="data")
+    show.add_argument("--index", type=int, default=0, help="forward: which image of the data set (default 0)")
+    show.add_argument("--t", default="0,100,250,500,750,999", help="forward: timesteps (default 0,100,250,500,750,999)")
+    show.add_argument("--timesteps", type=int, default=1000, help="forward: T (default 1000)")
+    show.add_argument("--run", help="trajectory, progression: the run directory")
+    show.add_argument("--n", type=int, help="samples (default 4 for trajectory, 8 for progression)")
+    show.add_argument("--frames", type=int, default=10, help="trajectory: steps shown and GIF frames (default 10)")
+    show.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: the run's)")
+    show.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
+    show.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the run's)")
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--device", default="auto")
+    show.set_defaults(command=cmd_show)
+
+    report = commands.add_parser("report", help="one self-contained HTML page for a run",
+                                 description="Gather a run's config, loss curve, sample grids, progression, trajectory, "
+                                             "FID history and sampler sweep (those that exist) into one HTML file with "
+                                             "the images embedded.")
+    report.add_argument("--run", required=True)
+    report.add_argument("--out", help="the HTML file (default RUN/report.html)")
+    report.set_defaults(command=cmd_report)
 
     presets = commands.add_parser("presets", help="list the named configurations")
     presets.set_defaults(command=cmd_presets)

@@ -1,16 +1,20 @@
-"""Writing pictures and sample files: image grids, the .npz sample format, the loss curve."""
+"""Writing pictures and sample files: image grids, PNGs and GIFs, the .npz sample format, plots."""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def save_grid(images: Tensor, path: Path, nrow: Optional[int] = None, padding: int = 2) -> Path:
@@ -21,7 +25,7 @@ def save_grid(images: Tensor, path: Path, nrow: Optional[int] = None, padding: i
     path.parent.mkdir(parents=True, exist_ok=True)
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
     grid = make_grid(images.float() / 255.0, nrow=nrow, padding=padding, pad_value=1.0)
-    _atomic(path, lambda tmp: save_image(grid, tmp, format="png"))
+    atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
     return path
 
 
@@ -32,6 +36,24 @@ def save_class_grid(images: Tensor, labels: Tensor, path: Path, max_images: int 
     per_row = max(1, min(per_class, max_images // len(classes)))
     rows = [torch.nonzero(labels == c).flatten()[:per_row] for c in classes]
     return save_grid(images[torch.cat(rows)], path, nrow=per_row)
+
+
+def save_picture(picture: Image.Image, path: Path) -> Path:
+    """Save a PIL picture as PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    return path
+
+
+def save_gif(frames: Sequence[Image.Image], path: Path, seconds_per_frame: float = 0.4) -> Path:
+    """An animated GIF that loops, holding the last frame three times as long."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    durations = [round(1000 * seconds_per_frame)] * (len(frames) - 1) + [round(3000 * seconds_per_frame)]
+    atomic_write(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=list(frames[1:]),
+                                             duration=durations, loop=0))
+    return path
 
 
 def save_npz(path: Path, images: Tensor, labels: Optional[Tensor] = None) -> Path:
@@ -49,7 +71,7 @@ def save_npz(path: Path, images: Tensor, labels: Optional[Tensor] = None) -> Pat
         with open(tmp, "wb") as handle:
             np.savez(handle, *arrays)
 
-    _atomic(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -62,7 +84,7 @@ def plot_loss(log_csv: Path, path: Path) -> Optional[Path]:
             losses.append(float(row["loss"]))
     if not steps:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     axes.plot(steps, losses, lw=1)
     axes.set_yscale("log")
@@ -70,14 +92,14 @@ def plot_loss(log_csv: Path, path: Path) -> Optional[Path]:
     axes.set_ylabel("training loss")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    _atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
+    atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
     return Path(path)
 
 
 def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
     """FID against network evaluations (log scale), one line per sampler."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     for sampler in dict.fromkeys(row["sampler"] for row in rows):
         points = sorted((float(r["nfe"]), float(r["fid"])) for r in rows if r["sampler"] == sampler)
@@ -89,12 +111,12 @@ def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
     axes.grid(alpha=0.3, which="both")
     axes.legend()
     figure.tight_layout()
-    _atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
+    atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
     return Path(path)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,7 +125,18 @@ def _pyplot():
     return plt
 
 
-def _atomic(path: Path, write) -> None:
+def figure_to_image(figure) -> Image.Image:
+    """A matplotlib figure as an RGB PIL image (the figure is closed)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    pyplot().close(figure)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file and rename, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
