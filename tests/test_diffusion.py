@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddpm import Denoiser, make_schedule, q_sample, target, to_prediction, training_loss
+from ddpm import Denoiser, InputError, make_schedule, q_sample, target, to_prediction, training_loss
 
 
 @pytest.mark.parametrize("t", [0, 100, 500, 999])
@@ -91,3 +91,22 @@ def test_min_snr_weighting_is_the_clipped_x0_loss(objective):
     plain = training_loss(network, s, x0, objective, t=t, noise=noise)
     assert plain.item() == pytest.approx(((output - target(objective, s, x0, noise, t)) ** 2).mean().item(), rel=1e-6)
     assert plain.item() != pytest.approx(loss.item(), rel=1e-3)
+
+
+def test_lognormal_timesteps_follow_edm_noise_levels():
+    """ln sigma_t of the drawn timesteps is N(-1.2, 1.2^2) (Karras et al. 2022) where the schedule
+    reaches: its median and quartiles match, and uniform sampling gives something else entirely."""
+    from ddpm.diffusion import sample_timesteps
+
+    s = make_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    t = sample_timesteps(s, 200_000, "lognormal", g)
+    assert t.min() >= 0 and t.max() <= 999
+    log_sigma = (-0.5 * s.log_snr[t]).float()
+    q1, median, q3 = torch.quantile(log_sigma[:100_000], torch.tensor([0.25, 0.5, 0.75])).tolist()
+    assert median == pytest.approx(-1.2, abs=0.02)
+    assert q3 - q1 == pytest.approx(1.2 * 1.349, rel=0.02)  # the interquartile range of a normal is 1.349 sigma
+    uniform = -0.5 * s.log_snr[sample_timesteps(s, 100_000, "uniform", g)]
+    assert abs(uniform.median().item() - (-1.2)) > 0.5
+    with pytest.raises(InputError, match="unknown timestep sampling"):
+        sample_timesteps(s, 4, "beta")

@@ -61,6 +61,30 @@ def to_prediction(objective: str, schedule: NoiseSchedule, output: Tensor, x_t: 
     raise InputError(f"unknown objective {objective!r}; choose eps, x0 or v")
 
 
+TIMESTEP_SAMPLING = ("uniform", "lognormal")
+EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # Karras et al. 2022, Table 1: ln(sigma) ~ N(P_mean, P_std^2) in training
+
+
+def sample_timesteps(schedule: NoiseSchedule, n: int, distribution: str = "uniform", generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> Tensor:
+    """Training timesteps for a batch of n images.
+
+    - uniform: t ~ U{0, ..., T-1}, Ho et al. Algorithm 1;
+    - lognormal: EDM's noise levels (Karras et al. 2022, §5): the noise-to-signal ratio
+      sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) is drawn with ln(sigma) ~ N(-1.2, 1.2^2) and
+      rounded to the nearest timestep, so training concentrates on the middle noise levels where
+      an image's shape is decided, instead of spending a third of its steps on near-pure noise.
+    """
+    if distribution == "uniform":
+        return torch.randint(0, schedule.timesteps, (n,), device=device, generator=generator)
+    if distribution == "lognormal":
+        log_sigma = -0.5 * schedule.log_snr.to(device)  # increasing in t
+        boundaries = (log_sigma[1:] + log_sigma[:-1]) / 2
+        drawn = EDM_P_MEAN + EDM_P_STD * torch.randn(n, device=device, generator=generator)
+        return torch.searchsorted(boundaries, drawn.to(boundaries.dtype))
+    raise InputError(f"unknown timestep sampling {distribution!r}; choose {' or '.join(TIMESTEP_SAMPLING)}")
+
+
 def min_snr_weight(objective: str, schedule: NoiseSchedule, t: Tensor, gamma: float) -> Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 7-9): every objective's loss becomes
     min(SNR_t, gamma) ||x0 - x0_hat||^2, so the low-noise steps, whose SNR is huge, stop dominating
@@ -97,7 +121,7 @@ def training_loss(
     class-conditional network also gets `labels`.
     """
     if t is None:
-        t = torch.randint(0, schedule.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        t = sample_timesteps(schedule, x0.shape[0], "uniform", generator, x0.device)
     if noise is None:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t = q_sample(schedule, x0, t, noise)

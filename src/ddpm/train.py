@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .checkpoint import RunDir, load_into, load_meta, load_state, load_weights, save_checkpoint
 from .config import Config
 from .data import iterate_batches, load_data, to_model_range
-from .diffusion import Denoiser, training_loss
+from .diffusion import Denoiser, sample_timesteps, training_loss
 from .distributed import init_distributed
 from .ema import EMA
 from .errors import InputError
@@ -109,7 +109,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
             labels = None
             if num_classes:  # a random 10% become the null class: the unconditional model (guidance.py)
                 labels = drop_labels(classes, tc.label_dropout, num_classes, generator)
-            t = torch.randint(0, schedule.timesteps, (len(x0),), device=device, generator=generator)
+            t = sample_timesteps(schedule, len(x0), config.diffusion.timestep_sampling, generator, device)
             noise = torch.randn(x0.shape, device=device, generator=generator)
 
             # This rank's share, in grad_accum micro-batches; the gradient is that of the mean loss.
