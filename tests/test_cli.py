@@ -61,6 +61,10 @@ def test_sampling_is_reproducible_from_the_seed(run_dir, tmp_path):
         (["train", "--set", "diffusion.schedule=quadratic", "--out", "{tmp}/x"], "unknown diffusion.schedule 'quadratic'"),
         (["train", "--resume", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
         (["eval", "--run", "{run}", "--sampler", "euler"], "unknown sampler 'euler'"),
+        (["sweep", "--run", "{run}", "--steps", "5,ten"], "--steps must be comma-separated integers"),
+        (["train", "--set", "diffusion.timestep_sampling=beta", "--out", "{tmp}/x"], "unknown diffusion.timestep_sampling 'beta'"),
+        (["train", "--set", "diffusion.min_snr_gamma=0", "--out", "{tmp}/x"], "diffusion.min_snr_gamma must be > 0"),
+        (["report", "--run", "{run}", "--out", "{tmp}"], "is a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, run_dir, tmp_path, capsys):

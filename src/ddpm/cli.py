@@ -144,11 +144,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep
 
     samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
-    try:
-        steps = [int(k) for k in args.steps.split(",") if k.strip()]
-    except ValueError:
-        raise InputError(f"--steps must be comma-separated integers, e.g. 5,10,20 (got {args.steps!r})") from None
-    if not samplers or not steps or min(steps) < 1:
+    steps = _parse_ints(args.steps, "--steps", "5,10,20")
+    if not samplers or min(steps) < 1:
         raise InputError("--samplers and --steps need at least one entry each, and steps must be >= 1")
     if args.n < 2:
         raise InputError(f"--n must be >= 2 for FID (got {args.n})")

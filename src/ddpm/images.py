@@ -75,8 +75,9 @@ def save_npz(path: Path, images: Tensor, labels: Optional[Tensor] = None) -> Pat
     return path
 
 
-def plot_loss(log_csv: Path, path: Path) -> Optional[Path]:
-    """Plot the training loss from the run's CSV log (log scale); None if nothing is logged yet."""
+def plot_loss(log_csv: Path, path: Optional[Path] = None) -> Optional[bytes]:
+    """Plot the training loss from the run's CSV log (log scale), as PNG bytes, also written to
+    `path` if given; None if nothing is logged yet."""
     steps, losses = [], []
     with open(log_csv, newline="") as handle:
         for row in csv.DictReader(handle):
@@ -92,9 +93,12 @@ def plot_loss(log_csv: Path, path: Path) -> Optional[Path]:
     axes.set_ylabel("training loss")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
-    return Path(path)
+    if path is not None:
+        atomic_write(Path(path), lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    return buffer.getvalue()
 
 
 def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import time
 from pathlib import Path
 from typing import Optional
@@ -42,27 +43,31 @@ def write_report(run_dir: Path, out: Optional[Path] = None) -> tuple[Path, list[
     sections it holds."""
     run = RunDir(run_dir)
     config = run.load_config()  # refuses a folder that is not a run
+    out = Path(out) if out else run.path / "report.html"
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
     sections: dict[str, str] = {"config": _pre(run.config_path.read_text())}
 
-    if run.log_path.is_file() and plot_loss(run.log_path, run.loss_plot_path):
-        sections["loss"] = _image(run.loss_plot_path, "training loss (mean over each logging interval), log scale")
+    loss_curve = plot_loss(run.log_path) if run.log_path.is_file() else None  # drawn afresh, the run is not touched
+    if loss_curve:
+        sections["loss"] = _image(loss_curve, "loss.png", "training loss (mean over each logging interval), log scale")
     grids = run.sample_grids()
     if grids:
-        sections["grid"] = _image(grids[-1], f"EMA samples at {_step_of(grids[-1])}, sampler {config.sample.sampler}, "
+        sections["grid"] = _file(grids[-1], f"EMA samples at {_step_of(grids[-1])}, sampler {config.sample.sampler}, "
                                              f"{config.sample.steps} steps")
     if run.picture_path("progression").is_file():
-        sections["progression"] = _image(run.picture_path("progression"), "the same noise, sampled at each checkpoint")
+        sections["progression"] = _file(run.picture_path("progression"), "the same noise, sampled at each checkpoint")
     if run.picture_path("trajectory").is_file():
-        sections["trajectory"] = _image(run.picture_path("trajectory"), "x_t and the predicted x0 along the reverse process")
+        sections["trajectory"] = _file(run.picture_path("trajectory"), "x_t and the predicted x0 along the reverse process")
         gif = run.picture_path("trajectory").with_suffix(".gif")
         if gif.is_file():
-            sections["trajectory"] += _image(gif, "the same, animated")
+            sections["trajectory"] += _file(gif, "the same, animated")
     if (run.path / "eval.csv").is_file():
         sections["fid"] = _table(run.path / "eval.csv")
     if (run.path / "sweep.csv").is_file():
         sections["sweep"] = _table(run.path / "sweep.csv")
         if (run.path / "sweep.png").is_file():
-            sections["sweep"] = _image(run.path / "sweep.png", "FID against network evaluations") + sections["sweep"]
+            sections["sweep"] = _file(run.path / "sweep.png", "FID against network evaluations") + sections["sweep"]
 
     titles = {"config": "Config", "loss": "Training loss", "grid": "Latest samples", "progression": "Progression",
               "trajectory": "Reverse trajectory", "fid": "FID history", "sweep": "Sampler sweep"}
@@ -73,23 +78,24 @@ def write_report(run_dir: Path, out: Optional[Path] = None) -> tuple[Path, list[
             f"<style>{STYLE}</style></head>\n<body><h1>ddpm run {name}</h1>"
             f'<p class="caption">{html.escape(str(run.path.resolve()))}, report written {time.strftime("%Y-%m-%d %H:%M")}</p>\n'
             f"{body}</body></html>\n")
-    out = Path(out) if out else run.path / "report.html"
-    if out.is_dir():
-        raise InputError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: tmp.write_text(page))
     return out, [name for name in SECTIONS if name in sections]
 
 
-def _image(path: Path, caption: str) -> str:
-    """The image inline as a data URI; small ones (a 28 px training grid) are shown enlarged."""
+def _file(path: Path, caption: str) -> str:
+    return _image(path.read_bytes(), path.name, caption)
+
+
+def _image(data: bytes, name: str, caption: str) -> str:
+    """A PNG or GIF inline as a data URI; small ones (a 28 px training grid) are shown enlarged."""
     from PIL import Image
 
-    kind = "gif" if path.suffix.lower() == ".gif" else "png"
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(data)) as image:
+        kind = image.format.lower()
         width = image.width * max(1, MIN_WIDTH // image.width)
-    return (f'<figure><img src="data:image/{kind};base64,{data}" width="{width}" alt="{html.escape(path.name)}">'
+    encoded = base64.b64encode(data).decode("ascii")
+    return (f'<figure><img src="data:image/{kind};base64,{encoded}" width="{width}" alt="{html.escape(name)}">'
             f'<figcaption class="caption">{html.escape(caption)}</figcaption></figure>')
 
 
