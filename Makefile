@@ -31,9 +31,12 @@ install: $(VENV)/.installed-base
 demo: $(VENV)/.installed-base
 	rm -rf $(DEMO_RUN)
 	$(BIN)/ddpm train --out $(DEMO_RUN) --max-minutes $(DEMO_MINUTES)
-	$(BIN)/ddpm sample --run $(DEMO_RUN) --n $(DEMO_FID_N) --grid-n 64 --out $(DEMO_RUN)/samples.npz --grid $(DEMO_RUN)/grid.png
-	$(BIN)/ddpm eval --samples $(DEMO_RUN)/samples.npz --data mnist5k --ref-n $(DEMO_FID_REF) --json $(DEMO_RUN)/fid.json
-	@echo "demo: samples in $(DEMO_RUN)/grid.png, FID in $(DEMO_RUN)/fid.json, training grids in $(DEMO_RUN)/samples/, loss curve in $(DEMO_RUN)/loss.png"
+	$(BIN)/ddpm sample --run $(DEMO_RUN) --n 64 --grid $(DEMO_RUN)/grid.png
+	$(BIN)/ddpm eval --run $(DEMO_RUN) --n $(DEMO_FID_N) --ref-n $(DEMO_FID_REF) --json $(DEMO_RUN)/fid.json
+	$(BIN)/ddpm show trajectory --run $(DEMO_RUN)
+	$(BIN)/ddpm show progression --run $(DEMO_RUN)
+	$(BIN)/ddpm report --run $(DEMO_RUN)
+	@echo "demo: samples in $(DEMO_RUN)/grid.png, FID in $(DEMO_RUN)/fid.json, everything on one page in $(DEMO_RUN)/report.html"
 
 test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
