@@ -407,7 +407,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank)")
     train.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), or bf16 / fp16 autocast")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet")
-    train.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    train.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format (the default; --set train.channels_last=false turns it off)")
     train.add_argument("--grad-accum", type=int, metavar="K", help="split each batch into K micro-batches")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. train.ema_decay=0.9995 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
