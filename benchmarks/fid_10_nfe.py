@@ -22,7 +22,8 @@ from ddpm.samplers import network_evaluations
 
 # (sampler, steps, spacing): each uses at most 10 network evaluations; heun needs 2 K - 1.
 FAST = [("ddim", 10, "uniform"), ("ddim", 10, "trailing"), ("dpm++2m", 10, "uniform"), ("dpm++2m", 10, "trailing"),
-        ("dpm++2m", 10, "quadratic"), ("heun", 5, "uniform"), ("heun", 5, "trailing")]
+        ("dpm++2m", 10, "quadratic"), ("dpm++2m", 10, "logsnr"), ("heun", 5, "uniform"), ("heun", 5, "trailing"),
+        ("heun", 5, "logsnr")]
 
 
 def main() -> None:

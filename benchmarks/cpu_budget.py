@@ -1,0 +1,88 @@
+"""Quality within a budget: FID of the default after 10 minutes of training on this machine.
+
+Exactly the measure a first-time user takes, through the command line:
+
+    ddpm train --out RUN --max-minutes 10           (the mnist5k default, no other option)
+    ddpm sample --run RUN --n 1000 --out RUN/samples.npz   (the default sampler, <= 50 NFE)
+    ddpm eval --samples RUN/samples.npz --data mnist5k     (against all 5,000 digits)
+
+    python benchmarks/cpu_budget.py                     # the measure, 10 minutes
+    python benchmarks/cpu_budget.py --minutes 30        # does the default keep improving?
+    python benchmarks/cpu_budget.py --max-steps 1800 -- --set diffusion.loss_weight=min-snr
+                                                        # a lever, at a fixed number of steps
+
+Arguments after `--` go to `ddpm train`, so levers are measured by the same script. With
+--max-steps instead of --minutes the result does not depend on how busy the machine is.
+Prints one line of results and writes RUN/budget.json. The FID reference features of the 5,000
+digits take ~14 minutes once, then come from the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from ddpm.samplers import network_evaluations
+
+DDPM = [sys.executable, "-m", "ddpm"]
+
+
+def _run(arguments: list[str]) -> float:
+    print("$ ddpm " + shlex.join(arguments), flush=True)
+    started = time.perf_counter()
+    subprocess.run(DDPM + arguments, check=True)
+    return time.perf_counter() - started
+
+
+def _option(options: list[str], name: str, default):
+    return options[options.index(name) + 1] if name in options else default
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None, help="training budget in minutes (default 10)")
+    budget.add_argument("--max-steps", type=int, default=None, help="a step budget instead of a time budget")
+    parser.add_argument("--out", default=None, help="run directory (default runs/budget-<budget>)")
+    parser.add_argument("--n", type=int, default=1000, help="samples for FID (default 1000)")
+    parser.add_argument("--sample", default="", help="extra options for ddpm sample, e.g. '--sampler ddim'")
+    parser.add_argument("train_options", nargs="*", help="after --: extra options for ddpm train")
+    args = parser.parse_args()
+    minutes = 10.0 if args.minutes is None and args.max_steps is None else args.minutes
+    budget = ["--max-minutes", f"{minutes:g}"] if minutes is not None else ["--max-steps", str(args.max_steps)]
+    out = Path(args.out or f"runs/budget-{f'{minutes:g}min' if minutes is not None else f'{args.max_steps}steps'}")
+    if out.exists():
+        sys.exit(f"{out} exists; choose another --out or remove it")
+
+    train_seconds = _run(["train", "--out", str(out), *budget, "--no-progress", *args.train_options])
+    sample_seconds = _run(["sample", "--run", str(out), "--n", str(args.n), "--out", str(out / "samples.npz"),
+                           "--grid", str(out / "grid.png"), *shlex.split(args.sample)])
+    _run(["eval", "--samples", str(out / "samples.npz"), "--data", "mnist5k", "--json", str(out / "fid.json")])
+
+    with open(out / "log.csv") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    sampling = yaml.safe_load((out / "config.yaml").read_text())["sample"]
+    sample_options = shlex.split(args.sample)
+    sampler = _option(sample_options, "--sampler", sampling["sampler"])
+    steps = int(_option(sample_options, "--steps", sampling["steps"]))
+    scores = json.loads((out / "fid.json").read_text())
+    result = {
+        "budget": budget, "train_options": args.train_options, "steps": int(last["step"]),
+        "train_minutes": round(train_seconds / 60, 2), "images_per_s": float(last["images_per_s"]),
+        "sampler": sampler, "sampler_steps": steps, "nfe": network_evaluations(sampler, steps), "sample_seconds": round(sample_seconds, 1),
+        "fid": round(scores["fid"], 2), "kid": scores["kid"], "samples": scores["samples"], "reference": scores["reference"],
+    }
+    (out / "budget.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
