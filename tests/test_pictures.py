@@ -80,8 +80,8 @@ def test_show_trajectory_ends_at_the_sample(run_dir):
 
     model = load_run(run_dir, device="cpu")
     denoiser = model.denoiser()
-    picture, _ = trajectory(denoiser, 2, (1, 28, 28), "ddim", 5, 3, seed=0)
-    reference = generate(denoiser, 2, (1, 28, 28), "ddim", 5, seed=0, progress=False)  # batch 0 of seed 0: same noise
+    picture, _ = trajectory(denoiser, 2, (1, 28, 28), "ddim", 5, 3, seed=4)
+    reference = generate(denoiser, 2, (1, 28, 28), "ddim", 5, seed=4, progress=False)  # the same noise
     pixels = torch.from_numpy(np.array(picture.convert("L")))
     scale, (height, width) = CELL // 28, pixels.shape
     left = width - CELL_PX  # the last column

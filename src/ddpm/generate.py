@@ -73,6 +73,11 @@ def class_labels(n: int, classes: Sequence[int]) -> Tensor:
     return torch.tensor(list(classes), dtype=torch.long)[torch.arange(n) % len(classes)]
 
 
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch number `batch` of a sampling job seeded with `seed`."""
+    return seed * 1_000_003 + batch
+
+
 @torch.no_grad()
 def generate(
     denoiser: Denoiser,
@@ -114,7 +119,7 @@ def generate(
         for start in mine:
             count = min(batch_size, n - start)
             # Each batch has its own seed, so the images do not depend on how many ranks share the work.
-            generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start // batch_size)
+            generator = torch.Generator(device=device).manual_seed(batch_seed(seed, start // batch_size))
             x = torch.randn((count, *shape), generator=generator, device=device)
             batch_denoiser = denoiser
             if labels is not None:

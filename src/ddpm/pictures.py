@@ -23,7 +23,7 @@ from .checkpoint import RunDir, load_into, load_meta, load_weights
 from .data import ImageData, to_model_range, to_uint8
 from .diffusion import Denoiser, q_sample
 from .errors import InputError
-from .generate import TrainedModel, generate
+from .generate import TrainedModel, batch_seed, generate
 from .images import figure_to_image, pyplot
 from .samplers import get_sampler
 from .schedules import make_schedule, spaced_timesteps
@@ -40,7 +40,7 @@ def labelled_grid(rows: Sequence[Tensor], row_labels: Sequence[str], column_labe
     about CELL pixels)."""
     if len(rows) != len(row_labels):
         raise ValueError("one label per row")
-    _, channels, height, width = rows[0].shape
+    height, width = rows[0].shape[-2:]
     scale = scale or max(1, CELL // height)
     cell_h, cell_w = height * scale, width * scale
     font = ImageFont.load_default()
@@ -119,7 +119,7 @@ def trajectory(denoiser: Denoiser, n: int, shape: tuple[int, int, int], sampler:
         raise InputError(f"--frames must be between 2 and the number of steps, {len(timesteps)} (got {frames})")
     chosen = {round(k * (len(timesteps) - 1) / (frames - 1)) for k in range(frames)}
     device = next(denoiser.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(batch_seed(seed, 0))  # the noise of `ddpm sample --seed`
     x = torch.randn((n, *shape), generator=generator, device=device)
     recorded: list[tuple[int, Tensor, Tensor]] = []
     current = x
