@@ -93,12 +93,10 @@ def plot_loss(log_csv: Path, path: Optional[Path] = None) -> Optional[bytes]:
     axes.set_ylabel("training loss")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
+    png = figure_png(figure)
     if path is not None:
-        atomic_write(Path(path), lambda tmp: tmp.write_bytes(buffer.getvalue()))
-    return buffer.getvalue()
+        atomic_write(Path(path), lambda tmp: tmp.write_bytes(png))
+    return png
 
 
 def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
@@ -129,15 +127,19 @@ def pyplot():
     return plt
 
 
+def figure_png(figure) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    pyplot().close(figure)
+    return buffer.getvalue()
+
+
 def figure_to_image(figure) -> Image.Image:
     """A matplotlib figure as an RGB PIL image (the figure is closed)."""
     from PIL import Image
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    pyplot().close(figure)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
+    return Image.open(io.BytesIO(figure_png(figure))).convert("RGB")
 
 
 def atomic_write(path: Path, write) -> None:
