@@ -34,9 +34,12 @@ def _gaussian_run(sampler, steps, schedule_name="linear", n=20_000, seed=0, spac
         (heun, 20, "cosine", "quadratic", 0.02),
         (dpm_solver_pp_2m, 20, "linear", "logsnr", 0.02),
         (dpm_solver_pp_2m, 20, "cosine", "quadratic", 0.025),
-        # ... and at 10 steps land within a few per cent (measured: see the closing note of issue 3).
-        (heun, 10, "linear", "quadratic", 0.07),
-        (heun, 10, "cosine", "quadratic", 0.04),
+        # ... Heun at 10 steps on the default (cosine) schedule too. Noise-free std errors: 1.2 % and
+        # 2.8 %; mean errors 1.3 % and 2.2 % of sigma
+        (heun, 10, "cosine", "quadratic", 0.02),
+        (heun, 10, "linear", "quadratic", 0.035),
+        # DPM-Solver++(2M) at 10 steps: 2.2 % and 3.6 % noise-free, the best of every spacing tried
+        # (see the closing note of issue 3); data prediction is linear in lambda where x0_hat is not.
         (dpm_solver_pp_2m, 10, "linear", "logsnr", 0.04),
         (dpm_solver_pp_2m, 10, "cosine", "logsnr", 0.025),
     ],
@@ -50,8 +53,8 @@ def test_samplers_recover_gaussian_data(sampler, steps, schedule_name, spacing, 
     """
     x = _gaussian_run(sampler, steps, schedule_name, spacing=spacing)
     mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True)
-    # the mean within 2 % of sigma (its standard error is sigma / sqrt(n) = 0.7 %), the std within `tolerance`
-    assert torch.all((mean - MU).abs() <= 0.02 * SIGMA + 1e-4), (mean, MU)
+    # the mean within `tolerance` of sigma (its standard error is sigma / sqrt(n) = 0.7 %), and the std
+    assert torch.all((mean - MU).abs() <= tolerance * SIGMA + 1e-4), (mean, MU)
     assert torch.all((std / SIGMA - 1).abs() <= tolerance), (std / SIGMA - 1)
 
 
@@ -155,6 +158,26 @@ def test_second_order_beats_first_order():
     error = {name: (_gaussian_run(SAMPLERS[name], 20, n=512, seed=7, spacing="quadratic") - reference).abs().mean().item()
              for name in ("ddim", "dpm++2m", "heun")}
     assert error["dpm++2m"] < error["ddim"] / 2 and error["heun"] < error["ddim"] / 4, error
+
+
+def _spread_error(sampler, steps, schedule_name, spacing):
+    """The largest |std / sigma - 1| of a deterministic sampler's output, with no sampling noise.
+
+    With the optimal denoiser for Gaussian data every step is affine in x, so the whole sampler
+    maps x_T to A x_T + b; running it on x_T = 0 and x_T = 1 (float64) reads off A, the output std.
+    """
+    schedule = make_schedule(schedule_name, 1000)
+    denoiser = GaussianDenoiser(schedule, MU.double(), SIGMA.double())
+    x = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)]).double()
+    out = sampler(denoiser, x, schedule, spaced_timesteps(1000, steps, spacing, schedule))
+    return ((out[1] - out[0]) / SIGMA[0] - 1).abs().max().item()
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+def test_heun_is_second_order(schedule_name):
+    """Doubling Heun's steps divides its error by about 2^2 = 4 (a first-order slip would give 2)."""
+    errors = [_spread_error(heun, steps, schedule_name, "quadratic") for steps in (10, 20, 40)]
+    assert errors[0] / errors[1] > 3.5 and errors[1] / errors[2] > 3.5, errors
 
 
 @pytest.mark.parametrize("spacing", ["uniform", "trailing", "quadratic", "logsnr"])
