@@ -6,6 +6,7 @@ gives, and that as a fraction of a matrix-multiply rate measured in this same pr
 CPU, bf16 on CUDA). Also the sampling rate at a given number of network evaluations.
 
     python benchmarks/throughput.py                                   # the mnist5k default on this CPU
+    python benchmarks/throughput.py --set model.channels=[16,32,64]      # a narrower UNet
     python benchmarks/throughput.py --preset cifar10-ddpm --batch-size 128 --precision bf16 \\
         --compile --channels-last --device cuda
 
@@ -54,6 +55,8 @@ def _sync(device: torch.device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", help="a preset (default: the mnist5k default config)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config override, as for ddpm train, e.g. --set model.channels=[16,32,64]")
     parser.add_argument("--batch-size", type=int, help="default: the preset's")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--compile", action="store_true")
@@ -65,6 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_preset(args.preset) if args.preset else Config()
+    config = config.override(dict(item.split("=", 1) for item in args.set)).validate()
     batch = args.batch_size or config.train.batch_size
     device = resolve_device(args.device)
     data = load_data(config.data.name, config.data.root, config.data.image_size)  # for the image shape only
@@ -114,7 +118,7 @@ def main() -> None:
 
     print(json.dumps({
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "preset": args.preset or "default (mnist5k)",
+        "preset": args.preset or "default (mnist5k)", "overrides": args.set,
         "parameters_M": round(sum(p.numel() for p in network.parameters()) / 1e6, 2),
         "batch_size": batch, "precision": args.precision, "compile": args.compile, "channels_last": args.channels_last,
         "train_images_per_s": round(train_images_per_s, 1),
