@@ -1,4 +1,6 @@
 import csv
+import importlib
+import shutil
 
 import pytest
 import torch
@@ -6,6 +8,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from ddpm import InputError, load_run, train
+from ddpm.data import iterate_batches
 
 
 def _losses(run):
@@ -28,11 +31,18 @@ def test_short_training_on_mnist5k_lowers_the_loss(tmp_path):
     assert model.step == 60 and model.config.data.image_size == 28 and model.config.data.channels == 1
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    """N steps straight equal N/2 steps, a stop, and N/2 more: every loss and every weight."""
-    straight = train(tiny_config(**{"train.max_steps": 8}), tmp_path / "straight", progress=False)
-    half = train(tiny_config(**{"train.max_steps": 4}), tmp_path / "resumed", progress=False)
-    resumed = train(tiny_config(**{"train.max_steps": 8}), half.path, resume=True, progress=False)
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    """N steps straight equal a crash after step N/2's checkpoint and a resume: every loss and every weight."""
+    config = tiny_config(**{"train.max_steps": 8, "train.checkpoint_every": 4})
+    straight = train(config, tmp_path / "straight", progress=False)
+    crashed = train(config, tmp_path / "resumed", progress=False)
+    shutil.rmtree(crashed.checkpoints / "step_000008")  # as if the process died after step 4's checkpoint
+    (crashed.checkpoints / "latest").write_text("step_000004")
+    starts = []  # the step the data order resumes from: 4, not a fresh start that would also match
+    train_module = importlib.import_module("ddpm.train")  # the module; ddpm.train is the function
+    monkeypatch.setattr(train_module, "iterate_batches", lambda *a: starts.append(a[3]) or iterate_batches(*a))
+    resumed = train(config, crashed.path, resume=True, progress=False)
+    assert starts == [4]
     assert _losses(straight) == _losses(resumed)
     for key in ("model", "ema"):
         a = load_file(straight.latest() / f"{key}.safetensors")
@@ -60,3 +70,44 @@ def test_every_objective_trains(tmp_path, objective):
     config = tiny_config(**{"diffusion.objective": objective, "diffusion.loss": "l1", "train.max_steps": 3})
     run = train(config, tmp_path / objective, progress=False)
     assert all(loss == loss for loss in _losses(run))  # finite, not NaN
+
+
+def test_cosine_learning_rate_ends_at_zero_with_the_first_budget():
+    """Cosine decays with whichever budget runs out first: steps, or minutes of training."""
+    from ddpm.optim import lr_factor
+
+    tc = tiny_config(**{"train.lr_schedule": "cosine", "train.warmup_steps": 0, "train.max_steps": 1000}).train
+    assert lr_factor(0, tc) == 1.0 and lr_factor(1000, tc) == 0.0
+    assert lr_factor(500, tc) == pytest.approx(0.5) and lr_factor(100, tc, time_fraction=0.5) == pytest.approx(0.5)
+    assert lr_factor(500, tc, time_fraction=0.1) == pytest.approx(0.5)  # the steps are further along
+    assert lr_factor(10, tc, time_fraction=1.0) == 0.0
+    constant = tiny_config(**{"train.lr_schedule": "constant", "train.warmup_steps": 0}).train
+    assert lr_factor(10, constant, time_fraction=0.9) == 1.0
+
+
+def _lrs(run):
+    with open(run.log_path, newline="") as handle:
+        return [float(row["lr"]) for row in csv.DictReader(handle)]
+
+
+def test_a_time_budget_is_for_the_whole_run_and_the_learning_rate_follows_it(tmp_path):
+    """--max-minutes counts training time over resumes, and cosine reaches zero when it is spent."""
+    from ddpm.checkpoint import load_meta
+
+    budget = {"train.max_steps": 100_000, "train.max_minutes": 0.04, "train.warmup_steps": 0, "train.lr": 1e-3,
+              "train.lr_schedule": "cosine", "train.tensorboard": False}
+    run = train(tiny_config(**budget), tmp_path / "run", progress=False)
+    lrs = _lrs(run)
+    assert len(lrs) > 5 and all(b <= a for a, b in zip(lrs, lrs[1:])), lrs
+    assert lrs[-1] < 0.05 * 1e-3 < lrs[0]
+    meta = load_meta(run.latest())
+    assert 0.04 * 60 <= meta["train_seconds"] < 0.04 * 60 + 2
+
+    # Resumed with the same budget, the run has nothing left to do ...
+    train(tiny_config(**budget), run.path, resume=True, progress=False)
+    assert load_meta(run.latest())["step"] == meta["step"]
+    # ... and with a larger one it goes on where the clock stopped, its learning rate raised again.
+    more = train(tiny_config(**{**budget, "train.max_minutes": 0.08}), run.path, resume=True, progress=False)
+    assert load_meta(more.latest())["step"] > meta["step"]
+    assert 0.08 * 60 <= load_meta(more.latest())["train_seconds"] < 0.08 * 60 + 2
+    assert _lrs(more)[len(lrs)] > lrs[-1]

@@ -402,7 +402,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--classes", type=int, metavar="K",
                        help="class-conditional on the data set's K labels, with classifier-free guidance (default 0: unconditional)")
     train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    train.add_argument("--max-minutes", type=float, help="stop after this many minutes of wall-clock time")
+    train.add_argument("--max-minutes", type=float, help="stop after this many minutes of training in all (a resumed run counts its earlier time); the cosine learning rate reaches zero then")
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank)")
     train.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), or bf16 / fp16 autocast")

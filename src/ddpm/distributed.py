@@ -47,13 +47,13 @@ class Distributed:
             value /= self.world_size
         return value
 
-    def any(self, flag: bool, device: torch.device) -> bool:
-        """True on every rank if `flag` is true on any: ranks must stop at the same step."""
+    def max(self, values: list[float], device: torch.device) -> list[float]:
+        """Each value's largest over the ranks, on every rank (the values themselves in one process)."""
         if not self.enabled:
-            return flag
-        value = torch.tensor([float(flag)], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+            return values
+        tensor = torch.tensor(values, device=device, dtype=torch.float64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor.tolist()
 
     def gather(self, tensor: Tensor) -> Tensor:
         """Every rank's `tensor` (same shape on each), concatenated in rank order."""

@@ -1,8 +1,13 @@
-"""The optimiser and its learning-rate schedule: linear warm-up, then constant, step or cosine."""
+"""The optimiser and its learning-rate schedule: linear warm-up, then constant, step or cosine.
+
+Cosine decays to zero at the end of the budget: at train.max_steps, or at train.max_minutes of
+training when that comes first, so a 10-minute run ends its 10 minutes at a learning rate of zero.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -23,19 +28,23 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
-def lr_factor(step: int, config: TrainConfig) -> float:
-    """The multiplier of the base learning rate at `step` (0-based)."""
+def lr_factor(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
+    """The multiplier of the base learning rate at `step` (0-based), when `time_fraction` of the
+    time budget (train.max_minutes) is spent."""
     warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     if config.lr_schedule == "constant":
         decay = 1.0
     elif config.lr_schedule == "step":
         decay = config.lr_gamma ** (step // config.lr_step_size)
-    elif config.lr_schedule == "cosine":  # Loshchilov & Hutter 2017, to zero at max_steps
-        decay = 0.5 * (1 + math.cos(math.pi * min(step, config.max_steps) / config.max_steps))
+    elif config.lr_schedule == "cosine":  # Loshchilov & Hutter 2017, to zero when the first budget runs out
+        progress = min(1.0, max(step / config.max_steps, time_fraction))
+        decay = 0.5 * (1 + math.cos(math.pi * progress))
     else:
         raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
     return warmup * decay
 
 
-def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                      time_fraction: Callable[[], float] = lambda: 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of `lr_factor`; `time_fraction()` says how much of the time budget is spent."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config, time_fraction()))

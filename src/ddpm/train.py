@@ -71,14 +71,15 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     network = build_network(config).to(device, memory_format=memory_format)
     ema = EMA(network, tc.ema_decay, tc.ema_warmup)
     optimizer = make_optimizer(network, tc)
-    lr_schedule = make_lr_scheduler(optimizer, tc)
+    clock = _Clock(tc.max_minutes)  # training time over the run's life; cosine decays to zero with it
+    lr_schedule = make_lr_scheduler(optimizer, tc, clock.fraction)
     scaler = make_scaler(tc.precision, device)
     schedule = build_schedule(config).to(device)
     generator = torch.Generator(device=device).manual_seed(tc.seed)  # labels, timesteps and noise of the loss
-    step = 0
+    step, seconds_trained = 0, 0.0
 
     if resume:
-        step = _restore(run, network, ema, optimizer, lr_schedule, scaler, generator)
+        step, seconds_trained = _restore(run, network, ema, optimizer, lr_schedule, scaler, generator)
     else:
         _refuse_existing_run(run)
         ranks.barrier()  # every rank has looked before rank 0 creates the run directory
@@ -93,13 +94,13 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     log = _Log(run.log_path, step, run.tensorboard if tc.tensorboard else None) if ranks.is_main else None
     # uint8 batches in the order of (seed, step); small data sets live on the device, large ones stream.
     batches = iterate_batches(data, tc.batch_size, tc.seed, step, device, config.data.workers)
-    deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes else math.inf
+    clock.start(seconds_trained)
     started, images_seen, skipped = time.monotonic(), 0, 0
     budget = f"training (stops at step {tc.max_steps}" + (f" or after {tc.max_minutes:g} min)" if tc.max_minutes else ")")
     bar = tqdm(total=tc.max_steps, initial=step, desc=budget, unit="step", disable=not (progress and ranks.is_main),
                dynamic_ncols=True)
     with _stop_on_signal() as stop:
-        while step < tc.max_steps and not ranks.any(stop.requested is not None or time.monotonic() > deadline, device):
+        while step < tc.max_steps and not clock.tick(ranks, device, stop.requested is not None):
             # The global batch with its labels, timesteps and noise: the same draws on every rank.
             images, classes = next(batches)
             x0 = to_model_range(images)
@@ -160,13 +161,13 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
             if step % tc.sample_every == 0:
                 log.images(step, _sample_grid(run, config, ema, schedule, step))
             if step % tc.checkpoint_every == 0:
-                _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, tc.keep_checkpoints)
+                _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, clock, tc.keep_checkpoints)
     bar.close()
 
     if ranks.is_main:
         log.flush(step, lr_schedule.get_last_lr()[0], images_seen / max(time.monotonic() - started, 1e-9),
                   (time.monotonic() - started) / 60)
-        _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, tc.keep_checkpoints)
+        _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, clock, tc.keep_checkpoints)
         if step % tc.sample_every:
             log.images(step, _sample_grid(run, config, ema, schedule, step))
         log.close()
@@ -207,7 +208,7 @@ def _refuse_existing_run(run: RunDir) -> None:
                          f"or choose another --out")
 
 
-def _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, keep) -> None:
+def _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, clock, keep) -> None:
     state = {
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
@@ -215,23 +216,26 @@ def _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generat
         "rng": _rng_state(generator),
     }
     tensors = {"model": network.state_dict(), "ema": ema.model.state_dict()}
-    save_checkpoint(run, step, tensors, state, {"ema_updates": ema.updates}, keep=keep)
+    meta = {"ema_updates": ema.updates, "train_seconds": round(clock.seconds, 3)}
+    save_checkpoint(run, step, tensors, state, meta, keep=keep)
 
 
-def _restore(run, network, ema, optimizer, lr_schedule, scaler, generator) -> int:
+def _restore(run, network, ema, optimizer, lr_schedule, scaler, generator) -> tuple[int, float]:
+    """Load the newest checkpoint into the training state; returns its step and training seconds."""
     folder = run.latest()
     if folder is None:
         raise InputError(f"cannot resume {run.path}: it has no complete checkpoint")
     state = load_state(folder)
     load_into(network, load_weights(folder, "model"), folder, run.config_path)
     load_into(ema.model, load_weights(folder, "ema"), folder, run.config_path)
-    ema.updates = load_meta(folder)["ema_updates"]
+    meta = load_meta(folder)
+    ema.updates = meta["ema_updates"]
     optimizer.load_state_dict(state["optimizer"])
     lr_schedule.load_state_dict(state["lr_schedule"])
     if state.get("grad_scaler") and scaler.is_enabled():  # empty unless the run trained in fp16
         scaler.load_state_dict(state["grad_scaler"])
     _set_rng_state(state["rng"], generator)
-    return load_meta(folder)["step"]
+    return meta["step"], meta.get("train_seconds", 0.0)  # runs from before the clock have none
 
 
 def _sample_grid(run: RunDir, config: Config, ema: EMA, schedule, step: int) -> torch.Tensor:
@@ -293,6 +297,36 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# ---- the time budget, logging and signals ----------------------------------------------------
+
+
+class _Clock:
+    """Training time in seconds over the run's whole life: a checkpoint carries it across resumes,
+    so train.max_minutes, like max_steps, is a budget for the run, not for one invocation.
+
+    Under torchrun every rank reads the slowest rank's time, so all of them stop at the same step
+    and use the same learning rate.
+    """
+
+    def __init__(self, max_minutes: Optional[float]):
+        self.limit = 60 * max_minutes if max_minutes else math.inf
+        self.seconds = 0.0
+        self._origin = time.monotonic()
+
+    def start(self, seconds_before: float) -> None:
+        self.seconds = seconds_before
+        self._origin = time.monotonic() - seconds_before
+
+    def tick(self, ranks, device: torch.device, stop_requested: bool) -> bool:
+        """Read the time; True when the budget is spent, or any rank was asked to stop."""
+        stop, self.seconds = ranks.max([float(stop_requested), time.monotonic() - self._origin], device)
+        return stop > 0 or self.seconds >= self.limit
+
+    def fraction(self) -> float:
+        """How much of the time budget is spent: 0 without one, 1 at its end."""
+        return min(1.0, self.seconds / self.limit)
 
 
 # ---- logging and signals ---------------------------------------------------------------------
