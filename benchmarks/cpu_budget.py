@@ -8,7 +8,7 @@ Exactly the measure a first-time user takes, through the command line:
 
     python benchmarks/cpu_budget.py                     # the measure, 10 minutes
     python benchmarks/cpu_budget.py --minutes 30        # does the default keep improving?
-    python benchmarks/cpu_budget.py --max-steps 1800 -- --set diffusion.loss_weight=min-snr
+    python benchmarks/cpu_budget.py --max-steps 1800 -- --set diffusion.min_snr_gamma=5
                                                         # a lever, at a fixed number of steps
 
 Arguments after `--` go to `ddpm train`, so levers are measured by the same script. With
