@@ -202,7 +202,7 @@ class UNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        channels: Sequence[int] = (32, 64, 128),
+        channels: Sequence[int] = (16, 32, 64),
         attention: Sequence[bool] = (False, False, True),
         num_res: int = 1,
         neck_length: int = 1,
