@@ -15,6 +15,11 @@ Arguments after `--` go to `ddpm train`, so levers are measured by the same scri
 --max-steps instead of --minutes the result does not depend on how busy the machine is.
 Prints one line of results and writes RUN/budget.json. The FID reference features of the 5,000
 digits take ~14 minutes once, then come from the cache.
+
+A time budget buys as many steps as the machine allows, and machines sold as alike differ: 2 AVX2
+cores multiplied fp32 matrices at 180 GFLOP/s one day and at 69 another. So the result holds this
+machine's matrix-multiply rate, measured before training. Compare 10-minute FIDs only between runs
+of a similar rate, or compare them by their steps.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
+from throughput import matmul_rate  # benchmarks/throughput.py, beside this script
 
 from ddpm.samplers import network_evaluations
 
@@ -62,6 +69,8 @@ def main() -> None:
     if out.exists():
         sys.exit(f"{out} exists; choose another --out or remove it")
 
+    gflops = matmul_rate(torch.device("cpu"), torch.float32, size=2048) / 1e9
+    print(f"this machine: {gflops:.0f} GFLOP/s fp32 matrix multiply", flush=True)
     train_seconds = _run(["train", "--out", str(out), *budget, "--no-progress", *args.train_options])
     sample_seconds = _run(["sample", "--run", str(out), "--n", str(args.n), "--out", str(out / "samples.npz"),
                            "--grid", str(out / "grid.png"), *shlex.split(args.sample)])
@@ -76,7 +85,7 @@ def main() -> None:
     scores = json.loads((out / "fid.json").read_text())
     result = {
         "budget": budget, "train_options": args.train_options, "steps": int(last["step"]),
-        "train_minutes": round(train_seconds / 60, 2), "images_per_s": float(last["images_per_s"]),
+        "train_minutes": round(train_seconds / 60, 2), "cpu_gflops": round(gflops), "images_per_s": float(last["images_per_s"]),
         "sampler": sampler, "sampler_steps": steps, "nfe": network_evaluations(sampler, steps), "sample_seconds": round(sample_seconds, 1),
         "fid": round(scores["fid"], 2), "kid": scores["kid"], "samples": scores["samples"], "reference": scores["reference"],
     }
