@@ -48,3 +48,11 @@ def test_cifar10_ddpm_has_the_papers_35_7_million_parameters():
     config.data.channels = 3
     count = sum(p.numel() for p in build_network(config).parameters())
     assert abs(count - 35.7e6) / 35.7e6 < 0.01, count
+
+
+def test_cifar10_ddpm_keeps_the_papers_optimiser_whatever_the_package_defaults():
+    # Ho et al. 2020, Appendix B: Adam at 2e-4 with its default betas, 5,000 warm-up steps, then
+    # constant. The package's defaults (beta2 0.99, cosine decay) are tuned for short CPU runs.
+    train = load_preset("cifar10-ddpm").train
+    assert (train.optimizer, train.lr, train.betas) == ("adamw", 2e-4, [0.9, 0.999])
+    assert (train.lr_schedule, train.warmup_steps, train.ema_decay) == ("constant", 5000, 0.9999)
