@@ -49,6 +49,24 @@ def _run(arguments: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def sample_and_score(run: Path, n: int, sample_options: list[str]) -> tuple[float, dict]:
+    """`ddpm sample` n images from the run, then `ddpm eval` them against all of mnist5k.
+
+    Returns the seconds sampling took and the scores (fid.json). Writes samples.npz, grid.png and
+    fid.json into the run.
+    """
+    sample_seconds = _run(["sample", "--run", str(run), "--n", str(n), "--out", str(run / "samples.npz"),
+                           "--grid", str(run / "grid.png"), *sample_options])
+    _run(["eval", "--samples", str(run / "samples.npz"), "--data", "mnist5k", "--json", str(run / "fid.json")])
+    return sample_seconds, json.loads((run / "fid.json").read_text())
+
+
+def last_logged(run: Path) -> dict:
+    """The last row of the run's log.csv: its step count and training speed."""
+    with open(run / "log.csv") as handle:
+        return list(csv.DictReader(handle))[-1]
+
+
 def _option(options: list[str], name: str, default):
     return options[options.index(name) + 1] if name in options else default
 
@@ -72,17 +90,13 @@ def main() -> None:
     gflops = matmul_rate(torch.device("cpu"), torch.float32, size=2048) / 1e9
     print(f"this machine: {gflops:.0f} GFLOP/s fp32 matrix multiply", flush=True)
     train_seconds = _run(["train", "--out", str(out), *budget, "--no-progress", *args.train_options])
-    sample_seconds = _run(["sample", "--run", str(out), "--n", str(args.n), "--out", str(out / "samples.npz"),
-                           "--grid", str(out / "grid.png"), *shlex.split(args.sample)])
-    _run(["eval", "--samples", str(out / "samples.npz"), "--data", "mnist5k", "--json", str(out / "fid.json")])
+    sample_seconds, scores = sample_and_score(out, args.n, shlex.split(args.sample))
 
-    with open(out / "log.csv") as handle:
-        last = list(csv.DictReader(handle))[-1]
+    last = last_logged(out)
     sampling = yaml.safe_load((out / "config.yaml").read_text())["sample"]
     sample_options = shlex.split(args.sample)
     sampler = _option(sample_options, "--sampler", sampling["sampler"])
     steps = int(_option(sample_options, "--steps", sampling["steps"]))
-    scores = json.loads((out / "fid.json").read_text())
     result = {
         "budget": budget, "train_options": args.train_options, "steps": int(last["step"]),
         "train_minutes": round(train_seconds / 60, 2), "cpu_gflops": round(gflops), "images_per_s": float(last["images_per_s"]),

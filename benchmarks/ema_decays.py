@@ -19,23 +19,21 @@ is that EMA: with K = 10 and the cap 0.999, for the first 9,000 steps.
 from __future__ import annotations
 
 import argparse
-import json
-import csv
 import importlib
+import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from throughput import matmul_rate  # benchmarks/throughput.py, beside this script
+from cpu_budget import last_logged, sample_and_score  # beside this script, as throughput.py
+from throughput import matmul_rate
 
 from ddpm.checkpoint import RunDir
 from ddpm.config import Config
 from ddpm.ema import EMA
 
-DDPM = [sys.executable, "-m", "ddpm"]
 training = importlib.import_module("ddpm.train")  # the module; `ddpm.train` is also the function
 
 
@@ -50,11 +48,6 @@ VARIANTS = {  # name: decay after n updates
     "k20": warmup(20),
     "k40": warmup(40),
 }
-
-
-def _last_speed(run: Path) -> float:
-    with open(run / "log.csv") as handle:
-        return float(list(csv.DictReader(handle))[-1]["images_per_s"])
 
 
 class ManyEMA(EMA):
@@ -108,15 +101,11 @@ def main() -> None:
         weights = dict(ema.model.state_dict())  # buffers as they are, parameters from the variant
         weights.update(dict(zip(parameter_names, averaged)))
         save_file({k: v.contiguous() for k, v in weights.items()}, checkpoint / "ema.safetensors")
-        subprocess.run(DDPM + ["sample", "--run", str(copy), "--n", str(args.n), "--out", str(copy / "samples.npz"),
-                               "--grid", str(copy / "grid.png")], check=True)
-        subprocess.run(DDPM + ["eval", "--samples", str(copy / "samples.npz"), "--data", "mnist5k",
-                               "--json", str(copy / "fid.json")], check=True)
-        scores = json.loads((copy / "fid.json").read_text())
+        _, scores = sample_and_score(copy, args.n, [])
         results[variant] = {"decay_at_end": round(VARIANTS[variant](ema.updates), 5), "fid": round(scores["fid"], 2),
                             "kid": scores["kid"]}
         print(variant, json.dumps(results[variant]), flush=True)
-    summary = {"steps": ema.updates, "cpu_gflops": round(gflops), "images_per_s": _last_speed(run.path), "variants": results}
+    summary = {"steps": ema.updates, "cpu_gflops": round(gflops), "images_per_s": float(last_logged(run.path)["images_per_s"]), "variants": results}
     (out / "ema_decays.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
 
