@@ -28,6 +28,25 @@ def test_unet_refuses_sizes_it_cannot_halve(channels, size):
         net(torch.randn(1, 1, size, size), torch.tensor([0]))
 
 
+@pytest.mark.parametrize("in_channels, channels, size", [(1, [32, 64], 28), (3, [16, 32, 32], 32)])
+def test_a_patched_unet_runs_every_level_at_half_resolution(in_channels, channels, size):
+    net = UNet(in_channels, channels, [False] * (len(channels) - 1) + [True], 1, 1, 16, patch_size=2)
+    seen = []
+    net.stem.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    x = torch.randn(2, in_channels, size, size)
+    assert net(x, torch.tensor([0, 999])).shape == x.shape
+    assert seen == [(2, channels[0], size // 2, size // 2)]
+    assert net.stem.in_channels == 4 * in_channels and net.head.out_channels == 4 * in_channels
+
+
+def test_a_patched_unet_refuses_sizes_its_patches_and_levels_cannot_divide():
+    net = UNet(1, [16, 32, 64], [False] * 3, 1, 1, 16, patch_size=2)
+    with pytest.raises(InputError, match="not divisible by 8, which a UNet with 3 levels and patch size 2"):
+        net(torch.randn(1, 1, 28, 28), torch.tensor([0]))
+    with pytest.raises(InputError, match="patch_size must be >= 1"):
+        UNet(patch_size=0)
+
+
 def test_unet_depends_on_the_timestep():
     net = UNet(1, [16, 32], [False, True], 1, 1, 16)
     for p in net.parameters():  # zero-initialised output convolutions would hide the time path

@@ -48,6 +48,7 @@ class ModelConfig:
     upsample: str = "nearest"  # nearest or bilinear, then a 3x3 conv; or transposed (a transposed conv)
     skips: str = "level"  # one skip per level; or block: one per residual block, as in Ho et al.'s UNet
     neck_attention: bool = False  # self-attention between the first two neck blocks (Ho et al.'s middle)
+    patch_size: int = 1  # > 1: fold p x p pixels into channels first, so every level runs at 1/p resolution
 
     def validate(self) -> None:
         _check(len(self.channels) >= 1, "model.channels needs at least one level")
@@ -57,6 +58,7 @@ class ModelConfig:
             f"model.attention has {len(self.attention)} entries but model.channels has "
             f"{len(self.channels)}; give one true/false per level",
         )
+        _check(self.patch_size >= 1, f"model.patch_size must be >= 1, 1 for none (got {self.patch_size})")
         _check(self.num_res >= 1, f"model.num_res must be >= 1 (got {self.num_res})")
         _check(self.neck_length >= 0, f"model.neck_length must be >= 0 (got {self.neck_length})")
         _check(self.time_emb_dim >= 2 and self.time_emb_dim % 2 == 0,
@@ -69,13 +71,14 @@ class ModelConfig:
 
     def check_image_size(self, image_size: int) -> None:
         """Refuse a size the UNet cannot halve at every level (the skips would not line up)."""
-        factor = 2 ** (len(self.channels) - 1)
+        factor = self.patch_size * 2 ** (len(self.channels) - 1)
         if image_size % factor:
             fits = [s for s in range(factor, 4 * max(image_size, factor), factor)]
             nearest = min(fits, key=lambda s: abs(s - image_size))
             raise InputError(
                 f"image size {image_size} is not divisible by {factor}, which a UNet with "
-                f"{len(self.channels)} levels needs; use --image-size {nearest} or fewer levels"
+                f"{len(self.channels)} levels and patch size {self.patch_size} needs; "
+                f"use --image-size {nearest} or fewer levels"
             )
 
 

@@ -34,7 +34,7 @@ def build_network(config: Config) -> UNet:
     """The UNet that `config` describes, for images of config.data.channels channels."""
     m = config.model
     return UNet(config.data.channels or 1, m.channels, m.attention, m.num_res, m.neck_length, m.time_emb_dim, m.dropout,
-                m.num_classes, m.norm, m.activation, m.upsample, m.skips, m.neck_attention)
+                m.num_classes, m.norm, m.activation, m.upsample, m.skips, m.neck_attention, m.patch_size)
 
 
 def build_schedule(config: Config) -> NoiseSchedule:

@@ -15,6 +15,11 @@ enters every residual block through a sinusoidal embedding (Vaswani et al. 2017,
   and after every downsampling. Each Up level runs `num_res + 1` blocks, each concatenating one
   skip, then upsamples.
 
+With `patch_size` p > 1 the UNet works on p x p patches (Peebles & Xie 2023, DiT): each p x p
+block of pixels is folded into p^2 channels (pixel unshuffle) before the stem, and the head's
+p^2 channels per position are unfolded back into pixels (pixel shuffle). Every level then runs
+at 1/p of the resolution, for about 1/p^2 of the convolution cost at the same widths.
+
 The seeds' variants choose GroupNorm or BatchNorm, SiLU or ReLU, and nearest or bilinear
 upsampling followed by a 3x3 convolution, or a transposed convolution.
 """
@@ -190,7 +195,7 @@ class UNet(nn.Module):
     """UNet(in_channels, channels=[...], attention=[...], num_res, neck_length, time_emb_dim, dropout).
 
     `channels[i]` is the width of level i (full resolution first) and `attention[i]` whether level
-    i uses self-attention. An image side must be divisible by 2^(levels - 1). The neck runs
+    i uses self-attention. An image side must be divisible by patch_size * 2^(levels - 1). The neck runs
     `neck_length` residual blocks at the lowest resolution, with attention after the first if
     `neck_attention` (Ho et al.'s middle: block, attention, block).
 
@@ -214,8 +219,11 @@ class UNet(nn.Module):
         upsample: str = "nearest",
         skips: str = "level",
         neck_attention: bool = False,
+        patch_size: int = 1,
     ):
         super().__init__()
+        if patch_size < 1:
+            raise InputError(f"patch_size must be >= 1 (got {patch_size})")
         if len(attention) != len(channels):
             raise InputError(f"attention has {len(attention)} entries but channels has {len(channels)}; give one per level")
         for name, value, choices in [("norm", norm, NORMS), ("activation", activation, tuple(ACTIVATIONS)),
@@ -223,6 +231,7 @@ class UNet(nn.Module):
             if value not in choices:
                 raise InputError(f"unknown UNet {name} {value!r}; choose one of {', '.join(choices)}")
         self.in_channels = in_channels
+        self.patch_size = patch_size
         self.levels = len(channels)
         self.time_emb_dim = time_emb_dim
         self.act = ACTIVATIONS[activation]
@@ -234,7 +243,7 @@ class UNet(nn.Module):
         self.class_embedding = nn.Embedding(num_classes + 1, time_channels) if num_classes else None
         o = _Options(time_channels, dropout, norm, activation, upsample)
         per_block = skips == "block"
-        self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        self.stem = nn.Conv2d(in_channels * patch_size**2, channels[0], 3, padding=1)
 
         last = len(channels) - 1
         skip_widths = [channels[0]] if per_block else []  # block skips start with the stem's output
@@ -255,14 +264,14 @@ class UNet(nn.Module):
                                    per_block, o))
             width = channels[i]
         self.head_norm = make_norm(norm, width)
-        self.head = nn.Conv2d(width, in_channels, 3, padding=1)
+        self.head = nn.Conv2d(width, in_channels * patch_size**2, 3, padding=1)
 
     def check_size(self, height: int, width: int) -> None:
-        factor = 2 ** (self.levels - 1)
+        factor = self.patch_size * 2 ** (self.levels - 1)
         if height % factor or width % factor:
             raise InputError(
                 f"image size {height}x{width} is not divisible by {factor}, which a UNet with "
-                f"{self.levels} levels needs; resize the images or use fewer levels"
+                f"{self.levels} levels and patch size {self.patch_size} needs; resize the images or use fewer levels"
             )
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
@@ -272,7 +281,7 @@ class UNet(nn.Module):
             time = time + self.class_embedding(torch.full_like(t, self.num_classes) if y is None else y)
         elif y is not None:
             raise InputError("this UNet was built without classes (num_classes=0); it takes no labels")
-        h = self.stem(x)
+        h = self.stem(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
         skips = [h] if self.down[0].per_block else []
         for block in self.down:
             h, level_skips = block(h, time)
@@ -283,4 +292,5 @@ class UNet(nn.Module):
                 h = self.neck_attention(h)
         for block in self.up:
             h = block(h, skips, time)
-        return self.head(self.act(self.head_norm(h)))
+        out = self.head(self.act(self.head_norm(h)))
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
