@@ -107,6 +107,8 @@ def test_show_progression_has_one_row_per_checkpoint(run_dir, tmp_path):
     (["show", "trajectory"], "needs --run RUN"),
     (["show", "trajectory", "--run", "RUN", "--frames", "1"], "--frames must be between 2 and the number of steps"),
     (["show", "progression", "--run", "RUN", "--n", "0"], "--n must be >= 1"),
+    (["show", "trajectory", "--run", "RUN", "--steps", "0"], "--steps must be between 1 and the model's T"),
+    (["show", "progression", "--run", "RUN", "--sampler", "euler"], "unknown sampler 'euler'"),
 ])
 def test_show_refuses_bad_input(run_dir, arguments, message, capsys):
     arguments = [str(run_dir) if a == "RUN" else a for a in arguments]

@@ -186,8 +186,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise InputError(f"--n must be >= 1 (got {n})")
     model = load_run(Path(args.run), device=args.device)
     s = model.config.sample
-    sampler, steps, spacing = args.sampler or s.sampler, args.steps or s.steps, args.spacing or s.spacing
-    eta = s.eta if sampler == "ddim" else 0.0
+    sampler, steps, spacing, eta = _sampling_choice(model, args.sampler, args.steps, args.spacing, eta=None)
     shape = (model.config.data.channels, model.config.data.image_size, model.config.data.image_size)
     labels = class_labels(n, range(model.config.model.num_classes)) if model.config.model.num_classes else None
     out = _picture_out(args.out, RunDir(args.run).picture_path(args.picture))
@@ -304,18 +303,12 @@ def _sample_run(args: argparse.Namespace):
     """
     from .distributed import init_distributed
     from .generate import class_labels, generate, load_run
-    from .samplers import get_sampler, network_evaluations
+    from .samplers import network_evaluations
 
     ranks, device = init_distributed(args.device)  # under torchrun the ranks share the sampling
     model = load_run(Path(args.run), checkpoint=args.checkpoint, use_ema=not args.no_ema, device=device)
     s = model.config.sample
-    sampler = args.sampler or s.sampler
-    steps = s.steps if args.steps is None else args.steps
-    spacing = args.spacing or s.spacing
-    eta = (s.eta if sampler == "ddim" else 0.0) if args.eta is None else args.eta
-    get_sampler(sampler, eta)  # refuses an unknown name or a misplaced eta before any work
-    if not 1 <= steps <= model.schedule.timesteps:
-        raise InputError(f"--steps must be between 1 and the model's T = {model.schedule.timesteps} (got {steps})")
+    sampler, steps, spacing, eta = _sampling_choice(model, args.sampler, args.steps, args.spacing, args.eta)
     if args.n < 1:
         raise InputError(f"--n must be >= 1 (got {args.n})")
     classes = _parse_classes(args.classes, model.config.model.num_classes, args.run)
@@ -331,6 +324,22 @@ def _sample_run(args: argparse.Namespace):
     if classes is not None:
         source.update(classes=args.classes or "all", guidance=guidance)
     return images, labels, source
+
+
+def _sampling_choice(model, sampler: Optional[str], steps: Optional[int], spacing: Optional[str],
+                     eta: Optional[float]) -> tuple[str, int, str, float]:
+    """The sampling flags, each one left out taking the run's own `sample` config, checked before any work."""
+    from .samplers import get_sampler
+
+    s = model.config.sample
+    sampler = sampler or s.sampler
+    steps = s.steps if steps is None else steps
+    spacing = spacing or s.spacing
+    eta = (s.eta if sampler == "ddim" else 0.0) if eta is None else eta
+    get_sampler(sampler, eta)  # refuses an unknown name or a misplaced eta
+    if not 1 <= steps <= model.schedule.timesteps:
+        raise InputError(f"--steps must be between 1 and the model's T = {model.schedule.timesteps} (got {steps})")
+    return sampler, steps, spacing, eta
 
 
 def _parse_classes(text: Optional[str], num_classes: int, run: str) -> Optional[list[int]]:
