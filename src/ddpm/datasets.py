@@ -112,9 +112,10 @@ STREAM_ABOVE = 20_000  # folders with more images are decoded on the fly by Data
 
 
 def load_folder(name: str, path: Path, files: Optional[list[Path]] = None, channels: int = 3,
-                image_size: Optional[int] = None, crop: Optional[int] = None) -> "ImageData | ImageFiles":
+                image_size: Optional[int] = None, crop: Optional[int] = None,
+                in_memory: bool = False) -> "ImageData | ImageFiles":
     """Every image under `path` (recursively): decoded once into memory, or, above STREAM_ABOVE
-    images, an `ImageFiles` that DataLoader workers decode batch by batch.
+    images and unless `in_memory`, an `ImageFiles` that DataLoader workers decode batch by batch.
 
     Labels come from the first-level subfolders when every image sits in one (torchvision's
     ImageFolder layout), in sorted order. Each image is center-cropped to a square (of side `crop`,
@@ -130,7 +131,7 @@ def load_folder(name: str, path: Path, files: Optional[list[Path]] = None, chann
     labels = torch.tensor([class_names.index(t) for t in tops]) if class_names else None
     image_size = image_size or read_image(files[0], channels, None, crop).shape[-1]
     streamed = ImageFiles(name, files, labels, channels, image_size, crop)
-    if len(files) > STREAM_ABOVE:
+    if len(files) > STREAM_ABOVE and not in_memory:
         return streamed
     return streamed.subset(torch.arange(len(files)), progress=len(files) >= 1000)
 

@@ -14,14 +14,12 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from .data import load_data
+from .datasets import load_folder
 from .errors import InputError
 from .inception import InceptionFeatures
 from .metrics import fid_from_features, kernel_inception_distance
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
 def cache_dir() -> Path:
@@ -29,12 +27,16 @@ def cache_dir() -> Path:
 
 
 def load_samples(path: Path) -> torch.Tensor:
-    """Samples as uint8 [N, C, H, W] from a .npz (arr_0, uint8 [N, H, W, C]) or a folder of images."""
+    """Samples as uint8 [N, C, H, W] from a .npz (arr_0, uint8 [N, H, W, C]) or a folder of images.
+
+    A folder is read as a `folder:` data set is: as RGB (Inception repeats gray to three channels
+    anyway), each image squared and resized to the first one's size.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"sample path {path} does not exist")
     if path.is_dir():
-        return _load_folder(path)
+        return load_folder(f"samples in {path}", path, in_memory=True).images
     if path.suffix != ".npz":
         raise InputError(f"{path}: samples must be a .npz file (arr_0 uint8 [N, H, W, C]) or a folder of images")
     try:
@@ -45,25 +47,6 @@ def load_samples(path: Path) -> torch.Tensor:
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3):
         raise InputError(f"{path}: arr_0 must be uint8 [N, H, W, C] with C = 1 or 3 (got {array.dtype} {array.shape})")
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
-
-
-def _load_folder(folder: Path) -> torch.Tensor:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    images = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                image = image.convert("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
-                array = np.asarray(image)
-        except (UnidentifiedImageError, OSError) as error:
-            raise InputError(f"cannot read image {file}: {error}") from None
-        images.append(array[:, :, None] if array.ndim == 2 else array)
-    shapes = {a.shape for a in images}
-    if len(shapes) > 1:
-        raise InputError(f"the images in {folder} differ in size or channels ({sorted(shapes)[:3]}...); resize them first")
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
 def reference_features(data: str, root: str, image_size: int, count: Optional[int], extractor: InceptionFeatures,
