@@ -33,6 +33,18 @@ def test_sample_writes_a_valid_npz_and_grid(run_dir, tmp_path):
     assert Image.open(grid).size == (4 * 30 + 2, 3 * 30 + 2)
 
 
+def test_the_large_ddpm_variance_draws_other_images_from_the_same_seed(run_dir, tmp_path):
+    """--variance large (sigma_t^2 = beta_t) changes only the noise's scale, so the same seed gives
+    different images; the run's own variance (small) is the default."""
+    images = {}
+    for name, flags in (("default", []), ("small", ["--variance", "small"]), ("large", ["--variance", "large"])):
+        main(["sample", "--run", str(run_dir), "--n", "3", "--steps", "4", "--sampler", "ddpm", *flags,
+              "--out", str(tmp_path / f"{name}.npz"), "--grid", str(tmp_path / f"{name}.png"), "--device", "cpu"])
+        images[name] = np.load(tmp_path / f"{name}.npz")["arr_0"]
+    assert np.array_equal(images["default"], images["small"])
+    assert not np.array_equal(images["small"], images["large"])
+
+
 def test_sampling_is_reproducible_from_the_seed(run_dir, tmp_path):
     for name in ("a", "b"):
         main(["sample", "--run", str(run_dir), "--n", "3", "--steps", "4", "--seed", "7",
@@ -61,6 +73,8 @@ def test_sampling_is_reproducible_from_the_seed(run_dir, tmp_path):
         (["train", "--set", "diffusion.schedule=quadratic", "--out", "{tmp}/x"], "unknown diffusion.schedule 'quadratic'"),
         (["train", "--resume", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
         (["eval", "--run", "{run}", "--sampler", "euler"], "unknown sampler 'euler'"),
+        (["sample", "--run", "{run}", "--sampler", "ddim", "--variance", "large"], "the variance applies to the ddpm sampler only"),
+        (["sample", "--run", "{run}", "--variance", "medium"], "invalid choice: 'medium'"),
         (["sweep", "--run", "{run}", "--steps", "5,ten"], "--steps must be comma-separated integers"),
         (["train", "--set", "diffusion.timestep_sampling=beta", "--out", "{tmp}/x"], "unknown diffusion.timestep_sampling 'beta'"),
         (["train", "--set", "diffusion.min_snr_gamma=0", "--out", "{tmp}/x"], "diffusion.min_snr_gamma must be > 0"),

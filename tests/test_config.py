@@ -28,6 +28,7 @@ def test_overrides_are_typed():
         ({"diffusion.beta_end": 1.5}, "must lie in \\(0, 1\\)"),
         ({"diffusion.schedule": "square"}, "unknown diffusion.schedule 'square'"),
         ({"sample.sampler": "euler"}, "unknown sample.sampler 'euler'"),
+        ({"sample.variance": "medium"}, "unknown sample.variance 'medium'"),
         ({"model.attention": [True]}, "model.attention has 1 entries but model.channels has 3"),
         ({"data.image_size": 30}, "image size 30 is not divisible by 4"),
         ({"model.patch_size": 2, "data.image_size": 28},

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import LOSSES, OBJECTIVES, OPTIMIZERS, PRECISIONS, SAMPLERS, SCHEDULES, Config
+from .config import LOSSES, OBJECTIVES, OPTIMIZERS, PRECISIONS, SAMPLERS, SCHEDULES, VARIANCES, Config
 from .schedules import SPACINGS
 from .errors import InputError
 
@@ -186,7 +186,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise InputError(f"--n must be >= 1 (got {n})")
     model = load_run(Path(args.run), device=args.device)
     s = model.config.sample
-    sampler, steps, spacing, eta = _sampling_choice(model, args.sampler, args.steps, args.spacing, eta=None)
+    sampler, steps, spacing, eta, variance = _sampling_choice(model, args.sampler, args.steps, args.spacing, None, None)
     shape = (model.config.data.channels, model.config.data.image_size, model.config.data.image_size)
     labels = class_labels(n, range(model.config.model.num_classes)) if model.config.model.num_classes else None
     out = _picture_out(args.out, RunDir(args.run).picture_path(args.picture))
@@ -194,12 +194,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         denoiser = model.denoiser(s.clip_denoised)
         if labels is not None:  # a class-conditional run: classes 0, 1, 2, ... with the run's guidance
             denoiser = denoiser.conditioned(labels.to(next(model.network.parameters()).device), s.guidance)
-        picture, frames = pictures.trajectory(denoiser, n, shape, sampler, steps, args.frames, spacing, eta, args.seed)
+        picture, frames = pictures.trajectory(denoiser, n, shape, sampler, steps, args.frames, spacing, eta, args.seed,
+                                              variance)
         save_picture(picture, out)
         gif = save_gif(frames, out.with_suffix(".gif"))
         print(f"trajectory written to {out} and {gif} ({len(frames)} frames)")
     else:
-        save_picture(pictures.progression(model, Path(args.run), n, sampler, steps, spacing, eta, args.seed, labels), out)
+        save_picture(pictures.progression(model, Path(args.run), n, sampler, steps, spacing, eta, args.seed, labels,
+                                          variance), out)
         print(f"progression written to {out}")
     return 0
 
@@ -255,18 +257,31 @@ def _eval_device(name: str) -> str:
     return str(resolve_device(name))
 
 
+EVAL_FIELDS = ["step", "sampler", "steps", "spacing", "eta", "variance", "samples", "reference", "data", "fid", "kid"]
+
+
 def _append_eval_history(run_dir: Path, result: dict) -> None:
-    """RUN/eval.csv: one row per evaluation, the run's FID history."""
+    """RUN/eval.csv: one row per evaluation, the run's FID history. A history written with fewer
+    columns (before spacing, eta and variance were recorded) is first rewritten under the new header,
+    its rows kept, with blanks where they did not say."""
     import csv
 
-    fields = ["step", "sampler", "steps", "samples", "reference", "data", "fid", "kid"]
     path = run_dir / "eval.csv"
-    new = not path.is_file()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fields, extrasaction="ignore")
-        if new:
+    rows, rewrite = [], True
+    if path.is_file():
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            rewrite = reader.fieldnames != EVAL_FIELDS
+            rows = list(reader) if rewrite else []
+    if rewrite:
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, EVAL_FIELDS, extrasaction="ignore")
             writer.writeheader()
-        writer.writerow(result)
+            writer.writerows(rows)
+        os.replace(partial, path)
+    with open(path, "a", newline="") as handle:
+        csv.DictWriter(handle, EVAL_FIELDS, extrasaction="ignore").writerow(result)
 
 
 def _parse_ints(text: str, flag: str, example: str) -> list[int]:
@@ -308,7 +323,8 @@ def _sample_run(args: argparse.Namespace):
     ranks, device = init_distributed(args.device)  # under torchrun the ranks share the sampling
     model = load_run(Path(args.run), checkpoint=args.checkpoint, use_ema=not args.no_ema, device=device)
     s = model.config.sample
-    sampler, steps, spacing, eta = _sampling_choice(model, args.sampler, args.steps, args.spacing, args.eta)
+    sampler, steps, spacing, eta, variance = _sampling_choice(model, args.sampler, args.steps, args.spacing, args.eta,
+                                                              args.variance)
     if args.n < 1:
         raise InputError(f"--n must be >= 1 (got {args.n})")
     classes = _parse_classes(args.classes, model.config.model.num_classes, args.run)
@@ -318,16 +334,20 @@ def _sample_run(args: argparse.Namespace):
     labels = None if classes is None else class_labels(args.n, classes)
     shape = (model.config.data.channels, model.config.data.image_size, model.config.data.image_size)
     images = generate(model.denoiser(s.clip_denoised), args.n, shape, sampler, steps, eta, spacing, args.seed,
-                      args.batch_size, labels=labels, guidance=guidance, ranks=ranks)
+                      args.batch_size, labels=labels, guidance=guidance, ranks=ranks, variance=variance)
     source = {"run": str(args.run), "step": model.step, "sampler": sampler, "steps": steps, "spacing": spacing,
               "nfe": network_evaluations(sampler, steps), "data": model.config.data.name, "writes": ranks.is_main}
+    if sampler == "ddim":
+        source["eta"] = eta
+    if sampler == "ddpm":
+        source["variance"] = variance
     if classes is not None:
         source.update(classes=args.classes or "all", guidance=guidance)
     return images, labels, source
 
 
 def _sampling_choice(model, sampler: Optional[str], steps: Optional[int], spacing: Optional[str],
-                     eta: Optional[float]) -> tuple[str, int, str, float]:
+                     eta: Optional[float], variance: Optional[str]) -> tuple[str, int, str, float, str]:
     """The sampling flags, each one left out taking the run's own `sample` config, checked before any work."""
     from .samplers import get_sampler
 
@@ -336,10 +356,11 @@ def _sampling_choice(model, sampler: Optional[str], steps: Optional[int], spacin
     steps = s.steps if steps is None else steps
     spacing = spacing or s.spacing
     eta = (s.eta if sampler == "ddim" else 0.0) if eta is None else eta
-    get_sampler(sampler, eta)  # refuses an unknown name or a misplaced eta
+    variance = s.variance_for(sampler) if variance is None else variance
+    get_sampler(sampler, eta, variance)  # refuses an unknown name, or an eta or variance the sampler does not take
     if not 1 <= steps <= model.schedule.timesteps:
         raise InputError(f"--steps must be between 1 and the model's T = {model.schedule.timesteps} (got {steps})")
-    return sampler, steps, spacing, eta
+    return sampler, steps, spacing, eta, variance
 
 
 def _parse_classes(text: Optional[str], num_classes: int, run: str) -> Optional[list[int]]:
@@ -366,6 +387,8 @@ def _add_sampling_args(parser: argparse.ArgumentParser, n: int) -> None:
     parser.add_argument("--steps", type=int, help="timesteps to visit (default: the run's, 50); heun evaluates 2 x steps - 1")
     parser.add_argument("--spacing", choices=SPACINGS, help="how the timesteps are chosen (default: the run's, uniform)")
     parser.add_argument("--eta", type=float, help="DDIM's eta: 0 deterministic, 1 ancestral (default 0)")
+    parser.add_argument("--variance", choices=VARIANCES,
+                        help="DDPM's fixed variance: small (the posterior's beta~_t) or large (beta_t) (default: the run's)")
     parser.add_argument("--class", dest="classes", metavar="CLASSES",
                         help="class-conditional runs: a class, a list (1,4,7) or all (default all, cycled)")
     parser.add_argument("--guidance", type=float,

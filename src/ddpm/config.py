@@ -17,7 +17,7 @@ import yaml
 
 from .errors import InputError
 from .diffusion import TIMESTEP_SAMPLING
-from .samplers import SAMPLERS as _SAMPLER_FUNCTIONS
+from .samplers import SAMPLERS as _SAMPLER_FUNCTIONS, VARIANCES
 from .schedules import SPACINGS
 from .unet import ACTIVATIONS, NORMS, SKIPS, UPSAMPLES
 
@@ -209,6 +209,7 @@ class SampleConfig:
     steps: int = 50
     spacing: str = "uniform"
     eta: float = 0.0  # ddim only
+    variance: str = "small"  # read by ddpm only: beta~_t (small) or beta_t (large), Ho et al. §3.2
     clip_denoised: bool = True
     guidance: float = 1.0  # class-conditional models: 0 unconditional, 1 conditional, > 1 guided
 
@@ -216,9 +217,14 @@ class SampleConfig:
         _check_choice("sample.sampler", self.sampler, SAMPLERS)
         _check_choice("sample.spacing", self.spacing, SPACINGS)
         _check(self.eta == 0.0 or self.sampler == "ddim", f"sample.eta applies to the ddim sampler only (got {self.sampler})")
+        _check_choice("sample.variance", self.variance, VARIANCES)  # ignored by the other samplers (variance_for)
         _check(self.steps >= 1, f"sample.steps must be >= 1 (got {self.steps})")
         _check(0.0 <= self.eta <= 1.0, f"sample.eta must be in [0, 1] (got {self.eta})")
         _check(self.guidance >= 0, f"sample.guidance must be >= 0 (got {self.guidance})")
+
+    def variance_for(self, sampler: str) -> str:
+        """DDPM's variance when sampling this run with `sampler`: the run's own for ddpm, else small (unused)."""
+        return self.variance if sampler == "ddpm" else "small"
 
 
 @dataclass

@@ -93,9 +93,10 @@ def generate(
     labels: Optional[Tensor] = None,
     guidance: float = 1.0,
     ranks: Optional[Distributed] = None,
+    variance: str = "small",
 ) -> Tensor:
     """Draw `n` images of `shape` (C, H, W) as uint8 [n, C, H, W] with the named sampler, visiting
-    `steps` timesteps chosen by `spacing`; `eta` is DDIM's.
+    `steps` timesteps chosen by `spacing`; `eta` is DDIM's and `variance` DDPM's.
 
     For a class-conditional model, `labels` [n] names each image's class and `guidance` is the
     classifier-free guidance weight. Each batch's starting and fresh noise come from a generator
@@ -106,7 +107,7 @@ def generate(
         raise InputError(f"the number of samples must be >= 1 (got {n})")
     if labels is not None and len(labels) != n:
         raise InputError(f"give one label per sample ({len(labels)} labels for {n} samples)")
-    sample_fn = get_sampler(sampler, eta)
+    sample_fn = get_sampler(sampler, eta, variance)
     schedule = denoiser.schedule
     timesteps = spaced_timesteps(schedule.timesteps, steps, spacing, schedule)
     device = next(denoiser.parameters()).device

@@ -109,7 +109,8 @@ def schedule_plot(T: int = 1000) -> Image.Image:
 
 
 def trajectory(denoiser: Denoiser, n: int, shape: tuple[int, int, int], sampler: str, steps: int, frames: int,
-               spacing: str = "uniform", eta: float = 0.0, seed: int = 0) -> tuple[Image.Image, list[Image.Image]]:
+               spacing: str = "uniform", eta: float = 0.0, seed: int = 0,
+               variance: str = "small") -> tuple[Image.Image, list[Image.Image]]:
     """Sample n images and record, at `frames` of the sampler's steps (first and last included),
     the input x_t and the network's prediction of x0. Returns the picture (for each sample a row
     of x_t and a row of x0, one column per recorded step) and one GIF frame per recorded step."""
@@ -130,7 +131,7 @@ def trajectory(denoiser: Denoiser, n: int, shape: tuple[int, int, int], sampler:
             recorded.append((t, to_uint8(current).cpu(), to_uint8(prediction.x0).cpu()))
         current = x_next
 
-    get_sampler(sampler, eta)(denoiser, x, schedule, timesteps, generator=generator, callback=record)
+    get_sampler(sampler, eta, variance)(denoiser, x, schedule, timesteps, generator=generator, callback=record)
     columns = [f"t={t}" for t, _, _ in recorded]
     rows, row_labels = [], []
     for k in range(n):
@@ -145,7 +146,7 @@ def trajectory(denoiser: Denoiser, n: int, shape: tuple[int, int, int], sampler:
 
 
 def progression(model: TrainedModel, run_dir: Path, n: int, sampler: str, steps: int, spacing: str = "uniform",
-                eta: float = 0.0, seed: int = 0, labels: Optional[Tensor] = None) -> Image.Image:
+                eta: float = 0.0, seed: int = 0, labels: Optional[Tensor] = None, variance: str = "small") -> Image.Image:
     """n samples from the same noise at every complete checkpoint of the run, one row per checkpoint
     labelled with its training step, oldest first (the EMA weights, as `ddpm sample` uses; they
     are loaded into `model.network` in turn). A class-conditional run needs `labels`, one per sample,
@@ -161,7 +162,7 @@ def progression(model: TrainedModel, run_dir: Path, n: int, sampler: str, steps:
         load_into(model.network, load_weights(folder, "ema"), folder, run.config_path)
         denoiser = model.denoiser(config.sample.clip_denoised)
         rows.append(generate(denoiser, n, shape, sampler, steps, eta, spacing, seed=seed, progress=False, labels=labels,
-                             guidance=config.sample.guidance))
+                             guidance=config.sample.guidance, variance=variance))
         row_labels.append(f"step {load_meta(folder)['step']}")
     return labelled_grid(rows, row_labels)
 

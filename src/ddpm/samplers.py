@@ -31,6 +31,8 @@ from .schedules import NoiseSchedule
 Denoiser = Callable[[Tensor, Tensor], Prediction]
 Callback = Callable[[int, int, Tensor, Prediction], None]
 
+VARIANCES = ("small", "large")  # DDPM's sigma_t^2: beta~_t or beta_t (Ho et al. §3.2)
+
 
 @torch.no_grad()
 def ddpm(
@@ -39,24 +41,30 @@ def ddpm(
     schedule: NoiseSchedule,
     timesteps: Sequence[int],
     *,
+    variance: str = "small",
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callback] = None,
     progress: bool = False,
 ) -> Tensor:
-    """Ancestral sampling, Ho et al. 2020 Algorithm 2, with the fixed posterior variance beta~_t.
+    """Ancestral sampling, Ho et al. 2020 Algorithm 2.
 
-    x_{t-1} ~ q(x_{t-1} | x_t, x0_hat), the Gaussian of eq. 6-7 with x0 replaced by the network's
-    estimate. On a subsequence of timesteps the same update runs on the respaced chain, whose
-    betas join the visited steps (`NoiseSchedule.respace`).
+    x_{t-1} ~ N(mu~_t(x_t, x0_hat), sigma_t^2 I): the mean of q(x_{t-1} | x_t, x0) (eq. 7) with x0
+    replaced by the network's estimate, and one of the two fixed variances of §3.2:
+    - "small": sigma_t^2 = beta~_t, the posterior's own (eq. 7), exact when the data is one point;
+    - "large": sigma_t^2 = beta_t, exact when x0 ~ N(0, I). Ho et al.'s CIFAR-10 model sampled with it.
+    On a subsequence of timesteps the same update runs on the respaced chain, whose betas join the
+    visited steps (`NoiseSchedule.respace`).
     """
+    _check_variance(variance)
     timesteps = _check_timesteps(timesteps, schedule)
     chain = schedule.respace(timesteps)  # chain step i <-> original timestep ascending[i]
     for i, t in enumerate(_progress(timesteps, progress, "ddpm")):
         k = len(timesteps) - 1 - i  # index of t in the ascending chain
         prediction = denoiser(x, _batch(t, x))
-        mean, variance = q_posterior(chain, prediction.x0, x, _batch(k, x))
+        mean, posterior_variance = q_posterior(chain, prediction.x0, x, _batch(k, x))
         if k > 0:  # Algorithm 2 line 3: no noise at the last step
-            x = mean + variance.sqrt() * _noise_like(x, generator)
+            sigma_squared = posterior_variance if variance == "small" else chain.at("betas", _batch(k, x), x)
+            x = mean + sigma_squared.sqrt() * _noise_like(x, generator)
         else:
             x = mean
         if callback is not None:
@@ -193,15 +201,21 @@ def heun(
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpm++2m": dpm_solver_pp_2m, "heun": heun}
 
 
-def get_sampler(name: str, eta: float = 0.0) -> Callable[..., Tensor]:
-    """The sampler called `name`, with DDIM's eta bound (other samplers take no eta)."""
+def get_sampler(name: str, eta: float = 0.0, variance: str = "small") -> Callable[..., Tensor]:
+    """The sampler called `name`, with its own option bound: DDIM's eta or DDPM's variance."""
     if name not in SAMPLERS:
         raise InputError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    if name == "ddim":
-        _check_eta(eta)  # now, not at the first step of a long job
-        return functools.partial(ddim, eta=eta)
-    if eta:
+    if eta and name != "ddim":
         raise InputError(f"eta applies to the ddim sampler only, not {name}")
+    if variance != "small" and name != "ddpm":
+        raise InputError(f"the variance applies to the ddpm sampler only, not {name}")
+    # checked now, not at the first step of a long job
+    if name == "ddim":
+        _check_eta(eta)
+        return functools.partial(ddim, eta=eta)
+    if name == "ddpm":
+        _check_variance(variance)
+        return functools.partial(ddpm, variance=variance)
     return SAMPLERS[name]
 
 
@@ -251,6 +265,11 @@ def _velocity(prediction: Prediction, alpha_bar: float) -> Tensor:
 def _check_eta(eta: float) -> None:
     if not 0.0 <= eta <= 1.0:
         raise InputError(f"DDIM's eta must lie in [0, 1] (got {eta})")
+
+
+def _check_variance(variance: str) -> None:
+    if variance not in VARIANCES:
+        raise InputError(f"unknown DDPM variance {variance!r}; choose {' or '.join(VARIANCES)}")
 
 
 def _batch(t: int, x: Tensor) -> Tensor:

@@ -39,7 +39,7 @@ def sweep(model: TrainedModel, samplers: Sequence[str], steps: Sequence[int], n:
                 continue
             started = time.perf_counter()
             images = generate(denoiser, n, shape, name, k, 0.0, spacing, seed, batch_size, labels=labels,
-                              guidance=config.sample.guidance)
+                              guidance=config.sample.guidance, variance=config.sample.variance_for(name))
             seconds = time.perf_counter() - started
             scores = evaluator(images)
             row = {"sampler": name, "steps": k, "nfe": network_evaluations(name, k), "fid": round(scores["fid"], 4),
