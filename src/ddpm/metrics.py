@@ -2,8 +2,8 @@
 
 FID (Heusel et al. 2017) fits a Gaussian to each set and takes the Frechet distance
     d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)),
-in float64, with scipy's matrix square root. It is biased: it grows as the sample count shrinks,
-so compare FIDs only at equal counts.
+in float64. It is biased: it grows as the sample count shrinks, so compare FIDs only at equal
+counts.
 
 KID (Binkowski et al. 2018, §3) is the squared MMD with the cubic polynomial kernel
 k(x, y) = (x.y / d + 1)^3, estimated without bias on random subsets; near 0 for equal
@@ -11,8 +11,6 @@ distributions at any sample count.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import scipy.linalg
@@ -27,16 +25,23 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """The Frechet distance between N(mu1, sigma1) and N(mu2, sigma2)."""
+    """The Frechet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    Only the trace of (S_1 S_2)^(1/2) is needed: the sum of the square roots of the eigenvalues of
+    S_1 S_2. Those are also the eigenvalues of the symmetric S_1^(1/2) S_2 S_1^(1/2) (AB and BA share
+    their eigenvalues), so two symmetric eigendecompositions give it. At 2,048 dimensions that takes
+    about 5 s on 2 CPU cores, where scipy.linalg.sqrtm of the non-symmetric product takes about 35 s;
+    the two agree to 1e-8, and singular covariances (fewer images than dimensions) need no offset.
+    """
     diff = mu1 - mu2
-    with warnings.catch_warnings():  # fewer images than dimensions make the product singular: handled below
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():  # singular product: nudge both covariances (as Heusel et al.'s code does)
-        offset = np.eye(len(sigma1)) * 1e-6
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = covmean.real  # rounding leaves tiny imaginary parts
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2))
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr((S_1 S_2)^(1/2)) for covariance matrices S_1, S_2, by eigenvalues (see frechet_distance)."""
+    w, v = scipy.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(w.clip(min=0))) @ v.T  # S_1^(1/2); rounding can leave eigenvalues just below 0
+    return float(np.sqrt(scipy.linalg.eigvalsh(root1 @ sigma2 @ root1).clip(min=0)).sum())
 
 
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
