@@ -85,6 +85,26 @@ def test_cosine_learning_rate_ends_at_zero_with_the_first_budget():
     assert lr_factor(10, constant, time_fraction=0.9) == 1.0
 
 
+def test_adamw_first_step_is_the_closed_form_and_fused_on_cpu():
+    """Adam's bias-corrected first step moves each weight by lr * g / (|g| + eps), after AdamW's
+    decoupled decay theta * (1 - lr * wd) (Loshchilov & Hutter 2019, Algorithm 2). The config's lr,
+    betas and weight decay reach the optimiser, and on a CPU it runs torch's fused kernel."""
+    from ddpm.optim import make_optimizer
+
+    tc = tiny_config(**{"train.lr": 0.01, "train.weight_decay": 0.1, "train.betas": [0.8, 0.95]}).train
+    layer = torch.nn.Linear(4, 3)
+    before = [p.detach().clone() for p in layer.parameters()]
+    grads = [torch.randn_like(p) for p in layer.parameters()]
+    optimizer = make_optimizer(layer, tc)
+    assert optimizer.defaults["fused"] and optimizer.defaults["betas"] == (0.8, 0.95)
+    for p, g in zip(layer.parameters(), grads):
+        p.grad = g.clone()
+    optimizer.step()
+    for p, theta, g in zip(layer.parameters(), before, grads):
+        expected = theta * (1 - 0.01 * 0.1) - 0.01 * g / (g.abs() + 1e-8)
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6)
+
+
 def _lrs(run):
     with open(run.log_path, newline="") as handle:
         return [float(row["lr"]) for row in csv.DictReader(handle)]
