@@ -47,6 +47,15 @@ def test_validation_names_the_problem(overrides, message):
         config.validate()
 
 
+def test_each_samplers_own_option_reaches_only_that_sampler():
+    """A run's DDIM eta and DDPM variance apply when it is sampled with ddim or ddpm; sampled with
+    another sampler, they fall back to the values every sampler accepts (get_sampler's check)."""
+    ddim_run = Config().override({"sample.sampler": "ddim", "sample.eta": 0.5}).validate().sample
+    assert [ddim_run.eta_for(name) for name in ("ddim", "ddpm", "heun")] == [0.5, 0.0, 0.0]
+    ddpm_run = Config().override({"sample.variance": "large"}).validate().sample
+    assert [ddpm_run.variance_for(name) for name in ("ddpm", "ddim", "heun")] == ["large", "small", "small"]
+
+
 def test_unknown_keys_and_bad_types_are_refused():
     with pytest.raises(InputError, match="unknown config key train.lrr"):
         Config().override({"train.lrr": 1})

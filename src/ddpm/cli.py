@@ -355,7 +355,7 @@ def _sampling_choice(model, sampler: Optional[str], steps: Optional[int], spacin
     sampler = sampler or s.sampler
     steps = s.steps if steps is None else steps
     spacing = spacing or s.spacing
-    eta = (s.eta if sampler == "ddim" else 0.0) if eta is None else eta
+    eta = s.eta_for(sampler) if eta is None else eta
     variance = s.variance_for(sampler) if variance is None else variance
     get_sampler(sampler, eta, variance)  # refuses an unknown name, or an eta or variance the sampler does not take
     if not 1 <= steps <= model.schedule.timesteps:

@@ -222,6 +222,10 @@ class SampleConfig:
         _check(0.0 <= self.eta <= 1.0, f"sample.eta must be in [0, 1] (got {self.eta})")
         _check(self.guidance >= 0, f"sample.guidance must be >= 0 (got {self.guidance})")
 
+    def eta_for(self, sampler: str) -> float:
+        """DDIM's eta when sampling this run with `sampler`: the run's own for ddim, else 0 (unused)."""
+        return self.eta if sampler == "ddim" else 0.0
+
     def variance_for(self, sampler: str) -> str:
         """DDPM's variance when sampling this run with `sampler`: the run's own for ddpm, else small (unused)."""
         return self.variance if sampler == "ddpm" else "small"
