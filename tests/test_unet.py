@@ -77,3 +77,21 @@ def test_sinusoidal_embedding_values():
 def test_unet_refuses_mismatched_attention_list():
     with pytest.raises(InputError, match="attention has 2 entries"):
         UNet(1, [16, 32, 64], [False, True], 1, 1, 16)
+
+
+def test_model_config_fields_are_unet_arguments_with_the_same_defaults():
+    """build_network passes ModelConfig's fields to UNet by name, so a renamed or new field must
+    exist there too, and `UNet()` builds the same network as the default config."""
+    import dataclasses
+    import inspect
+
+    from ddpm.config import ModelConfig
+
+    arguments = inspect.signature(UNet).parameters
+    for field in dataclasses.fields(ModelConfig):
+        assert field.name in arguments, f"ModelConfig.{field.name} is not a UNet argument"
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        unet_default = arguments[field.name].default
+        if isinstance(default, list):  # a tuple in UNet's signature, which must not hold a mutable default
+            unet_default = list(unet_default)
+        assert unet_default == default, f"ModelConfig.{field.name} defaults to {default}, UNet to {unet_default}"

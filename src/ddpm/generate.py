@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -32,9 +33,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def build_network(config: Config) -> UNet:
     """The UNet that `config` describes, for images of config.data.channels channels."""
-    m = config.model
-    return UNet(config.data.channels or 1, m.channels, m.attention, m.num_res, m.neck_length, m.time_emb_dim, m.dropout,
-                m.num_classes, m.norm, m.activation, m.upsample, m.skips, m.neck_attention, m.patch_size)
+    return UNet(config.data.channels or 1, **dataclasses.asdict(config.model))  # the fields are UNet's arguments
 
 
 def build_schedule(config: Config) -> NoiseSchedule:
