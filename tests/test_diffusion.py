@@ -93,6 +93,26 @@ def test_min_snr_weighting_is_the_clipped_x0_loss(objective):
     assert plain.item() != pytest.approx(loss.item(), rel=1e-3)
 
 
+def test_stratified_timesteps_are_uniform_one_to_a_stratum():
+    """VDM's low-discrepancy sampler: each batch of n holds exactly one t in each of n equal strata
+    of {0, ..., T-1}, and over many batches every position of the batch is still uniform on them."""
+    from ddpm.diffusion import sample_timesteps
+
+    s = make_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    batches = torch.stack([sample_timesteps(s, 8, "stratified", g) for _ in range(20_000)])
+    assert batches.min() >= 0 and batches.max() <= 999
+    strata = torch.sort(batches // 125, dim=1).values
+    assert torch.equal(strata, torch.arange(8).expand_as(strata))  # one in each of [0, 125), [125, 250), ...
+    for position in batches.T:  # uniform: the mean and variance of U{0, ..., 999}, and all tenths hit alike
+        assert position.float().mean().item() == pytest.approx(499.5, abs=5)
+        assert position.float().var().item() == pytest.approx((1000**2 - 1) / 12, rel=0.03)
+        tenths = torch.bincount(position // 100, minlength=10).float() / len(position)
+        assert torch.allclose(tenths, torch.full((10,), 0.1), atol=0.01)
+    uniform = torch.stack([sample_timesteps(s, 8, "uniform", g) for _ in range(1000)])
+    assert not torch.equal(torch.sort(uniform // 125, dim=1).values, torch.arange(8).expand(1000, 8))
+
+
 def test_lognormal_timesteps_follow_edm_noise_levels():
     """ln sigma_t of the drawn timesteps is N(-1.2, 1.2^2) (Karras et al. 2022) where the schedule
     reaches: its median and quartiles match, and uniform sampling gives something else entirely."""

@@ -93,7 +93,7 @@ class DiffusionConfig:
     objective: str = "v"  # FID 46.6 vs 74.3 for eps at equal budget (measured on the 32/64/128 UNet)
     loss: str = "mse"
     min_snr_gamma: typing.Optional[float] = None  # weight the loss by min(SNR, gamma) (Hang et al. 2023); 5 in the paper
-    timestep_sampling: str = "uniform"  # or lognormal: EDM's training noise levels (diffusion.sample_timesteps)
+    timestep_sampling: str = "uniform"  # or stratified (VDM's low-discrepancy draws), or lognormal (EDM's noise levels)
 
     def validate(self) -> None:
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,

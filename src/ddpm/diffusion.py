@@ -61,7 +61,7 @@ def to_prediction(objective: str, schedule: NoiseSchedule, output: Tensor, x_t: 
     raise InputError(f"unknown objective {objective!r}; choose eps, x0 or v")
 
 
-TIMESTEP_SAMPLING = ("uniform", "lognormal")
+TIMESTEP_SAMPLING = ("uniform", "stratified", "lognormal")
 EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # Karras et al. 2022, Table 1: ln(sigma) ~ N(P_mean, P_std^2) in training
 
 
@@ -70,6 +70,10 @@ def sample_timesteps(schedule: NoiseSchedule, n: int, distribution: str = "unifo
     """Training timesteps for a batch of n images.
 
     - uniform: t ~ U{0, ..., T-1}, Ho et al. Algorithm 1;
+    - stratified: the low-discrepancy sampler of Kingma et al. 2021 (VDM, §5.3): one u_0 ~ U[0, 1)
+      per batch and u_i = (u_0 + i/n) mod 1, t_i = floor(T u_i). Each t_i is still uniform, so the
+      loss's expectation is unchanged, but every batch covers the noise levels evenly, one draw in
+      each of n equal strata, which lowers the variance of the batch's loss and gradient;
     - lognormal: EDM's noise levels (Karras et al. 2022, §5): the noise-to-signal ratio
       sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) is drawn with ln(sigma) ~ N(-1.2, 1.2^2) and
       rounded to the nearest timestep, so training concentrates on the middle noise levels where
@@ -77,6 +81,10 @@ def sample_timesteps(schedule: NoiseSchedule, n: int, distribution: str = "unifo
     """
     if distribution == "uniform":
         return torch.randint(0, schedule.timesteps, (n,), device=device, generator=generator)
+    if distribution == "stratified":
+        u0 = torch.rand((), device=device, generator=generator)
+        u = (u0 + torch.arange(n, device=device) / n) % 1.0
+        return (u * schedule.timesteps).long().clamp(max=schedule.timesteps - 1)  # rounding can reach T
     if distribution == "lognormal":
         log_sigma = -0.5 * schedule.log_snr.to(device)  # increasing in t
         boundaries = (log_sigma[1:] + log_sigma[:-1]) / 2
