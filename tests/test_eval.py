@@ -63,8 +63,12 @@ def test_eval_npz_then_folder_reuses_the_cached_reference(tiny_run, tmp_path, co
 def test_eval_of_a_run_samples_it_and_records_the_history(tiny_run, counted, capsys):
     assert main(["eval", "--run", str(tiny_run), "--n", "10", "--steps", "3", "--ref-n", "10"]) == 0
     history = (tiny_run / "eval.csv").read_text().splitlines()
-    assert history[0].startswith("step,sampler,steps,spacing,eta,variance,")
-    assert history[1].startswith("2,ddpm,3,uniform,,small,10,10,mnist5k,")
+    assert history[0].startswith("step,weights,sampler,steps,spacing,eta,variance,guidance,seed,")
+    assert history[1].startswith("2,ema,ddpm,3,uniform,,small,,0,10,10,mnist5k,")
+    # the raw weights and another seed are told apart from the EMA's default
+    assert main(["eval", "--run", str(tiny_run), "--n", "10", "--steps", "3", "--ref-n", "10", "--no-ema",
+                 "--seed", "3"]) == 0
+    assert (tiny_run / "eval.csv").read_text().splitlines()[2].startswith("2,model,ddpm,3,uniform,,small,,3,10,10,")
 
 
 def test_an_older_eval_history_keeps_its_rows_under_the_new_columns(tmp_path):
@@ -76,10 +80,10 @@ def test_an_older_eval_history_keeps_its_rows_under_the_new_columns(tmp_path):
                                     "variance": "large", "samples": 1000, "reference": 5000, "data": "mnist5k",
                                     "fid": 89.0, "kid": 0.1})
     assert (tmp_path / "eval.csv").read_text().splitlines() == [
-        "step,sampler,steps,spacing,eta,variance,samples,reference,data,fid,kid",
-        "1985,heun,25,,,,1000,5000,mnist5k,59.6,0.06",
-        "1985,ddim,50,uniform,0.5,,1000,5000,mnist5k,32.7,0.03",
-        "1985,ddpm,50,uniform,,large,1000,5000,mnist5k,89.0,0.1",
+        "step,weights,sampler,steps,spacing,eta,variance,guidance,seed,samples,reference,data,fid,kid",
+        "1985,,heun,25,,,,,,1000,5000,mnist5k,59.6,0.06",
+        "1985,,ddim,50,uniform,0.5,,,,1000,5000,mnist5k,32.7,0.03",
+        "1985,,ddpm,50,uniform,,large,,,1000,5000,mnist5k,89.0,0.1",
     ]
     assert not list(tmp_path.glob("*.partial"))
 

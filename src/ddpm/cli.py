@@ -257,13 +257,14 @@ def _eval_device(name: str) -> str:
     return str(resolve_device(name))
 
 
-EVAL_FIELDS = ["step", "sampler", "steps", "spacing", "eta", "variance", "samples", "reference", "data", "fid", "kid"]
+EVAL_FIELDS = ["step", "weights", "sampler", "steps", "spacing", "eta", "variance", "guidance", "seed", "samples",
+               "reference", "data", "fid", "kid"]  # every setting that changes the score, so rows can be told apart
 
 
 def _append_eval_history(run_dir: Path, result: dict) -> None:
-    """RUN/eval.csv: one row per evaluation, the run's FID history. A history written with fewer
-    columns (before spacing, eta and variance were recorded) is first rewritten under the new header,
-    its rows kept, with blanks where they did not say."""
+    """RUN/eval.csv: one row per evaluation, the run's FID history. A history written under other
+    columns (by a version that recorded fewer settings) is first rewritten under today's header, its
+    rows kept, with blanks where they did not say."""
     import csv
 
     path = run_dir / "eval.csv"
@@ -335,8 +336,9 @@ def _sample_run(args: argparse.Namespace):
     shape = (model.config.data.channels, model.config.data.image_size, model.config.data.image_size)
     images = generate(model.denoiser(s.clip_denoised), args.n, shape, sampler, steps, eta, spacing, args.seed,
                       args.batch_size, labels=labels, guidance=guidance, ranks=ranks, variance=variance)
-    source = {"run": str(args.run), "step": model.step, "sampler": sampler, "steps": steps, "spacing": spacing,
-              "nfe": network_evaluations(sampler, steps), "data": model.config.data.name, "writes": ranks.is_main}
+    source = {"run": str(args.run), "step": model.step, "weights": "model" if args.no_ema else "ema", "sampler": sampler,
+              "steps": steps, "spacing": spacing, "nfe": network_evaluations(sampler, steps), "seed": args.seed,
+              "data": model.config.data.name, "writes": ranks.is_main}
     if sampler == "ddim":
         source["eta"] = eta
     if sampler == "ddpm":
