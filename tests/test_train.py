@@ -85,24 +85,33 @@ def test_cosine_learning_rate_ends_at_zero_with_the_first_budget():
     assert lr_factor(10, constant, time_fraction=0.9) == 1.0
 
 
-def test_adamw_first_step_is_the_closed_form_and_fused_on_cpu():
-    """Adam's bias-corrected first step moves each weight by lr * g / (|g| + eps), after AdamW's
-    decoupled decay theta * (1 - lr * wd) (Loshchilov & Hutter 2019, Algorithm 2). The config's lr,
-    betas and weight decay reach the optimiser, and on a CPU it runs torch's fused kernel."""
+def test_adamw_steps_are_the_closed_form_and_fused_on_cpu():
+    """AdamW (Loshchilov & Hutter 2019, Algorithm 2): theta <- theta (1 - lr wd) - lr m^ / (sqrt(v^) + eps)
+    with the bias-corrected moments m^ = m / (1 - b1^k), v^ = v / (1 - b2^k). The first step is
+    lr * g / (|g| + eps) whatever the betas; the second depends on them. So the config's lr, betas
+    and weight decay all reach the update, and on a CPU torch's fused kernel computes it."""
     from ddpm.optim import make_optimizer
 
-    tc = tiny_config(**{"train.lr": 0.01, "train.weight_decay": 0.1, "train.betas": [0.8, 0.95]}).train
+    lr, wd, (b1, b2), eps = 0.01, 0.1, (0.8, 0.95), 1e-8
+    tc = tiny_config(**{"train.lr": lr, "train.weight_decay": wd, "train.betas": [b1, b2]}).train
     layer = torch.nn.Linear(4, 3)
-    before = [p.detach().clone() for p in layer.parameters()]
-    grads = [torch.randn_like(p) for p in layer.parameters()]
     optimizer = make_optimizer(layer, tc)
-    assert optimizer.defaults["fused"] and optimizer.defaults["betas"] == (0.8, 0.95)
-    for p, g in zip(layer.parameters(), grads):
-        p.grad = g.clone()
-    optimizer.step()
-    for p, theta, g in zip(layer.parameters(), before, grads):
-        expected = theta * (1 - 0.01 * 0.1) - 0.01 * g / (g.abs() + 1e-8)
-        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6)
+    assert optimizer.defaults["fused"]
+    theta = [p.detach().clone() for p in layer.parameters()]
+    m = [torch.zeros_like(p) for p in theta]
+    v = [torch.zeros_like(p) for p in theta]
+    for k in (1, 2):
+        grads = [torch.randn_like(p) for p in theta]
+        for p, g in zip(layer.parameters(), grads):
+            p.grad = g.clone()
+        optimizer.step()
+        for i, g in enumerate(grads):
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g**2
+            step = (m[i] / (1 - b1**k)) / ((v[i] / (1 - b2**k)).sqrt() + eps)
+            theta[i] = theta[i] * (1 - lr * wd) - lr * step
+        for p, expected in zip(layer.parameters(), theta):
+            torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6)
 
 
 def _lrs(run):
