@@ -245,8 +245,8 @@ def _sample_grid(run: RunDir, config: Config, ema: EMA, schedule, step: int) -> 
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
     s, n = config.sample, config.train.grid_size
     labels = class_labels(n, range(config.model.num_classes)) if config.model.num_classes else None
-    images = generate(denoiser, n, shape, s.sampler, s.steps, s.eta, s.spacing, seed=config.train.seed, progress=False,
-                      labels=labels, guidance=s.guidance, variance=s.variance_for(s.sampler))
+    images = generate(denoiser, n, shape, s.sampler, s.steps, s.eta_for(s.sampler), s.spacing, seed=config.train.seed,
+                      progress=False, labels=labels, guidance=s.guidance, variance=s.variance_for(s.sampler))
     if labels is None:
         save_grid(images, run.sample_grid_path(step))
     else:
