@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from ddpm import InputError, make_schedule, spaced_timesteps
+from ddpm import Config, InputError, make_schedule, spaced_timesteps
+from ddpm.generate import build_schedule
 from ddpm.schedules import NoiseSchedule, cosine_alpha_bar, linear_betas
 
 
@@ -51,6 +52,32 @@ def test_sigmoid_schedule_runs_from_signal_to_noise():
     sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
     expected = (sig(3) - sig(0)) / (sig(3) - sig(-3))
     assert ab[499].item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("shift", [1.65, -2.0])
+def test_log_snr_shift_is_scaling_the_data(name, shift):
+    """Shifting log SNR by s is the base schedule applied to data scaled by b = exp(s / 2), then
+    rescaled to unit variance: alpha_bar' = b^2 alpha_bar / (b^2 alpha_bar + 1 - alpha_bar)."""
+    base, shifted = make_schedule(name, 1000), make_schedule(name, 1000, log_snr_shift=shift)
+    b2, ab = math.exp(shift), base.alpha_bar
+    expected = b2 * ab / (b2 * ab + 1 - ab)
+    # every step but the last, where beta may be clipped at 0.999, is exact
+    assert torch.allclose(shifted.alpha_bar[:-1], expected[:-1], rtol=1e-9, atol=0)
+    assert torch.allclose(shifted.log_snr[:-1] - base.log_snr[:-1], torch.full((999,), shift, dtype=torch.float64))
+    assert ((shifted.betas > 0) & (shifted.betas <= 0.999)).all()
+    assert shifted.alpha_bar[-1].item() < 1e-3  # still ends in noise
+
+
+def test_log_snr_shift_comes_from_the_config():
+    config = Config()
+    assert torch.equal(build_schedule(config).betas, make_schedule("cosine", 1000).betas)  # 0: the paper's schedule
+    shift = config.diffusion.log_snr_shift = 2 * math.log(64 / 28)  # Hoogeboom et al.'s rule for 28 x 28: 1.653
+    assert build_schedule(config).log_snr[500].item() == pytest.approx(
+        make_schedule("cosine", 1000).log_snr[500].item() + shift, rel=1e-9)
+    config.diffusion.log_snr_shift = math.inf
+    with pytest.raises(InputError, match="log_snr_shift must be a finite number"):
+        config.validate()
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,9 @@ class DiffusionConfig:
     schedule: str = "cosine"
     beta_start: float = 1e-4  # linear schedule only, at T = 1000 (Ho et al. 2020)
     beta_end: float = 0.02
+    # added to the schedule's log SNR at every step: > 0 less noise, < 0 more (Hoogeboom et al.
+    # 2023 shift the cosine by 2 log(64 / d) for d x d images)
+    log_snr_shift: float = 0.0
     objective: str = "v"  # FID 46.6 vs 74.3 for eps at equal budget (measured on the 32/64/128 UNet)
     loss: str = "mse"
     min_snr_gamma: typing.Optional[float] = None  # weight the loss by min(SNR, gamma) (Hang et al. 2023); 5 in the paper
@@ -99,6 +103,8 @@ class DiffusionConfig:
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
                f"diffusion.min_snr_gamma must be > 0, or null for the unweighted loss (got {self.min_snr_gamma})")
         _check(self.timesteps >= 1, f"diffusion.timesteps must be >= 1 (got {self.timesteps})")
+        _check(math.isfinite(self.log_snr_shift),
+               f"diffusion.log_snr_shift must be a finite number, 0 for none (got {self.log_snr_shift})")
         _check_choice("diffusion.schedule", self.schedule, SCHEDULES)
         _check_choice("diffusion.objective", self.objective, OBJECTIVES)
         _check_choice("diffusion.loss", self.loss, LOSSES)

@@ -38,7 +38,7 @@ def build_network(config: Config) -> UNet:
 
 def build_schedule(config: Config) -> NoiseSchedule:
     d = config.diffusion
-    return make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end)
+    return make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end, d.log_snr_shift)
 
 
 @dataclass

@@ -56,6 +56,21 @@ def sigmoid_betas(timesteps: int, start: float = -3.0, end: float = 3.0, tau: fl
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=MAX_BETA)
 
 
+def shift_log_snr(betas: Tensor, shift: float) -> Tensor:
+    """The schedule whose log SNR is `shift` above that of `betas` at every step.
+
+    Hoogeboom et al. 2023 (simple diffusion) §3.1 shift the cosine schedule's log SNR by
+    2 log(64 / d) for d x d images, so that a resolution sees as much of its signal destroyed as
+    64 x 64 does under the plain cosine. A shift > 0 adds less noise, < 0 more; it is the same as
+    scaling the data by exp(shift / 2) under the unshifted schedule (Chen 2023, §2). With
+    alpha_bar' = sigmoid(logit(alpha_bar) + shift), beta'_t = 1 - alpha_bar'_t / alpha_bar'_{t-1}.
+    """
+    alpha_bar = torch.cumprod(1 - betas.to(torch.float64), dim=0)
+    shifted = torch.sigmoid(torch.logit(alpha_bar) + shift)
+    shifted_prev = torch.cat([shifted.new_ones(1), shifted[:-1]])
+    return (1 - shifted / shifted_prev).clamp(max=MAX_BETA)
+
+
 class NoiseSchedule:
     """beta_1..beta_T and the quantities that the forward process, losses and samplers read.
 
@@ -111,8 +126,10 @@ class NoiseSchedule:
         return NoiseSchedule(1 - alpha_bar / alpha_bar_prev)
 
 
-def make_schedule(name: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
-    """The schedule called `name` ("linear", "cosine" or "sigmoid") with T = `timesteps`."""
+def make_schedule(name: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02,
+                  log_snr_shift: float = 0.0) -> NoiseSchedule:
+    """The schedule called `name` ("linear", "cosine" or "sigmoid") with T = `timesteps`, its log
+    SNR shifted by `log_snr_shift` (0: the schedule as its paper gives it)."""
     if name == "linear":
         betas = linear_betas(timesteps, beta_start, beta_end)
     elif name == "cosine":
@@ -121,6 +138,8 @@ def make_schedule(name: str, timesteps: int, beta_start: float = 1e-4, beta_end:
         betas = sigmoid_betas(timesteps)
     else:
         raise InputError(f"unknown noise schedule {name!r}; choose linear, cosine or sigmoid")
+    if log_snr_shift:
+        betas = shift_log_snr(betas, log_snr_shift)
     return NoiseSchedule(betas)
 
 
