@@ -37,10 +37,16 @@ def cosine_alpha_bar(timesteps: int, s: float = 0.008) -> Tensor:
     return f / f[0]
 
 
-def cosine_betas(timesteps: int, s: float = 0.008) -> Tensor:
-    """Nichol & Dhariwal 2021 §3.2: beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}, clipped at 0.999."""
-    alpha_bar = cosine_alpha_bar(timesteps, s)
+def betas_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
+    """Nichol & Dhariwal 2021 §3.2: beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}, clipped at 0.999.
+
+    `alpha_bar` holds T + 1 values, from alpha_bar_0 = 1 to alpha_bar_T."""
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=MAX_BETA)
+
+
+def cosine_betas(timesteps: int, s: float = 0.008) -> Tensor:
+    """The betas of Nichol & Dhariwal's cosine alpha_bar (eq. 17)."""
+    return betas_from_alpha_bar(cosine_alpha_bar(timesteps, s))
 
 
 def sigmoid_betas(timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> Tensor:
@@ -52,23 +58,21 @@ def sigmoid_betas(timesteps: int, start: float = -3.0, end: float = 3.0, tau: fl
     t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
     v_start, v_end = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
     v = torch.sigmoid((start + t * (end - start)) / tau)
-    alpha_bar = (v_end - v) / (v_end - v_start)
-    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=MAX_BETA)
+    return betas_from_alpha_bar((v_end - v) / (v_end - v_start))
 
 
 def shift_log_snr(betas: Tensor, shift: float) -> Tensor:
     """The schedule whose log SNR is `shift` above that of `betas` at every step.
 
-    Hoogeboom et al. 2023 (simple diffusion) §3.1 shift the cosine schedule's log SNR by
+    Hoogeboom et al. 2023 (simple diffusion) shift the cosine schedule's log SNR by
     2 log(64 / d) for d x d images, so that a resolution sees as much of its signal destroyed as
     64 x 64 does under the plain cosine. A shift > 0 adds less noise, < 0 more; it is the same as
-    scaling the data by exp(shift / 2) under the unshifted schedule (Chen 2023, §2). With
-    alpha_bar' = sigmoid(logit(alpha_bar) + shift), beta'_t = 1 - alpha_bar'_t / alpha_bar'_{t-1}.
+    scaling the data by exp(shift / 2) under the unshifted schedule (Chen 2023):
+    alpha_bar' = sigmoid(logit(alpha_bar) + shift).
     """
     alpha_bar = torch.cumprod(1 - betas.to(torch.float64), dim=0)
     shifted = torch.sigmoid(torch.logit(alpha_bar) + shift)
-    shifted_prev = torch.cat([shifted.new_ones(1), shifted[:-1]])
-    return (1 - shifted / shifted_prev).clamp(max=MAX_BETA)
+    return betas_from_alpha_bar(torch.cat([shifted.new_ones(1), shifted]))
 
 
 class NoiseSchedule:
