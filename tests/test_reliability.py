@@ -48,11 +48,11 @@ def test_sigkill_at_every_moment_of_a_checkpoint_write_never_breaks_latest(tmp_p
     the next process must clean up the leftovers and go on training."""
     config = tiny_config(**{"model.channels": [32, 64], "train.checkpoint_every": 1, "train.keep_checkpoints": 2})
     pristine = train(config.override({"train.max_steps": 2}), tmp_path / "pristine", progress=False)
-    counted = _resume_and_kill(RunDir(_copy(pristine.path, tmp_path / "counted")), -1)
+    counted = _resume_and_kill(RunDir(shutil.copytree(pristine.path, tmp_path / "counted")), -1)
     assert counted.returncode == 0, counted.stderr
     moments = int(counted.stdout)
     assert moments >= 15, f"the write has only {moments} moments; is the test still wrapping its operations?"
-    runs = [RunDir(_copy(pristine.path, tmp_path / f"killed-{moment}")) for moment in range(moments)]
+    runs = [RunDir(shutil.copytree(pristine.path, tmp_path / f"killed-{moment}")) for moment in range(moments)]
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # each process on its own copy of the run
         kills = list(pool.map(_resume_and_kill, runs, range(moments)))
     moved, left_behind = [], 0
@@ -67,11 +67,6 @@ def test_sigkill_at_every_moment_of_a_checkpoint_write_never_breaks_latest(tmp_p
         assert not any(p.name.startswith(TMP_PREFIX) for p in run.checkpoints.iterdir())
     assert moved == sorted(moved) and not moved[0] and moved[-1], f"latest moved at more than one moment: {moved}"
     assert left_behind >= moments // 2, f"only {left_behind} of {moments} kills left a half-written checkpoint behind"
-
-
-def _copy(run: Path, to: Path) -> Path:
-    shutil.copytree(run, to)
-    return to
 
 
 def _resume_and_kill(run: RunDir, moment: int) -> subprocess.CompletedProcess:
