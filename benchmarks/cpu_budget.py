@@ -37,7 +37,7 @@ import torch
 import yaml
 from throughput import matmul_rate  # benchmarks/throughput.py, beside this script
 
-from ddpm.samplers import network_evaluations
+from ddpm.diffusion.samplers import network_evaluations
 
 DDPM = [sys.executable, "-m", "ddpm"]
 

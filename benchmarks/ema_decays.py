@@ -1,7 +1,7 @@
 """Which EMA suits a budget: one training run, several EMAs of its weights, an FID for each.
 
 The EMA decides which weights are sampled, but not how training goes, so one run can carry any
-number of them. This script trains the default once (through `ddpm.train.train`, with its EMA
+number of them. This script trains the default once (through `ddpm.training.loop.train`, with its EMA
 class swapped for one that also keeps the variants below), writes one run directory per variant
 with that variant's average as the checkpoint's `ema` weights, then samples and scores each with
 the same commands and the same noise as benchmarks/cpu_budget.py.
@@ -30,11 +30,11 @@ from safetensors.torch import save_file
 from cpu_budget import last_logged, sample_and_score  # beside this script, as throughput.py
 from throughput import matmul_rate
 
-from ddpm.checkpoint import RunDir
+from ddpm.storage.checkpoint import RunDir
 from ddpm.config import Config
-from ddpm.ema import EMA
+from ddpm.training.ema import EMA
 
-training = importlib.import_module("ddpm.train")  # the module; `ddpm.train` is also the function
+training = importlib.import_module("ddpm.training.loop")  # the training module
 
 
 def warmup(k: float, cap: float = 1.0):

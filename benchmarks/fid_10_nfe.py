@@ -16,9 +16,9 @@ import json
 import time
 from pathlib import Path
 
-from ddpm.evaluate import Evaluator
+from ddpm.evaluation.fid import Evaluator
 from ddpm.generate import generate, load_run
-from ddpm.samplers import network_evaluations
+from ddpm.diffusion.samplers import network_evaluations
 
 # (sampler, steps, spacing): each uses at most 10 network evaluations; heun needs 2 K - 1.
 FAST = [("ddim", 10, "uniform"), ("ddim", 10, "trailing"), ("dpm++2m", 10, "uniform"), ("dpm++2m", 10, "trailing"),

@@ -23,9 +23,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm import Config, build_network, build_schedule, load_data
-from ddpm.diffusion import Denoiser, training_loss
+from ddpm.diffusion.process import Denoiser, training_loss
 from ddpm.generate import generate, resolve_device
-from ddpm.precision import autocast
+from ddpm.training.precision import autocast
 from ddpm.presets import load_preset
 
 

@@ -19,10 +19,10 @@ import sys
 
 import torch
 
-import ddpm.checkpoint
+import ddpm.storage.checkpoint
 from ddpm.cli import main
 
-training = importlib.import_module("ddpm.train")  # `ddpm.train` is also the name of the function
+training = importlib.import_module("ddpm.training.loop")  # the training module
 
 kill_at = int(sys.argv[1])
 moment = 0
@@ -70,7 +70,7 @@ def _first_checkpoint(function):
     return save_checkpoint
 
 
-ddpm.checkpoint.save_file = _file_write(ddpm.checkpoint.save_file, lambda tensors, path: path)
+ddpm.storage.checkpoint.save_file = _file_write(ddpm.storage.checkpoint.save_file, lambda tensors, path: path)
 torch.save = _file_write(torch.save, lambda obj, path: path)
 pathlib.Path.write_text = _file_write(pathlib.Path.write_text, lambda self, text: self)
 os.fsync = _operation(os.fsync)

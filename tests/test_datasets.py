@@ -141,7 +141,7 @@ def test_a_large_folder_streams_through_workers_in_the_same_order(tmp_path, monk
 
     from conftest import tiny_config
     from ddpm import train
-    from ddpm.datasets import ImageFiles
+    from ddpm.data.datasets import ImageFiles
 
     for i in range(12):
         (tmp_path / "imgs" / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,7 @@ def test_a_large_folder_streams_through_workers_in_the_same_order(tmp_path, monk
                             "train.batch_size": 4, "train.max_steps": 5, "model.num_classes": 3})
     losses = {}
     for mode, threshold, workers in [("memory", 1000, 0), ("streamed", 5, 2)]:
-        monkeypatch.setattr("ddpm.datasets.STREAM_ABOVE", threshold)
+        monkeypatch.setattr("ddpm.data.datasets.STREAM_ABOVE", threshold)
         data = load_data(config.data.name, image_size=16, channels=1)
         assert isinstance(data, ImageFiles) == (mode == "streamed")
         run = train(config.override({"data.workers": workers}), tmp_path / mode, progress=False)

@@ -96,7 +96,7 @@ def test_min_snr_weighting_is_the_clipped_x0_loss(objective):
 def test_stratified_timesteps_are_uniform_one_to_a_stratum():
     """VDM's low-discrepancy sampler: each batch of n holds exactly one t in each of n equal strata
     of {0, ..., T-1}, and over many batches every position of the batch is still uniform on them."""
-    from ddpm.diffusion import sample_timesteps
+    from ddpm.diffusion.process import sample_timesteps
 
     s = make_schedule("cosine", 1000)
     g = torch.Generator().manual_seed(0)
@@ -116,7 +116,7 @@ def test_stratified_timesteps_are_uniform_one_to_a_stratum():
 def test_lognormal_timesteps_follow_edm_noise_levels():
     """ln sigma_t of the drawn timesteps is N(-1.2, 1.2^2) (Karras et al. 2022) where the schedule
     reaches: its median and quartiles match, and uniform sampling gives something else entirely."""
-    from ddpm.diffusion import sample_timesteps
+    from ddpm.diffusion.process import sample_timesteps
 
     s = make_schedule("cosine", 1000)
     g = torch.Generator().manual_seed(0)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from ddpm import train
-from ddpm.checkpoint import RunDir, load_state
+from ddpm.storage.checkpoint import RunDir, load_state
 from ddpm.cli import main
 
 from test_cli import TINY

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import ddpm.evaluate
-from ddpm.cli import _append_eval_history, main
+import ddpm.evaluation.fid
+from ddpm.cli import main
+from ddpm.evaluation.history import append_eval_history
 from test_cli import TINY
 
 
@@ -26,13 +27,13 @@ def counted(monkeypatch, tmp_path):
     """Point the cache at a fresh folder and count the images that go through Inception."""
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
     seen = []
-    original = ddpm.evaluate.InceptionFeatures.features
+    original = ddpm.evaluation.fid.InceptionFeatures.features
 
     def features(self, images, *args, **kwargs):
         seen.append(len(images))
         return original(self, images, *args, **kwargs)
 
-    monkeypatch.setattr(ddpm.evaluate.InceptionFeatures, "features", features)
+    monkeypatch.setattr(ddpm.evaluation.fid.InceptionFeatures, "features", features)
     return seen
 
 
@@ -74,9 +75,9 @@ def test_eval_of_a_run_samples_it_and_records_the_history(tiny_run, counted, cap
 def test_an_older_eval_history_keeps_its_rows_under_the_new_columns(tmp_path):
     (tmp_path / "eval.csv").write_text("step,sampler,steps,samples,reference,data,fid,kid\n"
                                        "1985,heun,25,1000,5000,mnist5k,59.6,0.06\n")
-    _append_eval_history(tmp_path, {"step": 1985, "sampler": "ddim", "steps": 50, "spacing": "uniform", "eta": 0.5,
+    append_eval_history(tmp_path, {"step": 1985, "sampler": "ddim", "steps": 50, "spacing": "uniform", "eta": 0.5,
                                     "samples": 1000, "reference": 5000, "data": "mnist5k", "fid": 32.7, "kid": 0.03})
-    _append_eval_history(tmp_path, {"step": 1985, "sampler": "ddpm", "steps": 50, "spacing": "uniform",
+    append_eval_history(tmp_path, {"step": 1985, "sampler": "ddpm", "steps": 50, "spacing": "uniform",
                                     "variance": "large", "samples": 1000, "reference": 5000, "data": "mnist5k",
                                     "fid": 89.0, "kid": 0.1})
     assert (tmp_path / "eval.csv").read_text().splitlines() == [

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from conftest import GaussianDenoiser
-from ddpm import Denoiser, UNet, generate, make_schedule
+from ddpm import Config, Denoiser, Diffusion, Pipeline, UNet, make_schedule
 from ddpm.cli import main
-from ddpm.guidance import drop_labels
+from ddpm.diffusion.guidance import drop_labels
 
 from test_cli import TINY
 
@@ -76,10 +76,11 @@ class _GaussianClasses(torch.nn.Module):
 def test_conditional_sampling_draws_each_label_from_its_class():
     schedule = make_schedule("cosine", 1000)
     mus, sigma = [-0.4, 0.1, 0.4], 0.15  # within [-1, 1] by 4 sigma: to_uint8 clips
-    denoiser = Denoiser(_GaussianClasses(schedule, mus, sigma), schedule, "eps", clip_denoised=False)
-    labels = torch.arange(3000) % 3
-    images = generate(denoiser, 3000, (1, 1, 1), "ddpm", 1000, batch_size=700, progress=False, labels=labels, guidance=1.0,
-                      seed=1)
+    config = Config().override({"data.image_size": 1, "data.channels": 1, "model.num_classes": 3,
+                                "sample.clip_denoised": False, "sample.guidance": 1.0})
+    pipe = Pipeline(_GaussianClasses(schedule, mus, sigma), Diffusion(schedule, "eps"), config)
+    labels = pipe.labels(3000)  # 0, 1, 2, 0, 1, 2, ...
+    images = pipe(3000, "ddpm", 1000, seed=1, progress=False, batch_size=700)
     x = images.float().flatten() / 127.5 - 1  # uint8 rounding adds noise of 1/127.5: far below the tolerance
     for c, mu in enumerate(mus):
         assert abs(x[labels == c].mean().item() - mu) < 0.02

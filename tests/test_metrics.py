@@ -5,8 +5,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from ddpm.inception import preprocess, resize_bilinear_tf1
-from ddpm.metrics import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
+from ddpm.evaluation.inception import preprocess, resize_bilinear_tf1
+from ddpm.evaluation.metrics import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
 
 
 def test_frechet_distance_of_diagonal_gaussians_is_closed_form():

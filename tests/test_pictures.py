@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
-from ddpm import load_data, make_schedule, train
+from ddpm import Pipeline, load_data, make_schedule, train
 from ddpm.cli import main
 from ddpm.data import to_model_range, to_uint8
-from ddpm.pictures import CELL, PADDING, noised
+from ddpm.pictures.stages import CELL, PADDING, noised
 
 CELL_PX = (CELL // 28) * 28 + PADDING  # a 28 px image enlarged, plus the gap after it
 
@@ -74,14 +74,12 @@ def test_show_trajectory_grid_and_gif_have_the_asked_sizes(run_dir, tmp_path):
 
 def test_show_trajectory_ends_at_the_sample(run_dir):
     """The last column's x0 is the prediction at t = 0, which for DDIM is the sample itself: what
-    `generate` returns from the same noise."""
-    from ddpm.generate import generate, load_run
-    from ddpm.pictures import trajectory
+    the pipeline returns from the same noise."""
+    from ddpm.pictures.stages import trajectory
 
-    model = load_run(run_dir, device="cpu")
-    denoiser = model.denoiser()
-    picture, _ = trajectory(denoiser, 2, (1, 28, 28), "ddim", 5, 3, seed=4)
-    reference = generate(denoiser, 2, (1, 28, 28), "ddim", 5, seed=4, progress=False)  # the same noise
+    pipe = Pipeline.from_run(run_dir, device="cpu")
+    picture, _ = trajectory(pipe, 2, 3, seed=4, sampler="ddim", steps=5)
+    reference = pipe(2, "ddim", 5, seed=4, progress=False)  # the same noise
     pixels = torch.from_numpy(np.array(picture.convert("L")))
     scale, (height, width) = CELL // 28, pixels.shape
     left = width - CELL_PX  # the last column

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from ddpm import InputError, load_run, train
-from ddpm.checkpoint import TMP_PREFIX, RunDir, load_meta, load_state, load_weights
+from ddpm import InputError, Pipeline, train
+from ddpm.storage.checkpoint import TMP_PREFIX, RunDir, load_meta, load_state, load_weights
 from ddpm.cli import main
-from ddpm.train import TrainingDiverged
+from ddpm.errors import TrainingDiverged
 
 DDPM = [sys.executable, "-m", "ddpm"]
 KILL_IN_CHECKPOINT = Path(__file__).with_name("kill_in_checkpoint.py")
@@ -63,7 +63,7 @@ def test_sigkill_at_every_moment_of_a_checkpoint_write_never_breaks_latest(tmp_p
         assert step in (2, 3), f"moment {moment}: latest names step {step}"
         moved.append(step == 3)
         train(config.override({"train.max_steps": step + 1}), run.path, resume=True, progress=False)
-        assert load_run(run.path, device="cpu").step == step + 1
+        assert Pipeline.from_run(run.path, device="cpu").step == step + 1
         assert not any(p.name.startswith(TMP_PREFIX) for p in run.checkpoints.iterdir())
     assert moved == sorted(moved) and not moved[0] and moved[-1], f"latest moved at more than one moment: {moved}"
     assert left_behind >= moments // 2, f"only {left_behind} of {moments} kills left a half-written checkpoint behind"
@@ -128,7 +128,7 @@ def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("ddpm.checkpoint.save_file", disk_full)
+    monkeypatch.setattr("ddpm.storage.checkpoint.save_file", disk_full)
     assert main(["train", "--resume", str(run.path), "--max-steps", "4", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "No space left on device" in err and "previous checkpoint is intact" in err
@@ -138,7 +138,7 @@ def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
 
 def _nan_at_step(monkeypatch, bad_steps):
     """Make the training loss NaN at the given (1-based) steps."""
-    module = importlib.import_module("ddpm.train")  # the module, not the function ddpm.train
+    module = importlib.import_module("ddpm.diffusion.process")  # where Diffusion.loss finds training_loss
     real, calls = module.training_loss, []
 
     def loss(*args, **kwargs):

@@ -10,9 +10,10 @@ import pytest
 
 from conftest import tiny_config
 from ddpm import train
-from ddpm.cli import _append_eval_history, main
-from ddpm.images import plot_sweep
-from ddpm.report import SECTIONS
+from ddpm.cli import main
+from ddpm.evaluation.history import append_eval_history
+from ddpm.storage.files import plot_sweep
+from ddpm.pictures.report import SECTIONS
 
 IMG = re.compile(r'<img src="([^"]*)"')
 
@@ -31,7 +32,7 @@ def full_run(bare_run, tmp_path_factory):
     assert main(["show", "progression", "--run", str(run), "--n", "4", "--device", "cpu"]) == 0
     assert main(["show", "trajectory", "--run", str(run), "--n", "2", "--frames", "3", "--device", "cpu"]) == 0
     for fid in (212.5, 180.25):
-        _append_eval_history(run, {"step": 8, "sampler": "ddpm", "steps": 4, "samples": 100, "reference": 500,
+        append_eval_history(run, {"step": 8, "sampler": "ddpm", "steps": 4, "samples": 100, "reference": 500,
                                    "data": "mnist5k", "fid": fid, "kid": 0.1})
     rows = [{"sampler": s, "steps": k, "nfe": k, "fid": 100.0 / k, "kid": 0.0, "seconds": 1.0, "samples": 10}
             for s in ("ddim", "ddpm") for k in (5, 10)]

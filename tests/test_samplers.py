@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import GaussianDenoiser
-from ddpm import InputError, ddim, ddpm, make_schedule, spaced_timesteps
-from ddpm.samplers import SAMPLERS, dpm_solver_pp_2m, get_sampler, heun, network_evaluations
+from ddpm import InputError, make_schedule, sample_ddim, sample_ddpm, spaced_timesteps
+from ddpm.diffusion.samplers import SAMPLERS, get_sampler, network_evaluations, sample_dpmpp_2m, sample_heun
 
 import math
 
@@ -25,23 +25,23 @@ def _gaussian_run(sampler, steps, schedule_name="linear", n=20_000, seed=0, spac
 @pytest.mark.parametrize(
     "sampler, steps, schedule_name, spacing, tolerance",
     [
-        (ddpm, 1000, "linear", "uniform", 0.02),
-        (ddpm, 1000, "cosine", "uniform", 0.02),
-        (ddim, 1000, "linear", "uniform", 0.02),
-        (ddim, 1000, "cosine", "uniform", 0.02),
+        (sample_ddpm, 1000, "linear", "uniform", 0.02),
+        (sample_ddpm, 1000, "cosine", "uniform", 0.02),
+        (sample_ddim, 1000, "linear", "uniform", 0.02),
+        (sample_ddim, 1000, "cosine", "uniform", 0.02),
         # Second-order solvers at 20 steps meet 2 % with the spacing that suits them ...
-        (heun, 20, "linear", "quadratic", 0.02),
-        (heun, 20, "cosine", "quadratic", 0.02),
-        (dpm_solver_pp_2m, 20, "linear", "logsnr", 0.02),
-        (dpm_solver_pp_2m, 20, "cosine", "quadratic", 0.025),
+        (sample_heun, 20, "linear", "quadratic", 0.02),
+        (sample_heun, 20, "cosine", "quadratic", 0.02),
+        (sample_dpmpp_2m, 20, "linear", "logsnr", 0.02),
+        (sample_dpmpp_2m, 20, "cosine", "quadratic", 0.025),
         # ... Heun at 10 steps on the default (cosine) schedule too. Noise-free std errors: 1.2 % and
         # 2.8 %; mean errors 1.3 % and 2.2 % of sigma
-        (heun, 10, "cosine", "quadratic", 0.02),
-        (heun, 10, "linear", "quadratic", 0.035),
+        (sample_heun, 10, "cosine", "quadratic", 0.02),
+        (sample_heun, 10, "linear", "quadratic", 0.035),
         # DPM-Solver++(2M) at 10 steps: 2.2 % and 3.6 % noise-free, the best of every spacing tried
         # (see the closing note of issue 3); data prediction is linear in lambda where x0_hat is not.
-        (dpm_solver_pp_2m, 10, "linear", "logsnr", 0.04),
-        (dpm_solver_pp_2m, 10, "cosine", "logsnr", 0.025),
+        (sample_dpmpp_2m, 10, "linear", "logsnr", 0.04),
+        (sample_dpmpp_2m, 10, "cosine", "logsnr", 0.025),
     ],
 )
 def test_samplers_recover_gaussian_data(sampler, steps, schedule_name, spacing, tolerance):
@@ -71,7 +71,7 @@ def _exact_std(sampler, steps, sigma, schedule, variance="small"):
         ab = schedule.alpha_bar[t].item()
         a, s = math.sqrt(ab), math.sqrt(1 - ab)
         gain = a * sigma**2 / (ab * sigma**2 + s**2)  # x0_hat = gain * x_t
-        if sampler is ddpm:
+        if sampler is sample_ddpm:
             k = len(timesteps) - 1 - i
             A = chain.posterior_mean_coef_x0[k].item() * gain + chain.posterior_mean_coef_xt[k].item()
             added = chain.posterior_variance[k] if variance == "small" else chain.betas[k]  # beta~ or beta
@@ -84,7 +84,7 @@ def _exact_std(sampler, steps, sigma, schedule, variance="small"):
 
 
 @pytest.mark.parametrize("sampler, steps, options", [
-    (ddpm, 1000, {}), (ddpm, 25, {}), (ddpm, 25, {"variance": "large"}), (ddim, 1000, {}), (ddim, 50, {}), (ddim, 10, {}),
+    (sample_ddpm, 1000, {}), (sample_ddpm, 25, {}), (sample_ddpm, 25, {"variance": "large"}), (sample_ddim, 1000, {}), (sample_ddim, 50, {}), (sample_ddim, 10, {}),
 ])
 def test_sampler_matches_the_exact_variance_of_its_discrete_chain(sampler, steps, options):
     """A sharper check than "close to sigma": narrow data (sigma = 0.05, close to sqrt(beta_1) = 0.01)
@@ -118,7 +118,7 @@ def _marginal_std_error(variance, schedule_name, mu, sigma, steps=50, n=20_000):
             errors.append(abs(x_next.std().item() / math.sqrt(alpha_bar * sigma**2 + 1 - alpha_bar) - 1))
 
     g = torch.Generator().manual_seed(0)
-    ddpm(denoiser, torch.randn((n, 1, 2, 2), generator=g), schedule, timesteps, variance=variance, generator=g,
+    sample_ddpm(denoiser, torch.randn((n, 1, 2, 2), generator=g), schedule, timesteps, variance=variance, generator=g,
          callback=record)
     return max(errors)
 
@@ -137,16 +137,16 @@ def test_each_ddpm_variance_is_exact_for_the_data_ho_et_al_name(schedule_name):
 
 def test_ddim_with_eta_one_over_all_steps_is_ddpm():
     """Song et al. §4.1: with eta = 1 and every timestep, DDIM's update is DDPM's ancestral step."""
-    a = _gaussian_run(ddpm, 1000, n=64, seed=3)
-    b = _gaussian_run(ddim, 1000, n=64, seed=3, eta=1.0)
+    a = _gaussian_run(sample_ddpm, 1000, n=64, seed=3)
+    b = _gaussian_run(sample_ddim, 1000, n=64, seed=3, eta=1.0)
     assert torch.allclose(a, b, atol=1e-4)
-    c = _gaussian_run(ddim, 1000, n=64, seed=3, eta=0.0)
+    c = _gaussian_run(sample_ddim, 1000, n=64, seed=3, eta=0.0)
     assert not torch.allclose(a, c, atol=1e-2)
 
 
 def test_ddim_with_eta_one_on_a_subsequence_is_respaced_ddpm():
-    a = _gaussian_run(ddpm, 20, n=64, seed=4)
-    b = _gaussian_run(ddim, 20, n=64, seed=4, eta=1.0)
+    a = _gaussian_run(sample_ddpm, 20, n=64, seed=4)
+    b = _gaussian_run(sample_ddim, 20, n=64, seed=4, eta=1.0)
     assert torch.allclose(a, b, atol=1e-4)
 
 
@@ -155,19 +155,19 @@ def test_ddim_eta_zero_is_deterministic():
     denoiser = GaussianDenoiser(schedule, MU, SIGMA)
     x = torch.randn(16, 1, 2, 2)
     steps = spaced_timesteps(1000, 50)
-    a = ddim(denoiser, x, schedule, steps, generator=torch.Generator().manual_seed(0))
-    b = ddim(denoiser, x, schedule, steps, generator=torch.Generator().manual_seed(1))
+    a = sample_ddim(denoiser, x, schedule, steps, generator=torch.Generator().manual_seed(0))
+    b = sample_ddim(denoiser, x, schedule, steps, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     # ... while DDPM draws fresh noise at each step.
-    c = ddpm(denoiser, x, schedule, steps, generator=torch.Generator().manual_seed(0))
-    d = ddpm(denoiser, x, schedule, steps, generator=torch.Generator().manual_seed(1))
+    c = sample_ddpm(denoiser, x, schedule, steps, generator=torch.Generator().manual_seed(0))
+    d = sample_ddpm(denoiser, x, schedule, steps, generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(c, d)
 
 
 def test_callback_sees_every_step():
     schedule = make_schedule("linear", 100)
     seen = []
-    ddim(GaussianDenoiser(schedule, MU, SIGMA), torch.randn(2, 1, 2, 2), schedule, spaced_timesteps(100, 10),
+    sample_ddim(GaussianDenoiser(schedule, MU, SIGMA), torch.randn(2, 1, 2, 2), schedule, spaced_timesteps(100, 10),
          callback=lambda i, t, x, p: seen.append((i, t)))
     assert [t for _, t in seen] == spaced_timesteps(100, 10)
 
@@ -176,20 +176,20 @@ def test_callback_sees_every_step():
 def test_samplers_refuse_bad_timesteps(steps):
     schedule = make_schedule("linear", 100)
     with pytest.raises(InputError):
-        ddpm(GaussianDenoiser(schedule, MU, SIGMA), torch.randn(2, 1, 2, 2), schedule, steps)
+        sample_ddpm(GaussianDenoiser(schedule, MU, SIGMA), torch.randn(2, 1, 2, 2), schedule, steps)
 
 
-@pytest.mark.parametrize("sampler", [dpm_solver_pp_2m, heun])
+@pytest.mark.parametrize("sampler", [sample_dpmpp_2m, sample_heun])
 def test_second_order_solvers_follow_the_probability_flow_ode(sampler):
     """With enough steps both solvers land where 1000-step Heun does, and near 1000-step DDIM (Euler)."""
-    reference = _gaussian_run(heun, 1000, n=256, seed=6)
+    reference = _gaussian_run(sample_heun, 1000, n=256, seed=6)
     assert torch.allclose(_gaussian_run(sampler, 200, n=256, seed=6, spacing="quadratic"), reference, atol=5e-3)
-    assert torch.allclose(_gaussian_run(ddim, 1000, n=256, seed=6), reference, atol=2e-2)
+    assert torch.allclose(_gaussian_run(sample_ddim, 1000, n=256, seed=6), reference, atol=2e-2)
 
 
 def test_second_order_beats_first_order():
     """At 20 steps the second-order solvers land closer to the ODE's solution than DDIM (Euler)."""
-    reference = _gaussian_run(ddim, 1000, n=512, seed=7)
+    reference = _gaussian_run(sample_ddim, 1000, n=512, seed=7)
     error = {name: (_gaussian_run(SAMPLERS[name], 20, n=512, seed=7, spacing="quadratic") - reference).abs().mean().item()
              for name in ("ddim", "dpm++2m", "heun")}
     assert error["dpm++2m"] < error["ddim"] / 2 and error["heun"] < error["ddim"] / 4, error
@@ -211,13 +211,13 @@ def _spread_error(sampler, steps, schedule_name, spacing):
 @pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
 def test_heun_is_second_order(schedule_name):
     """Doubling Heun's steps divides its error by about 2^2 = 4 (a first-order slip would give 2)."""
-    errors = [_spread_error(heun, steps, schedule_name, "quadratic") for steps in (10, 20, 40)]
+    errors = [_spread_error(sample_heun, steps, schedule_name, "quadratic") for steps in (10, 20, 40)]
     assert errors[0] / errors[1] > 3.5 and errors[1] / errors[2] > 3.5, errors
 
 
 @pytest.mark.parametrize("spacing", ["uniform", "trailing", "quadratic", "logsnr"])
 def test_every_spacing_converges(spacing):
-    x = _gaussian_run(heun, 200, "linear", n=20_000, spacing=spacing)
+    x = _gaussian_run(sample_heun, 200, "linear", n=20_000, spacing=spacing)
     assert torch.all((x.std(0, keepdim=True) / SIGMA - 1).abs() <= 0.02)
 
 

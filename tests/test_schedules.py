@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ddpm import Config, InputError, make_schedule, spaced_timesteps
-from ddpm.generate import build_schedule
-from ddpm.schedules import NoiseSchedule, cosine_alpha_bar, linear_betas
+from ddpm.factory import build_schedule
+from ddpm.diffusion.schedules import NoiseSchedule, cosine_alpha_bar, linear_betas
 
 
 def test_linear_schedule_matches_ho_et_al():

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config
-from ddpm import InputError, load_run, train
+from ddpm import InputError, Pipeline, train
 from ddpm.data import iterate_batches
 
 
@@ -27,7 +27,7 @@ def test_short_training_on_mnist5k_lowers_the_loss(tmp_path):
     assert (run.path / "config.yaml").is_file() and run.loss_plot_path.is_file()
     assert run.sample_grid_path(60).is_file()
     assert run.latest().name == "step_000060"
-    model = load_run(run.path, device="cpu")
+    model = Pipeline.from_run(run.path, device="cpu")
     assert model.step == 60 and model.config.data.image_size == 28 and model.config.data.channels == 1
 
 
@@ -39,7 +39,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     shutil.rmtree(crashed.checkpoints / "step_000008")  # as if the process died after step 4's checkpoint
     (crashed.checkpoints / "latest").write_text("step_000004")
     starts = []  # the step the data order resumes from: 4, not a fresh start that would also match
-    train_module = importlib.import_module("ddpm.train")  # the module; ddpm.train is the function
+    train_module = importlib.import_module("ddpm.training.loop")  # the training module
     monkeypatch.setattr(train_module, "iterate_batches", lambda *a: starts.append(a[3]) or iterate_batches(*a))
     resumed = train(config, crashed.path, resume=True, progress=False)
     assert starts == [4]
@@ -74,7 +74,7 @@ def test_every_objective_trains(tmp_path, objective):
 
 def test_cosine_learning_rate_ends_at_zero_with_the_first_budget():
     """Cosine decays with whichever budget runs out first: steps, or minutes of training."""
-    from ddpm.optim import lr_factor
+    from ddpm.training.optim import lr_factor
 
     tc = tiny_config(**{"train.lr_schedule": "cosine", "train.warmup_steps": 0, "train.max_steps": 1000}).train
     assert lr_factor(0, tc) == 1.0 and lr_factor(1000, tc) == 0.0
@@ -90,12 +90,12 @@ def test_adamw_steps_are_the_closed_form_and_fused_on_cpu():
     with the bias-corrected moments m^ = m / (1 - b1^k), v^ = v / (1 - b2^k). The first step is
     lr * g / (|g| + eps) whatever the betas; the second depends on them. So the config's lr, betas
     and weight decay all reach the update, and on a CPU torch's fused kernel computes it."""
-    from ddpm.optim import make_optimizer
+    from ddpm.factory import build_optimizer
 
     lr, wd, (b1, b2), eps = 0.01, 0.1, (0.8, 0.95), 1e-8
     tc = tiny_config(**{"train.lr": lr, "train.weight_decay": wd, "train.betas": [b1, b2]}).train
     layer = torch.nn.Linear(4, 3)
-    optimizer = make_optimizer(layer, tc)
+    optimizer = build_optimizer(layer, tc)
     assert optimizer.defaults["fused"]
     theta = [p.detach().clone() for p in layer.parameters()]
     m = [torch.zeros_like(p) for p in theta]
@@ -121,7 +121,7 @@ def _lrs(run):
 
 def test_a_time_budget_is_for_the_whole_run_and_the_learning_rate_follows_it(tmp_path):
     """--max-minutes counts training time over resumes, and cosine reaches zero when it is spent."""
-    from ddpm.checkpoint import load_meta
+    from ddpm.storage.checkpoint import load_meta
 
     budget = {"train.max_steps": 100_000, "train.max_minutes": 0.04, "train.warmup_steps": 0, "train.lr": 1e-3,
               "train.lr_schedule": "cosine", "train.tensorboard": False}

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ddpm import InputError, UNet
-from ddpm.unet import SelfAttention, sinusoidal_embedding
+from ddpm.models.unet import SelfAttention, sinusoidal_embedding
 
 
 @pytest.mark.parametrize(

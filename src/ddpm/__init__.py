@@ -1,32 +1,52 @@
 """ddpm: denoising diffusion models from scratch in PyTorch (Ho et al. 2020, Song et al. 2021,
 Nichol & Dhariwal 2021), readable as a textbook and usable as a toolkit.
 
-    from ddpm import Config, train, load_run, generate
-    run = train(Config(), "runs/mnist")                   # train on the embedded MNIST-5k
-    model = load_run("runs/mnist")                         # EMA weights, schedule and config
-    images = generate(model.denoiser(), 16, (1, 28, 28))   # uint8 [16, 1, 28, 28]
+    from ddpm import Config, Pipeline, train
+    train(Config(), "runs/mnist")                    # train on the embedded MNIST-5k
+    pipe = Pipeline.from_run("runs/mnist")           # EMA weights, diffusion process and config
+    images = pipe(16)                                # uint8 [16, 1, 28, 28]
+
+The public names below are imported on first use (PEP 562), so `import ddpm` and `import
+ddpm.config` do not load torch.
 """
 
-from .config import Config, DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig
-from .data import ImageData, load_data
-from .diffusion import Denoiser, Prediction, q_posterior, q_sample, target, to_prediction, training_loss
-from .errors import InputError
-from .generate import build_network, build_schedule, generate, load_run
-from .samplers import SAMPLERS, ddim, ddpm
-from .schedules import NoiseSchedule, make_schedule, spaced_timesteps
-from .train import train
-from .unet import UNet
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from importlib import metadata
 
-__all__ = [
-    "Config", "DataConfig", "DiffusionConfig", "ModelConfig", "SampleConfig", "TrainConfig",
-    "ImageData", "load_data",
-    "Denoiser", "Prediction", "q_posterior", "q_sample", "target", "to_prediction", "training_loss",
-    "InputError",
-    "build_network", "build_schedule", "generate", "load_run",
-    "SAMPLERS", "ddim", "ddpm",
-    "NoiseSchedule", "make_schedule", "spaced_timesteps",
-    "train",
-    "UNet",
-]
+# public name -> the module (below ddpm) that defines it
+_EXPORTS = {
+    **dict.fromkeys(["Config", "DataConfig", "DiffusionConfig", "ModelConfig", "SampleConfig", "TrainConfig"], "config"),
+    **dict.fromkeys(["InputError", "TrainingDiverged"], "errors"),
+    **dict.fromkeys(["Pipeline", "SamplingOptions"], "pipeline"),
+    **dict.fromkeys(["build_diffusion", "build_network", "build_optimizer", "build_schedule"], "factory"),
+    **dict.fromkeys(["Denoiser", "Diffusion", "Prediction", "q_posterior", "q_sample", "target", "to_prediction",
+                     "training_loss"], "diffusion.process"),
+    **dict.fromkeys(["SAMPLERS", "get_sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_heun"],
+                    "diffusion.samplers"),
+    **dict.fromkeys(["NoiseSchedule", "make_schedule", "spaced_timesteps"], "diffusion.schedules"),
+    "UNet": "models.unet",
+    "ImageData": "data.imagedata",
+    "load_data": "data.datasets",
+    "train": "training.loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+try:
+    __version__ = metadata.version("ddpm-textbook")
+except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ddpm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

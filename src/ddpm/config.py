@@ -2,7 +2,9 @@
 
 A run is fully described by one `Config`. It is validated once, at the edge (the command line or
 `ddpm.train`), and written into the run directory, so that directory alone is enough to resume,
-sample or evaluate the run.
+sample or evaluate the run. This module is a leaf: it imports neither torch nor the model, so
+reading a config file is cheap. Every field's type is checked against its annotation (the names a
+field accepts are the `Literal` registries of `ddpm.names`); `validate` adds the ranges.
 """
 
 from __future__ import annotations
@@ -17,20 +19,29 @@ from pathlib import Path
 import yaml
 
 from .errors import InputError
-from .diffusion import TIMESTEP_SAMPLING
-from .samplers import SAMPLERS as _SAMPLER_FUNCTIONS, VARIANCES
-from .schedules import SPACINGS
-from .unet import ACTIVATIONS, NORMS, SKIPS, UPSAMPLES
+from .names import (
+    Activation,
+    Loss,
+    LRSchedule,
+    NonFinite,
+    Norm,
+    Objective,
+    Optimizer,
+    Precision,
+    Sampler,
+    Schedule,
+    Skips,
+    Spacing,
+    TimestepSampling,
+    Upsample,
+    Variance,
+)
 
-SAMPLERS = tuple(_SAMPLER_FUNCTIONS)
-
-SCHEDULES = ("linear", "cosine", "sigmoid")
-OBJECTIVES = ("eps", "x0", "v")
-LOSSES = ("mse", "l1")
-OPTIMIZERS = ("adamw", "lion")
-LR_SCHEDULES = ("constant", "step", "cosine")
-NONFINITE = ("stop", "skip")
-PRECISIONS = ("fp32", "bf16", "fp16")
+# `ddpm train --resume` continues a run with its own config; only these keys (the budget, logging
+# and how the same computation is carried out) may change.
+RESUMABLE = ("train.max_steps", "train.max_minutes", "train.device", "train.log_every", "train.sample_every",
+             "train.checkpoint_every", "train.keep_checkpoints", "train.precision", "train.compile",
+             "train.channels_last", "train.grad_accum")
 
 
 @dataclass
@@ -44,10 +55,10 @@ class ModelConfig:
     time_emb_dim: int = 64
     dropout: float = 0.0
     num_classes: int = 0  # > 0: class-conditional on the data set's labels (classifier-free guidance)
-    norm: str = "group"  # or batch
-    activation: str = "silu"  # or relu
-    upsample: str = "nearest"  # nearest or bilinear, then a 3x3 conv; or transposed (a transposed conv)
-    skips: str = "level"  # one skip per level; or block: one per residual block, as in Ho et al.'s UNet
+    norm: Norm = "group"
+    activation: Activation = "silu"
+    upsample: Upsample = "nearest"  # nearest or bilinear, then a 3x3 conv; or transposed (a transposed conv)
+    skips: Skips = "level"  # one skip per level; or block: one per residual block, as in Ho et al.'s UNet
     neck_attention: bool = False  # self-attention between the first two neck blocks (Ho et al.'s middle)
     patch_size: int = 1  # > 1: fold p x p pixels into channels first, so every level runs at 1/p resolution
 
@@ -65,9 +76,6 @@ class ModelConfig:
         _check(self.time_emb_dim >= 2 and self.time_emb_dim % 2 == 0,
                f"model.time_emb_dim must be an even number >= 2 (got {self.time_emb_dim})")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
-        for name, value, choices in [("norm", self.norm, NORMS), ("activation", self.activation, tuple(ACTIVATIONS)),
-                                     ("upsample", self.upsample, UPSAMPLES), ("skips", self.skips, SKIPS)]:
-            _check_choice(f"model.{name}", value, choices)
         _check(self.num_classes >= 0, f"model.num_classes must be >= 0, 0 for an unconditional model (got {self.num_classes})")
 
     def check_image_size(self, image_size: int) -> None:
@@ -88,16 +96,16 @@ class DiffusionConfig:
     """The forward process and what the network learns to predict."""
 
     timesteps: int = 1000
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     beta_start: float = 1e-4  # linear schedule only, at T = 1000 (Ho et al. 2020)
     beta_end: float = 0.02
     # added to the schedule's log SNR at every step: > 0 less noise, < 0 more (Hoogeboom et al.
     # 2023 shift the cosine by 2 log(64 / d) for d x d images)
     log_snr_shift: float = 0.0
-    objective: str = "v"  # FID 46.6 vs 74.3 for eps at equal budget (measured on the 32/64/128 UNet)
-    loss: str = "mse"
+    objective: Objective = "v"  # FID 46.6 vs 74.3 for eps at equal budget (measured on the 32/64/128 UNet)
+    loss: Loss = "mse"
     min_snr_gamma: typing.Optional[float] = None  # weight the loss by min(SNR, gamma) (Hang et al. 2023); 5 in the paper
-    timestep_sampling: str = "uniform"  # or stratified (VDM's low-discrepancy draws), or lognormal (EDM's noise levels)
+    timestep_sampling: TimestepSampling = "uniform"  # or stratified (VDM's low-discrepancy draws), or lognormal (EDM's noise levels)
 
     def validate(self) -> None:
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
@@ -105,10 +113,6 @@ class DiffusionConfig:
         _check(self.timesteps >= 1, f"diffusion.timesteps must be >= 1 (got {self.timesteps})")
         _check(math.isfinite(self.log_snr_shift),
                f"diffusion.log_snr_shift must be a finite number, 0 for none (got {self.log_snr_shift})")
-        _check_choice("diffusion.schedule", self.schedule, SCHEDULES)
-        _check_choice("diffusion.objective", self.objective, OBJECTIVES)
-        _check_choice("diffusion.loss", self.loss, LOSSES)
-        _check_choice("diffusion.timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLING)
         _check(0.0 < self.beta_start < 1.0 and 0.0 < self.beta_end < 1.0,
                f"diffusion.beta_start and beta_end must lie in (0, 1) "
                f"(got {self.beta_start}, {self.beta_end})")
@@ -149,17 +153,17 @@ class TrainConfig:
 
     batch_size: int = 32
     lr: float = 1.5e-3
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     weight_decay: float = 0.0
     # Adam's or Lion's (beta1, beta2). beta2 0.99 rather than Adam's 0.999 (as EDM2, Karras et al.
     # 2024): FID 24.4 against 26.0 after 1,905 steps of the CPU default, benchmarks/cpu_budget.py
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     warmup_steps: int = 100
-    lr_schedule: str = "cosine"  # to zero at the end of the budget, steps or minutes: FID 19.6 vs 22.1 constant
+    lr_schedule: LRSchedule = "cosine"  # to zero at the end of the budget, steps or minutes: FID 19.6 vs 22.1 constant
     lr_step_size: int = 10_000  # step schedule: multiply by lr_gamma every this many steps
     lr_gamma: float = 0.5
     grad_clip: float = 1.0  # 0 turns clipping off
-    nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop, or skip the update (up to 10 in a row)
+    nonfinite: NonFinite = "stop"  # a NaN/inf loss or gradient: stop, or skip the update (up to 10 in a row)
     ema_decay: float = 0.999
     label_dropout: float = 0.1  # class-conditional models: P(label -> null class), Ho & Salimans 2022
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)): short runs see progress
@@ -173,7 +177,7 @@ class TrainConfig:
     grid_size: int = 64  # images in each sample grid written during training
     tensorboard: bool = True  # also write the logged scalars and sample grids to RUN/tensorboard
     device: str = "auto"
-    precision: str = "fp32"  # or bf16 / fp16 autocast (fp16 with a gradient scaler); CPUs without bf16 units are slower
+    precision: Precision = "fp32"  # or bf16 / fp16 autocast (fp16 with a gradient scaler); CPUs without bf16 units are slower
     compile: bool = False  # torch.compile the UNet for training
     channels_last: bool = True  # NHWC memory format: 9 % more images/s on 2 AVX2 cores (benchmarks/throughput.py), faster on GPUs
     grad_accum: int = 1  # micro-batches per step: the batch is split, the gradient is the same
@@ -181,16 +185,13 @@ class TrainConfig:
     def validate(self) -> None:
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1 (got {self.batch_size})")
         _check(self.lr > 0, f"train.lr must be > 0 (got {self.lr})")
-        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {self.weight_decay})")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                f"train.betas must be two numbers in [0, 1) (got {self.betas})")
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0 (got {self.warmup_steps})")
-        _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check(self.lr_step_size >= 1, f"train.lr_step_size must be >= 1 (got {self.lr_step_size})")
         _check(0 < self.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1] (got {self.lr_gamma})")
         _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (got {self.grad_clip})")
-        _check_choice("train.nonfinite", self.nonfinite, NONFINITE)
         _check(0 <= self.label_dropout < 1, f"train.label_dropout must be in [0, 1) (got {self.label_dropout})")
         _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1) (got {self.ema_decay})")
         _check(self.max_steps >= 1, f"train.max_steps must be >= 1 (got {self.max_steps})")
@@ -199,7 +200,6 @@ class TrainConfig:
         for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "grid_size"):
             value = getattr(self, name)
             _check(value >= 1, f"train.{name} must be >= 1 (got {value})")
-        _check_choice("train.precision", self.precision, PRECISIONS)
         _check(self.grad_accum >= 1, f"train.grad_accum must be >= 1 (got {self.grad_accum})")
         _check(self.batch_size % self.grad_accum == 0,
                f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum ({self.grad_accum})")
@@ -211,19 +211,16 @@ class TrainConfig:
 class SampleConfig:
     """The sampler used for grids during training and as `ddpm sample`'s default."""
 
-    sampler: str = "ddpm"  # stochastic: forgives a short run's errors that ODE samplers turn into blobs
+    sampler: Sampler = "ddpm"  # stochastic: forgives a short run's errors that ODE samplers turn into blobs
     steps: int = 50
-    spacing: str = "uniform"
+    spacing: Spacing = "uniform"
     eta: float = 0.0  # ddim only
-    variance: str = "small"  # read by ddpm only: beta~_t (small) or beta_t (large), Ho et al. §3.2
+    variance: Variance = "small"  # read by ddpm only: beta~_t (small) or beta_t (large), Ho et al. §3.2
     clip_denoised: bool = True
     guidance: float = 1.0  # class-conditional models: 0 unconditional, 1 conditional, > 1 guided
 
     def validate(self) -> None:
-        _check_choice("sample.sampler", self.sampler, SAMPLERS)
-        _check_choice("sample.spacing", self.spacing, SPACINGS)
         _check(self.eta == 0.0 or self.sampler == "ddim", f"sample.eta applies to the ddim sampler only (got {self.sampler})")
-        _check_choice("sample.variance", self.variance, VARIANCES)  # ignored by the other samplers (variance_for)
         _check(self.steps >= 1, f"sample.steps must be >= 1 (got {self.steps})")
         _check(0.0 <= self.eta <= 1.0, f"sample.eta must be in [0, 1] (got {self.eta})")
         _check(self.guidance >= 0, f"sample.guidance must be >= 0 (got {self.guidance})")
@@ -246,14 +243,31 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def validate(self) -> "Config":
-        for section in dataclasses.fields(self):
-            getattr(self, section.name).validate()
+        for section_name in self.section_names():
+            section = getattr(self, section_name)
+            for key, hint in typing.get_type_hints(type(section)).items():  # types and registry names
+                value = _coerce(getattr(section, key), hint, f"{section_name}.{key}")
+                if typing.get_origin(hint) is typing.Literal:
+                    _check_choice(f"{section_name}.{key}", value, typing.get_args(hint))
+            section.validate()  # ranges
         _check(self.sample.steps <= self.diffusion.timesteps,
                f"sample.steps ({self.sample.steps}) cannot exceed diffusion.timesteps "
                f"({self.diffusion.timesteps})")
         if self.data.image_size is not None:
             self.model.check_image_size(self.data.image_size)
         return self
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def resumed(self, overrides: dict[str, object], run: str) -> "Config":
+        """This run's config with `overrides` applied for `--resume`: only the RESUMABLE keys may change."""
+        fixed = sorted(key for key in overrides if key not in RESUMABLE)
+        if fixed:
+            raise InputError(f"--resume continues {run} with its own config; it cannot change {', '.join(fixed)} "
+                             f"(only the budget, e.g. --max-steps or --max-minutes)")
+        return self.override(overrides)
 
     # ---- serialisation -------------------------------------------------------------------
 
@@ -313,14 +327,14 @@ def _check(condition: bool, message: str) -> None:
         raise InputError(message)
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    _check(isinstance(value, str) and value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _section(config: Config, name: str):
-    names = [f.name for f in dataclasses.fields(config)]
-    if name not in names:
-        raise InputError(f"unknown config section {name!r}; the sections are {', '.join(names)}")
+    sections = config.section_names()
+    if name not in sections:
+        raise InputError(f"unknown config section {name!r}; the sections are {', '.join(sections)}")
     return getattr(config, name)
 
 
@@ -335,6 +349,8 @@ def _assign(section, section_name: str, key: str, value: object) -> None:
 def _coerce(value: object, hint: object, name: str) -> object:
     """Check `value` against a field's type hint, converting where it is lossless (int to float)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:  # a registry of names (ddpm.names): the name itself is checked by validate()
+        hint = str
     if origin is typing.Union:  # Optional[X]
         if value is None:
             return None

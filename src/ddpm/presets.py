@@ -34,3 +34,12 @@ def load_preset(name: str, base: Optional[Config] = None) -> Config:
     values = yaml.safe_load(files[name].read_text()) or {}
     values.pop("description", None)
     return Config.from_dict(values, base)
+
+
+def compose_config(preset: Optional[str] = None, config_file: Optional[str] = None,
+                   overrides: Optional[dict] = None) -> Config:
+    """Settings in layers: the defaults < a preset < a config file < overrides ({"train.lr": 1e-3})."""
+    config = load_preset(preset) if preset else Config()
+    if config_file:
+        config = Config.from_yaml(config_file, base=config)
+    return config.override(overrides or {})

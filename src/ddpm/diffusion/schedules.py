@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from ..errors import InputError
+from ..names import SCHEDULES, SPACINGS
 
 MAX_BETA = 0.999  # Nichol & Dhariwal 2021 §3.2: clip beta so the last steps stay invertible
 
@@ -141,13 +142,10 @@ def make_schedule(name: str, timesteps: int, beta_start: float = 1e-4, beta_end:
     elif name == "sigmoid":
         betas = sigmoid_betas(timesteps)
     else:
-        raise InputError(f"unknown noise schedule {name!r}; choose linear, cosine or sigmoid")
+        raise InputError(f"unknown noise schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
     if log_snr_shift:
         betas = shift_log_snr(betas, log_snr_shift)
     return NoiseSchedule(betas)
-
-
-SPACINGS = ("uniform", "trailing", "quadratic", "logsnr")
 
 
 def spaced_timesteps(timesteps: int, steps: int, spacing: str = "uniform",

@@ -2,7 +2,7 @@
 
 Every sampler is a plain function with one signature:
 
-    sampler(denoiser, x, schedule, timesteps, *, generator=None, callback=None, progress=False) -> x_0
+    sample_NAME(denoiser, x, schedule, timesteps, *, generator=None, callback=None, progress=False) -> x_0
 
 - denoiser(x_t, t) returns a `Prediction` (eps, x0) for a batch of timesteps t;
 - x is the starting noise x_T, shape [B, C, H, W];
@@ -24,19 +24,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .diffusion import Prediction, q_posterior
-from .errors import InputError
+from ..errors import InputError
+from ..names import SAMPLERS as NAMES
+from ..names import VARIANCES, check_registry
+from .process import Prediction, q_posterior
 from .schedules import NoiseSchedule
 
-Denoiser = Callable[[Tensor, Tensor], Prediction]
+PredictFn = Callable[[Tensor, Tensor], Prediction]  # a process.Denoiser, or any callable like it
 Callback = Callable[[int, int, Tensor, Prediction], None]
-
-VARIANCES = ("small", "large")  # DDPM's sigma_t^2: beta~_t or beta_t (Ho et al. §3.2)
 
 
 @torch.no_grad()
-def ddpm(
-    denoiser: Denoiser,
+def sample_ddpm(
+    denoiser: PredictFn,
     x: Tensor,
     schedule: NoiseSchedule,
     timesteps: Sequence[int],
@@ -73,8 +73,8 @@ def ddpm(
 
 
 @torch.no_grad()
-def ddim(
-    denoiser: Denoiser,
+def sample_ddim(
+    denoiser: PredictFn,
     x: Tensor,
     schedule: NoiseSchedule,
     timesteps: Sequence[int],
@@ -108,8 +108,8 @@ def ddim(
 
 
 @torch.no_grad()
-def dpm_solver_pp_2m(
-    denoiser: Denoiser,
+def sample_dpmpp_2m(
+    denoiser: PredictFn,
     x: Tensor,
     schedule: NoiseSchedule,
     timesteps: Sequence[int],
@@ -148,8 +148,8 @@ def dpm_solver_pp_2m(
 
 
 @torch.no_grad()
-def heun(
-    denoiser: Denoiser,
+def sample_heun(
+    denoiser: PredictFn,
     x: Tensor,
     schedule: NoiseSchedule,
     timesteps: Sequence[int],
@@ -198,7 +198,9 @@ def heun(
     return x
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpm++2m": dpm_solver_pp_2m, "heun": heun}
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm++2m": sample_dpmpp_2m,
+                                              "heun": sample_heun}
+check_registry("samplers", SAMPLERS, NAMES)
 
 
 def get_sampler(name: str, eta: float = 0.0, variance: str = "small") -> Callable[..., Tensor]:
@@ -212,10 +214,10 @@ def get_sampler(name: str, eta: float = 0.0, variance: str = "small") -> Callabl
     # checked now, not at the first step of a long job
     if name == "ddim":
         _check_eta(eta)
-        return functools.partial(ddim, eta=eta)
+        return functools.partial(sample_ddim, eta=eta)
     if name == "ddpm":
         _check_variance(variance)
-        return functools.partial(ddpm, variance=variance)
+        return functools.partial(sample_ddpm, variance=variance)
     return SAMPLERS[name]
 
 

@@ -3,6 +3,10 @@
 The network can be trained to predict the noise eps (Ho et al. 2020), the clean image x0, or the
 velocity v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, §4). Whatever it
 predicts, `Denoiser` turns its output into the pair (eps, x0) that every sampler reads.
+
+`Diffusion` holds one schedule and one prediction target together, with the loss configured once
+(as EDM's loss objects are): `diffusion.loss(network, x0)` is Ho et al.'s Algorithm 1 for that
+setting. The functions below it are the same mathematics, one formula each, for readers and tests.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError
+from ..errors import InputError
+from ..names import OBJECTIVES, TIMESTEP_SAMPLING
 from .guidance import guided_output
 from .schedules import NoiseSchedule
 
@@ -61,7 +66,6 @@ def to_prediction(objective: str, schedule: NoiseSchedule, output: Tensor, x_t: 
     raise InputError(f"unknown objective {objective!r}; choose eps, x0 or v")
 
 
-TIMESTEP_SAMPLING = ("uniform", "stratified", "lognormal")
 EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # Karras et al. 2022, Table 1: ln(sigma) ~ N(P_mean, P_std^2) in training
 
 
@@ -181,3 +185,61 @@ class Denoiser(nn.Module):
         if not self.clip_denoised:
             return prediction
         return to_prediction("x0", self.schedule, prediction.x0.clamp(-1, 1), x_t, t)
+
+
+class Diffusion:
+    """One forward process seen through one prediction target, with its training loss configured once.
+
+        diffusion = Diffusion(make_schedule("cosine", 1000), objective="v")
+        loss = diffusion.loss(network, x0)          # Ho et al. Algorithm 1, for any target
+        denoiser = diffusion.denoiser(network)      # what every sampler calls
+
+    `timestep_sampling` chooses the training timesteps (`sample_timesteps`) and `min_snr_gamma`
+    weights the loss per timestep (`min_snr_weight`); `loss` is "mse" or "l1".
+    """
+
+    def __init__(self, schedule: NoiseSchedule, objective: str = "eps", loss: str = "mse",
+                 timestep_sampling: str = "uniform", min_snr_gamma: float | None = None):
+        if objective not in OBJECTIVES:
+            raise InputError(f"unknown objective {objective!r}; choose {', '.join(OBJECTIVES)}")
+        if timestep_sampling not in TIMESTEP_SAMPLING:
+            raise InputError(f"unknown timestep sampling {timestep_sampling!r}; choose {' or '.join(TIMESTEP_SAMPLING)}")
+        self.schedule = schedule
+        self.objective = objective
+        self.loss_type = loss
+        self.timestep_sampling = timestep_sampling
+        self.min_snr_gamma = min_snr_gamma
+
+    @property
+    def timesteps(self) -> int:
+        return self.schedule.timesteps
+
+    def to(self, device: torch.device | str) -> "Diffusion":
+        """The same process with its schedule's tensors on `device`."""
+        return Diffusion(self.schedule.to(device), self.objective, self.loss_type, self.timestep_sampling,
+                         self.min_snr_gamma)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        return q_sample(self.schedule, x0, t, noise)
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        return target(self.objective, self.schedule, x0, noise, t)
+
+    def prediction(self, output: Tensor, x_t: Tensor, t: Tensor) -> Prediction:
+        return to_prediction(self.objective, self.schedule, output, x_t, t)
+
+    def sample_timesteps(self, n: int, generator: torch.Generator | None = None,
+                         device: torch.device | str = "cpu") -> Tensor:
+        return sample_timesteps(self.schedule, n, self.timestep_sampling, generator, device)
+
+    def loss(self, network: Callable[..., Tensor], x0: Tensor, labels: Tensor | None = None, *,
+             t: Tensor | None = None, noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """The configured denoising loss of `network` on a batch x0; t and noise are drawn from
+        `generator` unless given (the training loop draws them for the whole batch)."""
+        if t is None:
+            t = self.sample_timesteps(x0.shape[0], generator, x0.device)
+        return training_loss(network, self.schedule, x0, self.objective, self.loss_type, generator, labels, t, noise,
+                             self.min_snr_gamma)
+
+    def denoiser(self, network: nn.Module, clip_denoised: bool = True) -> "Denoiser":
+        return Denoiser(network, self.schedule, self.objective, clip_denoised)

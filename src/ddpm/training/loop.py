@@ -8,38 +8,38 @@ and checkpointing along the way.
 
 from __future__ import annotations
 
-import csv
 import math
-import random
-import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import RunDir, load_into, load_meta, load_state, load_weights, save_checkpoint
-from .config import Config
-from .data import iterate_batches, load_data, to_model_range
-from .diffusion import Denoiser, sample_timesteps, training_loss
-from .distributed import init_distributed
+from ..config import Config
+from ..data.datasets import load_data
+from ..data.imagedata import iterate_batches, to_model_range
+from ..diffusion.guidance import drop_labels
+from ..errors import InputError, TrainingDiverged
+from ..factory import build_diffusion, build_network, build_optimizer
+from ..pipeline import Pipeline
+from ..runtime.devices import resolve_device
+from ..runtime.distributed import init_distributed
+from ..storage.checkpoint import (
+    RunDir,
+    load_into,
+    load_meta,
+    load_state,
+    load_weights,
+    save_checkpoint,
+)
+from ..storage.files import plot_loss, save_class_grid, save_grid
 from .ema import EMA
-from .errors import InputError
-from .generate import build_network, build_schedule, class_labels, generate, resolve_device
-from .guidance import drop_labels
-from .images import plot_loss, save_class_grid, save_grid
-from .optim import make_lr_scheduler, make_optimizer
+from .optim import make_lr_scheduler
 from .precision import autocast, make_scaler
+from .state import Clock, Log, rng_state, seed_everything, set_rng_state, stop_on_signal
 
-LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_min")
 MAX_SKIPPED = 10  # with train.nonfinite=skip: non-finite steps in a row before giving up
-
-
-class TrainingDiverged(InputError):
-    """The loss or the gradient became NaN or infinite."""
 
 
 def train(config: Config, out: Path, *, resume: bool = False, progress: bool = True) -> RunDir:
@@ -55,7 +55,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     ranks, device_name = init_distributed(tc.device)
     device = resolve_device(device_name)
     _check_batch_split(tc, ranks.world_size)
-    _seed_everything(tc.seed)
+    seed_everything(tc.seed)
 
     # The data, and the config resolved against it (image size, channels).
     d = config.data
@@ -66,15 +66,15 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     if num_classes:
         _check_labels(data, num_classes)
 
-    # The network, its EMA, the optimiser and the noise schedule.
+    # The network, its EMA, the optimiser and the diffusion process with its loss.
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     network = build_network(config).to(device, memory_format=memory_format)
     ema = EMA(network, tc.ema_decay, tc.ema_warmup)
-    optimizer = make_optimizer(network, tc)
-    clock = _Clock(tc.max_minutes)  # training time over the run's life; cosine decays to zero with it
+    optimizer = build_optimizer(network, tc)
+    clock = Clock(tc.max_minutes)  # training time over the run's life; cosine decays to zero with it
     lr_schedule = make_lr_scheduler(optimizer, tc, clock.fraction)
     scaler = make_scaler(tc.precision, device)
-    schedule = build_schedule(config).to(device)
+    diffusion = build_diffusion(config).to(device)
     generator = torch.Generator(device=device).manual_seed(tc.seed)  # labels, timesteps and noise of the loss
     step, seconds_trained = 0, 0.0
 
@@ -91,7 +91,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     if tc.compile:
         model = torch.compile(model)
 
-    log = _Log(run.log_path, step, run.tensorboard if tc.tensorboard else None) if ranks.is_main else None
+    log = Log(run.log_path, step, run.tensorboard if tc.tensorboard else None) if ranks.is_main else None
     # uint8 batches in the order of (seed, step); small data sets live on the device, large ones stream.
     batches = iterate_batches(data, tc.batch_size, tc.seed, step, device, config.data.workers)
     clock.start(seconds_trained)
@@ -99,7 +99,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     budget = f"training (stops at step {tc.max_steps}" + (f" or after {tc.max_minutes:g} min)" if tc.max_minutes else ")")
     bar = tqdm(total=tc.max_steps, initial=step, desc=budget, unit="step", disable=not (progress and ranks.is_main),
                dynamic_ncols=True)
-    with _stop_on_signal() as stop:
+    with stop_on_signal() as stop:
         while step < tc.max_steps and not clock.tick(ranks, device, stop.requested is not None):
             # The global batch with its labels, timesteps and noise: the same draws on every rank.
             images, classes = next(batches)
@@ -110,7 +110,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
             labels = None
             if num_classes:  # a random 10% become the null class: the unconditional model (guidance.py)
                 labels = drop_labels(classes, tc.label_dropout, num_classes, generator)
-            t = sample_timesteps(schedule, len(x0), config.diffusion.timestep_sampling, generator, device)
+            t = diffusion.sample_timesteps(len(x0), generator, device)
             noise = torch.randn(x0.shape, device=device, generator=generator)
 
             # This rank's share, in grad_accum micro-batches; the gradient is that of the mean loss.
@@ -119,9 +119,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
             for i, (x0_i, t_i, noise_i, labels_i) in enumerate(_micro_batches(ranks, tc.grad_accum, x0, t, noise, labels)):
                 with _accumulating(model, i < tc.grad_accum - 1), autocast(tc.precision, device):
                     x0_i = x0_i.contiguous(memory_format=memory_format)
-                    micro_loss = training_loss(model, schedule, x0_i, config.diffusion.objective, config.diffusion.loss,
-                                               labels=labels_i, t=t_i, noise=noise_i,
-                                               min_snr_gamma=config.diffusion.min_snr_gamma) / tc.grad_accum
+                    micro_loss = diffusion.loss(model, x0_i, labels_i, t=t_i, noise=noise_i) / tc.grad_accum
                 scaler.scale(micro_loss).backward()
                 loss += micro_loss.detach()
             scaler.unscale_(optimizer)
@@ -159,7 +157,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
                 row = log.write(step, lr_schedule.get_last_lr()[0], images_seen / elapsed, elapsed / 60)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2g}")
             if step % tc.sample_every == 0:
-                log.images(step, _sample_grid(run, config, ema, schedule, step))
+                log.images(step, _sample_grid(run, config, ema, diffusion, step))
             if step % tc.checkpoint_every == 0:
                 _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, clock, tc.keep_checkpoints)
     bar.close()
@@ -169,7 +167,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
                   (time.monotonic() - started) / 60)
         _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, clock, tc.keep_checkpoints)
         if step % tc.sample_every:
-            log.images(step, _sample_grid(run, config, ema, schedule, step))
+            log.images(step, _sample_grid(run, config, ema, diffusion, step))
         log.close()
         plot_loss(run.log_path, run.loss_plot_path)
         if stop.requested:
@@ -213,7 +211,7 @@ def _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generat
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
         "grad_scaler": scaler.state_dict(),
-        "rng": _rng_state(generator),
+        "rng": rng_state(generator),
     }
     tensors = {"model": network.state_dict(), "ema": ema.model.state_dict()}
     meta = {"ema_updates": ema.updates, "train_seconds": round(clock.seconds, 3)}
@@ -234,19 +232,18 @@ def _restore(run, network, ema, optimizer, lr_schedule, scaler, generator) -> tu
     lr_schedule.load_state_dict(state["lr_schedule"])
     if state.get("grad_scaler") and scaler.is_enabled():  # empty unless the run trained in fp16
         scaler.load_state_dict(state["grad_scaler"])
-    _set_rng_state(state["rng"], generator)
+    set_rng_state(state["rng"], generator)
     return meta["step"], meta.get("train_seconds", 0.0)  # runs from before the clock have none
 
 
-def _sample_grid(run: RunDir, config: Config, ema: EMA, schedule, step: int) -> torch.Tensor:
-    """A grid from the EMA model, always from the same noise, so grids compare across steps.
-    A class-conditional model shows one row per class. Returns the images (uint8)."""
-    denoiser = Denoiser(ema.model, schedule, config.diffusion.objective, config.sample.clip_denoised)
-    shape = (config.data.channels, config.data.image_size, config.data.image_size)
-    s, n = config.sample, config.train.grid_size
-    labels = class_labels(n, range(config.model.num_classes)) if config.model.num_classes else None
-    images = generate(denoiser, n, shape, s.sampler, s.steps, s.eta_for(s.sampler), s.spacing, seed=config.train.seed,
-                      progress=False, labels=labels, guidance=s.guidance, variance=s.variance_for(s.sampler))
+def _sample_grid(run: RunDir, config: Config, ema: EMA, diffusion, step: int) -> torch.Tensor:
+    """A grid from the EMA model with the run's own sampling options, always from the same noise, so
+    grids compare across steps. A class-conditional model shows one row per class. Returns the
+    images (uint8)."""
+    pipe = Pipeline(ema.model, diffusion, config)
+    n = config.train.grid_size
+    images = pipe(n, seed=config.train.seed, progress=False)
+    labels = pipe.labels(n)
     if labels is None:
         save_grid(images, run.sample_grid_path(step))
     else:
@@ -262,164 +259,3 @@ def _check_labels(data, num_classes: int) -> None:
         raise InputError(f"data set {data.name!r} has labels 0..{top}; use --classes {top + 1}")
 
 
-# ---- random generators -----------------------------------------------------------------------
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state(generator: torch.Generator) -> dict:
-    """Every random generator's state, as tensors and plain data (loadable with weights_only)."""
-    numpy_state = np.random.get_state()
-    state = {
-        "loss": generator.get_state(),
-        "torch": torch.get_rng_state(),
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
-    generator.set_state(state["loss"])
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(_tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(value):
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-# ---- the time budget, logging and signals ----------------------------------------------------
-
-
-class _Clock:
-    """Training time in seconds over the run's whole life: a checkpoint carries it across resumes,
-    so train.max_minutes, like max_steps, is a budget for the run, not for one invocation.
-
-    Under torchrun every rank reads the slowest rank's time, so all of them stop at the same step
-    and use the same learning rate.
-    """
-
-    def __init__(self, max_minutes: Optional[float]):
-        self.limit = 60 * max_minutes if max_minutes else math.inf
-        self.seconds = 0.0
-        self._origin = time.monotonic()
-
-    def start(self, seconds_before: float) -> None:
-        self.seconds = seconds_before
-        self._origin = time.monotonic() - seconds_before
-
-    def tick(self, ranks, device: torch.device, stop_requested: bool) -> bool:
-        """Read the time; True when the budget is spent, or any rank was asked to stop."""
-        stop, self.seconds = ranks.max([float(stop_requested), time.monotonic() - self._origin], device)
-        return stop > 0 or self.seconds >= self.limit
-
-    def fraction(self) -> float:
-        """How much of the time budget is spent: 0 without one, 1 at its end."""
-        return min(1.0, self.seconds / self.limit)
-
-
-# ---- logging and signals ---------------------------------------------------------------------
-
-
-class _Log:
-    """The CSV log: mean loss and gradient norm over each `log_every` steps; the same scalars and
-    the sample grids also go to TensorBoard when given a folder for its event files.
-
-    When resuming it keeps the rows up to the resumed step and drops any written after the
-    checkpoint (TensorBoard's purge_step does the same), so the log reads as one uninterrupted run.
-    """
-
-    def __init__(self, path: Path, start_step: int, tensorboard: Optional[Path] = None):
-        self.path = path
-        self.board = None
-        if tensorboard is not None:
-            from torch.utils.tensorboard import SummaryWriter  # imported here: it takes a second
-
-            self.board = SummaryWriter(str(tensorboard), purge_step=start_step + 1 if start_step else None)
-        self.loss_sum, self.grad_sum, self.count = 0.0, 0.0, 0
-        self.last_step = start_step
-        rows = []
-        if start_step and path.is_file():
-            with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= start_step]
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        self.loss_sum += loss.item()
-        self.grad_sum += grad_norm.item()
-        self.count += 1
-
-    def write(self, step: int, lr: float, images_per_s: float, elapsed_min: float) -> dict:
-        row = {
-            "step": step,
-            "loss": self.loss_sum / self.count,
-            "lr": lr,
-            "grad_norm": self.grad_sum / self.count,
-            "images_per_s": round(images_per_s, 2),
-            "elapsed_min": round(elapsed_min, 3),
-        }
-        with open(self.path, "a", newline="") as handle:
-            csv.DictWriter(handle, LOG_FIELDS).writerow(row)
-        if self.board is not None:
-            for name in LOG_FIELDS[1:5]:
-                self.board.add_scalar(f"train/{name}", row[name], step)
-        self.loss_sum, self.grad_sum, self.count = 0.0, 0.0, 0
-        self.last_step = step
-        return row
-
-    def flush(self, step: int, lr: float, images_per_s: float, elapsed_min: float) -> None:
-        """Write the partial interval at the end of a run, if any."""
-        if self.count:
-            self.write(step, lr, images_per_s, elapsed_min)
-
-    def images(self, step: int, images: torch.Tensor) -> None:
-        """A sample grid (uint8 [N, C, H, W]) for TensorBoard's image tab."""
-        if self.board is not None:
-            from torchvision.utils import make_grid
-
-            self.board.add_image("samples", make_grid(images, nrow=max(1, math.isqrt(len(images)))), step)
-
-    def close(self) -> None:
-        if self.board is not None:
-            self.board.close()
-
-
-class _StopRequest:
-    requested: Optional[str] = None
-
-
-@contextmanager
-def _stop_on_signal():
-    """SIGINT / SIGTERM ask the loop to stop after the current step (a second SIGINT aborts)."""
-    stop = _StopRequest()
-
-    def handler(signum, frame):
-        if stop.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.requested = signal.Signals(signum).name
-
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
 def save_grid(images: Tensor, path: Path, nrow: Optional[int] = None, padding: int = 2) -> Path:
     """Save uint8 images [N, C, H, W] as one PNG grid, about square unless `nrow` is given."""
-    from torchvision.utils import make_grid, save_image  # imported here: it takes a second
+    from torchvision.utils import (  # imported here: it takes a second
+        make_grid,
+        save_image,
+    )
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

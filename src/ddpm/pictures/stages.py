@@ -19,17 +19,16 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from .checkpoint import RunDir, load_into, load_meta, load_weights
-from .data import ImageData, to_model_range, to_uint8
-from .diffusion import Denoiser, q_sample
-from .errors import InputError
-from .generate import TrainedModel, batch_seed, generate
-from .images import figure_to_image, pyplot
-from .samplers import get_sampler
-from .schedules import make_schedule, spaced_timesteps
+from ..data.imagedata import ImageData, to_model_range, to_pil, to_uint8
+from ..diffusion.process import q_sample
+from ..diffusion.schedules import make_schedule
+from ..errors import InputError
+from ..names import SCHEDULES
+from ..pipeline import Pipeline, batch_seed
+from ..storage.checkpoint import RunDir
+from ..storage.files import figure_to_image, pyplot
 
 PADDING = 2
-SCHEDULES = ("linear", "cosine", "sigmoid")
 CELL = 64  # small images are enlarged (nearest neighbour) to about this many pixels, so labels fit
 
 
@@ -56,7 +55,7 @@ def labelled_grid(rows: Sequence[Tensor], row_labels: Sequence[str], column_labe
         top = header_h + PADDING + i * (cell_h + PADDING)
         draw.text((PADDING, top + (cell_h - _text_size(font, label)[1]) // 2), label, fill="black", font=font)
         for j, image in enumerate(row):
-            picture = _to_pil(image).resize((cell_w, cell_h), Image.NEAREST)
+            picture = to_pil(image).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(picture, (label_w + PADDING + j * (cell_w + PADDING), top))
     return canvas
 
@@ -108,30 +107,29 @@ def schedule_plot(T: int = 1000) -> Image.Image:
 # ---- the reverse process ---------------------------------------------------------------------
 
 
-def trajectory(denoiser: Denoiser, n: int, shape: tuple[int, int, int], sampler: str, steps: int, frames: int,
-               spacing: str = "uniform", eta: float = 0.0, seed: int = 0,
-               variance: str = "small") -> tuple[Image.Image, list[Image.Image]]:
-    """Sample n images and record, at `frames` of the sampler's steps (first and last included),
-    the input x_t and the network's prediction of x0. Returns the picture (for each sample a row
-    of x_t and a row of x0, one column per recorded step) and one GIF frame per recorded step."""
-    schedule = denoiser.schedule
-    timesteps = spaced_timesteps(schedule.timesteps, steps, spacing, schedule)
-    if not 2 <= frames <= len(timesteps):
-        raise InputError(f"--frames must be between 2 and the number of steps, {len(timesteps)} (got {frames})")
-    chosen = {round(k * (len(timesteps) - 1) / (frames - 1)) for k in range(frames)}
-    device = next(denoiser.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(batch_seed(seed, 0))  # the noise of `ddpm sample --seed`
-    x = torch.randn((n, *shape), generator=generator, device=device)
+def trajectory(pipe: Pipeline, n: int, frames: int, seed: int = 0, **options) -> tuple[Image.Image, list[Image.Image]]:
+    """Sample n images with `pipe` (its run's options, overridden by `options`: sampler, steps,
+    spacing, ...) and record, at `frames` of the sampler's steps (first and last included), the
+    input x_t and the network's prediction of x0. Returns the picture (for each sample a row of x_t
+    and a row of x0, one column per recorded step) and one GIF frame per recorded step.
+
+    The noise is that of `ddpm sample --seed` (batch 0), and a class-conditional run draws classes
+    0, 1, 2, ... with its own guidance."""
+    steps = pipe.options(**options).steps
+    if not 2 <= frames <= steps:
+        raise InputError(f"--frames must be between 2 and the number of steps, {steps} (got {frames})")
+    chosen = {round(k * (steps - 1) / (frames - 1)) for k in range(frames)}
     recorded: list[tuple[int, Tensor, Tensor]] = []
-    current = x
+    current: list[Tensor] = []
 
     def record(i, t, x_next, prediction):
-        nonlocal current
+        if i == 0:
+            current[:] = [_start_noise(pipe, n, seed)]
         if i in chosen:
-            recorded.append((t, to_uint8(current).cpu(), to_uint8(prediction.x0).cpu()))
-        current = x_next
+            recorded.append((t, to_uint8(current[0]).cpu(), to_uint8(prediction.x0).cpu()))
+        current[0] = x_next
 
-    get_sampler(sampler, eta, variance)(denoiser, x, schedule, timesteps, generator=generator, callback=record)
+    pipe(n, seed=seed, progress=False, batch_size=n, callback=record, **options)
     columns = [f"t={t}" for t, _, _ in recorded]
     rows, row_labels = [], []
     for k in range(n):
@@ -142,37 +140,32 @@ def trajectory(denoiser: Denoiser, n: int, shape: tuple[int, int, int], sampler:
     return picture, gif
 
 
+def _start_noise(pipe: Pipeline, n: int, seed: int) -> Tensor:
+    """x_T of batch 0 of `pipe(n, seed=seed)`: the first draw of its generator."""
+    generator = torch.Generator(device=pipe.device).manual_seed(batch_seed(seed, 0))
+    return torch.randn((n, *pipe.image_shape), generator=generator, device=pipe.device)
+
+
 # ---- training progression ----------------------------------------------------------------------
 
 
-def progression(model: TrainedModel, run_dir: Path, n: int, sampler: str, steps: int, spacing: str = "uniform",
-                eta: float = 0.0, seed: int = 0, labels: Optional[Tensor] = None, variance: str = "small") -> Image.Image:
+def progression(pipe: Pipeline, run_dir: Path, n: int, seed: int = 0, **options) -> Image.Image:
     """n samples from the same noise at every complete checkpoint of the run, one row per checkpoint
     labelled with its training step, oldest first (the EMA weights, as `ddpm sample` uses; they
-    are loaded into `model.network` in turn). A class-conditional run needs `labels`, one per sample,
-    and uses its own guidance weight."""
+    are loaded into `pipe` in turn). Options (sampler, steps, ...) default to the run's own."""
     run = RunDir(run_dir)
     folders = run.all_checkpoints()
     if not folders:
         raise InputError(f"run {run.path} has no checkpoint yet; train it first")
-    config = model.config
-    shape = (config.data.channels, config.data.image_size, config.data.image_size)
     rows, row_labels = [], []
     for folder in folders:
-        load_into(model.network, load_weights(folder, "ema"), folder, run.config_path)
-        denoiser = model.denoiser(config.sample.clip_denoised)
-        rows.append(generate(denoiser, n, shape, sampler, steps, eta, spacing, seed=seed, progress=False, labels=labels,
-                             guidance=config.sample.guidance, variance=variance))
-        row_labels.append(f"step {load_meta(folder)['step']}")
+        step = pipe.load_checkpoint(folder)
+        rows.append(pipe(n, seed=seed, progress=False, **options))
+        row_labels.append(f"step {step}")
     return labelled_grid(rows, row_labels)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-
-
-def _to_pil(image: Tensor) -> Image.Image:
-    array = image.permute(1, 2, 0).numpy()
-    return Image.fromarray(array[:, :, 0], "L") if array.shape[2] == 1 else Image.fromarray(array, "RGB")
 
 
 def _text_size(font, text: str) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""The optimiser and its learning-rate schedule: linear warm-up, then constant, step or cosine.
+"""The learning-rate schedule: linear warm-up, then constant, step or cosine (the optimiser itself is
+built by factory.build_optimizer).
 
 Cosine decays to zero at the end of the budget: at train.max_steps, or at train.max_minutes of
 training when that comes first, so a 10-minute run ends its 10 minutes at a learning rate of zero.
@@ -10,29 +11,8 @@ import math
 from typing import Callable
 
 import torch
-from torch import nn
 
-from .config import TrainConfig
-
-FUSED_DEVICES = ("cpu", "cuda")  # where torch.optim.AdamW(fused=True) has a kernel
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter 2019) or Lion (Chen et al. 2023, from lion-pytorch)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    betas = tuple(config.betas)
-    if config.optimizer == "adamw":
-        # One fused kernel for all the weights instead of a loop of small ops: the same update,
-        # 6x faster on 2 CPU cores (12 ms -> 2 ms a step for the default UNet). Elsewhere (mps),
-        # None keeps torch's own choice; False would also turn off its foreach default.
-        fused = all(p.device.type in FUSED_DEVICES for p in params)
-        return torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay,
-                                 fused=fused or None)
-    if config.optimizer == "lion":
-        from lion_pytorch import Lion
-
-        return Lion(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+from ..config import TrainConfig
 
 
 def lr_factor(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:

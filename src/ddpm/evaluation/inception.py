@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from ..errors import InputError
 
 INPUT_SIZE = 299
 FEATURES = 2048

@@ -30,8 +30,8 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import Config
-from .errors import InputError
+from ..config import Config
+from ..errors import InputError
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"

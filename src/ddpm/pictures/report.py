@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import RunDir
-from .errors import InputError
-from .images import atomic_write, plot_loss
+from ..errors import InputError
+from ..storage.checkpoint import RunDir
+from ..storage.files import atomic_write, plot_loss
 
 MIN_WIDTH = 400  # pixels: narrower images are shown at an integer multiple of their size
 SECTIONS = ("config", "loss", "grid", "progression", "trajectory", "fid", "sweep")

@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclass
@@ -68,7 +68,9 @@ class ImageData:
         """Resize (antialiased bilinear) to size x size once, up front; None keeps the size."""
         if size is None or (self.images.shape[-2] == size and self.images.shape[-1] == size):
             return self
-        from torchvision.transforms.v2 import functional as TF  # imported here: it takes a second
+        from torchvision.transforms.v2 import (
+            functional as TF,  # imported here: it takes a second
+        )
 
         images = TF.resize(self.images, [size, size], antialias=True)
         return ImageData(self.name, images, self.labels)
@@ -84,13 +86,12 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def load_data(name: str, root: str = "data", image_size: Optional[int] = None, crop: Optional[int] = None,
-              channels: Optional[int] = None) -> ImageData:
-    """The data set called `name` (see datasets.py), center-cropped to `crop`, resized to
-    `image_size` and converted to `channels`; None keeps the data set's own."""
-    from .datasets import load_dataset
+def to_pil(image: Tensor):
+    """One uint8 image [C, H, W] as a PIL image, grayscale (L) or RGB."""
+    from PIL import Image
 
-    return load_dataset(name, root, image_size, crop, channels)
+    array = image.permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array[:, :, 0], "L") if array.shape[2] == 1 else Image.fromarray(array, "RGB")
 
 
 # ---- batch order -----------------------------------------------------------------------------

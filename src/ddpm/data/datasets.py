@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageData
-from .errors import InputError
+from ..errors import InputError
+from ..names import DATASETS, check_registry
+from .imagedata import ImageData
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -229,15 +230,11 @@ IN_MEMORY: dict[str, Callable[[Path], ImageData]] = {
     "cifar10": load_cifar10,
 }
 CROPPED = {"celeba": load_celeba, "stanford-cars": load_stanford_cars}
-DATASETS = (*IN_MEMORY, *CROPPED, "folder:PATH")
+check_registry("data sets", [*IN_MEMORY, *CROPPED, "folder:PATH"], DATASETS)
 
 
-def known(name: str) -> bool:
-    return name in IN_MEMORY or name in CROPPED or name.startswith("folder:")
-
-
-def load_dataset(name: str, root: str = "data", image_size: Optional[int] = None, crop: Optional[int] = None,
-                 channels: Optional[int] = None) -> ImageData:
+def load_data(name: str, root: str = "data", image_size: Optional[int] = None, crop: Optional[int] = None,
+              channels: Optional[int] = None) -> ImageData:
     """The data set called `name` at `image_size` (None: its own size) with `channels` (None: its own)."""
     root = Path(root)
     if name.startswith("folder:"):

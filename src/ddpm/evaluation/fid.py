@@ -15,9 +15,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .data import load_data
-from .datasets import load_folder
-from .errors import InputError
+from ..data.datasets import load_data, load_folder
+from ..errors import InputError
 from .inception import InceptionFeatures
 from .metrics import fid_from_features, kernel_inception_distance
 

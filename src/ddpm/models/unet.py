@@ -27,18 +27,18 @@ upsampling followed by a 3x3 convolution, or a transposed convolution.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError
+from ..errors import InputError
+from ..names import ACTIVATIONS as ACTIVATION_NAMES
+from ..names import NORMS, SKIPS, UPSAMPLES, check_registry
 
-NORMS = ("group", "batch")
 ACTIVATIONS = {"silu": F.silu, "relu": F.relu}
-UPSAMPLES = ("nearest", "bilinear", "transposed")
-SKIPS = ("level", "block")
+check_registry("activations", ACTIVATIONS, ACTIVATION_NAMES)
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:

@@ -1,0 +1,47 @@
+"""The `ddpm` command line: parse, then call the same Python API a user would.
+
+One module per group of commands (train; sample, eval and sweep; show, report and presets), each
+adding its subcommands to the parser. Nothing here knows a sampling default or a validation rule:
+the config, the pipeline and the run directory do. Importing this package does not import torch,
+so `ddpm --help` and `ddpm presets` answer at once.
+
+Exit status: 0 done; 2 bad input (one line on stderr, nothing written); 3 training diverged (the
+message names the intact checkpoint); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from ..errors import InputError, TrainingDiverged
+from . import sample, show, train
+from .common import Parser
+
+
+def parser() -> Parser:
+    root = Parser(prog="ddpm", description="Train and sample denoising diffusion models.")
+    commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    for module in (train, sample, show):
+        module.add_commands(commands)
+    return root
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exit:  # --help, or a usage error already printed on one line
+        return exit.code
+    try:
+        return args.command(args)
+    except (InputError, TrainingDiverged) as error:
+        print(f"ddpm: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("ddpm: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if "torch" in sys.modules:  # under torchrun
+            from ..runtime.distributed import close_distributed
+
+            close_distributed()

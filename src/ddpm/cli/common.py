@@ -1,0 +1,117 @@
+"""What the commands share: the parser class, flags made from config fields, sampling flags."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..config import Config
+from ..errors import InputError
+from ..names import SAMPLERS, SPACINGS, VARIANCES
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line like every other error of `ddpm`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def add_config_flag(parser: argparse.ArgumentParser, key: str, help: str, flag: Optional[str] = None,
+                    **extra) -> None:
+    """A flag that sets config key `key` ("section.field"): its type, choices and default come from
+    the field itself. The flag's value is None unless given, so it overrides only when used."""
+    section_name, name = key.split(".")
+    section = getattr(Config(), section_name)
+    hint = typing.get_type_hints(type(section))[name]
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    default = getattr(section, name)
+    flag = flag or "--" + name.replace("_", "-")
+    options = {"dest": key, "default": None, **extra}
+    if hint is bool:
+        parser.add_argument(flag, action="store_true", help=f"{help} (config {key})", **options)
+        return
+    if typing.get_origin(hint) is typing.Literal:
+        options.setdefault("choices", typing.get_args(hint))
+    else:
+        options["type"] = hint
+    shown = "" if default is None else f", default {default}"
+    parser.add_argument(flag, help=f"{help} (config {key}{shown})", **options)
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """{"section.key": value} for every config flag given, then every --set."""
+    overrides = {key: value for key, value in vars(args).items() if "." in key and value is not None}
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--set {item!r} must look like section.key=value, e.g. --set train.ema_decay=0.9995")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, n: int) -> None:
+    """Flags for drawing samples from a run; each one left out takes the run's own `sample` config."""
+    parser.add_argument("--n", type=int, default=n, help=f"number of samples (default {n})")
+    parser.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: the run's)")
+    parser.add_argument("--steps", type=int, help="timesteps to visit (default: the run's); heun evaluates 2 x steps - 1")
+    parser.add_argument("--spacing", choices=SPACINGS, help="how the timesteps are chosen (default: the run's)")
+    parser.add_argument("--eta", type=float, help="DDIM's eta: 0 deterministic, 1 ancestral (default: the run's)")
+    parser.add_argument("--variance", choices=VARIANCES,
+                        help="DDPM's fixed variance: small (the posterior's beta~_t) or large (beta_t) (default: the run's)")
+    parser.add_argument("--class", dest="classes", metavar="CLASSES",
+                        help="class-conditional runs: a class, a list (1,4,7) or all (default all, cycled)")
+    parser.add_argument("--guidance", type=float,
+                        help="classifier-free guidance weight: 0 unconditional, 1 conditional, >1 guided (default: the run's)")
+    parser.add_argument("--seed", type=int, default=0, help="the random seed (default 0)")
+    parser.add_argument("--batch-size", type=int, help="images per sampling batch")
+    parser.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest)")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    parser.add_argument("--device", default="auto")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The pipeline's keyword arguments for the sampling flags that were given."""
+    given = {name: getattr(args, name, None) for name in ("sampler", "steps", "spacing", "eta", "variance",
+                                                          "guidance", "batch_size")}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def parse_classes(text: Optional[str]):
+    """--class: "3", "1,4,7" or "all"; None when not given (the pipeline checks them against the run)."""
+    if text is None or text == "all":
+        return text
+    try:
+        return [int(c) for c in text.split(",") if c.strip()] or None
+    except ValueError:
+        raise InputError(f"--class must be 'all' or class numbers, e.g. 3 or 1,4,7 (got {text!r})") from None
+
+
+def parse_ints(text: str, flag: str, example: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise InputError(f"{flag} must be comma-separated integers, e.g. {example} (got {text!r})")
+    return values
+
+
+def picture_out(out: Optional[str], default: Path) -> Path:
+    path = Path(out) if out else default
+    if path.suffix.lower() != ".png":
+        raise InputError(f"--out must name a .png file (got {path})")
+    return path
+
+
+def positive(value: int, flag: str, least: int = 1) -> int:
+    if value < least:
+        raise InputError(f"{flag} must be >= {least} (got {value})")
+    return value
+
+
+def split_names(text: str) -> Sequence[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]

@@ -1,0 +1,153 @@
+"""`ddpm sample`, `ddpm eval` and `ddpm sweep`: draw images from a run through its Pipeline, and score them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InputError
+from ..names import DATASETS, SPACINGS, known_dataset
+from .common import (
+    add_sampling_args,
+    parse_classes,
+    parse_ints,
+    positive,
+    sampling_kwargs,
+    split_names,
+)
+
+
+def add_commands(commands) -> None:
+    sample = commands.add_parser("sample", help="draw samples from a trained run",
+                                 description="Draw samples from a run's EMA model.")
+    sample.add_argument("--run", required=True, help="run directory")
+    add_sampling_args(sample, n=64)
+    sample.add_argument("--out", help="samples as .npz: arr_0 uint8 [N, H, W, C] (default RUN/samples.npz)")
+    sample.add_argument("--grid", help="PNG grid of the samples (default RUN/grid.png)")
+    sample.add_argument("--grid-n", type=int, default=64, help="how many samples the grid shows (default 64)")
+    sample.set_defaults(command=run_sample)
+
+    evaluate = commands.add_parser("eval", help="FID and KID of samples against a data set",
+                                   description="FID and KID of a sample set (.npz, image folder, or a run that is "
+                                               "sampled) against a data set. Reference features are cached in "
+                                               "$DDPM_CACHE (~/.cache/ddpm).")
+    evaluate.add_argument("--samples", help="a .npz (arr_0 uint8 [N, H, W, C]) or a folder of images")
+    evaluate.add_argument("--run", help="a run directory: sample --n images from it first")
+    add_sampling_args(evaluate, n=1000)
+    evaluate.add_argument("--data", help="reference data set (default: the run's, else mnist5k)")
+    evaluate.add_argument("--data-root", default="data")
+    evaluate.add_argument("--ref-n", type=int, help="reference images (default: the whole data set)")
+    evaluate.add_argument("--json", help="also write the result as JSON here")
+    evaluate.set_defaults(command=run_eval)
+
+    sweep = commands.add_parser("sweep", help="FID and wall time for each sampler and step count",
+                                description="Sample a run with every sampler at every step count; write sweep.csv and "
+                                            "sweep.png (FID against network evaluations) into the run or --out.")
+    sweep.add_argument("--run", required=True)
+    sweep.add_argument("--samplers", default="ddpm,ddim,dpm++2m,heun", help="comma-separated (default ddpm,ddim,dpm++2m,heun)")
+    sweep.add_argument("--steps", default="5,10,20,50,100,1000", help="comma-separated step counts (default 5,10,20,50,100,1000)")
+    sweep.add_argument("--n", type=int, default=1000, help="samples per pair (default 1000)")
+    sweep.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the run's)")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--batch-size", type=int, default=256)
+    sweep.add_argument("--data", help="reference data set (default: the run's)")
+    sweep.add_argument("--data-root", default="data")
+    sweep.add_argument("--ref-n", type=int, help="reference images (default: the whole data set)")
+    sweep.add_argument("--out", help="folder for sweep.csv and sweep.png (default: the run directory)")
+    sweep.add_argument("--device", default="auto")
+    sweep.set_defaults(command=run_sweep)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from ..storage.files import save_class_grid, save_grid, save_npz
+
+    images, labels, source = _draw(args)
+    if not source.pop("writes"):
+        return 0  # another rank of torchrun writes the files
+    out = Path(args.out) if args.out else Path(args.run) / "samples.npz"
+    grid = Path(args.grid) if args.grid else Path(args.run) / "grid.png"
+    save_npz(out, images, labels)
+    if labels is None:
+        save_grid(images[: args.grid_n], grid)
+    else:
+        save_class_grid(images, labels, grid, args.grid_n)
+    print(f"{len(images)} samples from step {source['step']} written to {out}; grid written to {grid}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..evaluation.fid import evaluate, load_samples
+    from ..evaluation.history import append_eval_history
+    from ..runtime.devices import resolve_device
+
+    if bool(args.samples) == bool(args.run):
+        raise InputError("give either --samples PATH (.npz or folder of images) or --run RUN")
+    data = args.data
+    if data is not None and not known_dataset(data):  # before minutes of sampling
+        raise InputError(f"unknown data set {data!r}; known data sets: {', '.join(DATASETS)}")
+    if args.samples:
+        images = load_samples(Path(args.samples))
+        source = {"samples": str(args.samples)}
+    else:
+        images, _, source = _draw(args)
+        if not source.pop("writes"):
+            return 0  # another rank of torchrun evaluates
+        data = data or source["data"]
+    result = {**source, **evaluate(images, data or "mnist5k", args.data_root, args.ref_n,
+                                   str(resolve_device(args.device)))}
+    print(f"FID {result['fid']:.3f}")
+    print(f"KID {result['kid']:.5f}")
+    print(f"({result['samples']} samples against {result['reference']} {result['data']} images at "
+          f"{result['image_size']}px; FID is biased upward at small counts, compare equal counts only)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.run:
+        append_eval_history(Path(args.run), result)
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from ..evaluation.fid import Evaluator
+    from ..evaluation.sweep import sweep
+    from ..pipeline import Pipeline
+    from ..runtime.devices import resolve_device
+    from ..storage.files import plot_sweep
+
+    samplers = split_names(args.samplers)
+    steps = parse_ints(args.steps, "--steps", "5,10,20")
+    if not samplers or min(steps) < 1:
+        raise InputError("--samplers and --steps need at least one entry each, and steps must be >= 1")
+    positive(args.n, "--n", 2)
+    pipe = Pipeline.from_run(args.run, device=args.device)
+    for name in samplers:
+        pipe.options(name)  # before the reference features, which can take minutes
+    out = Path(args.out) if args.out else Path(args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluator = Evaluator(args.data or pipe.config.data.name, args.data_root, pipe.config.data.image_size, args.ref_n,
+                          str(resolve_device(args.device)))
+    rows = sweep(pipe, samplers, steps, args.n, evaluator, args.spacing, args.seed, args.batch_size, out / "sweep.csv")
+    plot_sweep(rows, out / "sweep.png", f"{Path(args.run).name}, step {pipe.step}, {args.n} samples")
+    print(f"sweep written to {out / 'sweep.csv'} and {out / 'sweep.png'}")
+    return 0
+
+
+def _draw(args: argparse.Namespace):
+    """Samples from `args.run` with the sampling flags given, the run's own options for the rest.
+
+    Returns (uint8 images, their class labels or None, a record of how they were drawn).
+    """
+    from ..pipeline import Pipeline
+
+    positive(args.n, "--n")
+    pipe = Pipeline.from_run(args.run, checkpoint=args.checkpoint, ema=not args.no_ema, device=args.device)
+    kwargs = sampling_kwargs(args)
+    classes = parse_classes(args.classes)
+    options = pipe.options(**{k: v for k, v in kwargs.items() if k != "batch_size"})
+    labels = pipe.labels(args.n, classes)
+    images = pipe(args.n, seed=args.seed, classes=classes, **kwargs)
+    source = {"run": str(args.run), "step": pipe.step, "weights": "model" if args.no_ema else "ema",
+              **options.record(), "seed": args.seed, "data": pipe.config.data.name, "writes": pipe.ranks.is_main}
+    if labels is not None:
+        source.update(classes=args.classes or "all", guidance=options.guidance)
+    return images, labels, source

@@ -1,0 +1,1 @@
+"""Measuring samples: the Inception network, FID and KID, sampler sweeps and a run's FID history."""

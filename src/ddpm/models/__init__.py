@@ -1,0 +1,5 @@
+"""The networks: the UNet that denoises."""
+
+from .unet import UNet
+
+__all__ = ["UNet"]

@@ -1,0 +1,215 @@
+"""From a trained model to images: the one object every caller samples through.
+
+    pipe = Pipeline.from_run("runs/mnist")                      # EMA weights, schedule and config
+    images = pipe(16)                                           # uint8 [16, C, H, W], the run's own sampler
+    images = pipe(16, sampler="dpm++2m", steps=20, seed=0, output="pil")
+
+Every option left out is taken from the run's `config.sample`, here and nowhere else
+(`Pipeline.options`). The command line (sample, eval, sweep, show), the training grids, the
+pictures and the benchmarks all draw through `Pipeline.__call__`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .config import Config
+from .data.imagedata import to_pil, to_uint8
+from .diffusion.process import Denoiser, Diffusion
+from .diffusion.samplers import Callback, get_sampler, network_evaluations
+from .diffusion.schedules import spaced_timesteps
+from .errors import InputError
+from .factory import build_diffusion, build_network
+from .runtime.devices import resolve_device
+from .runtime.distributed import Distributed, init_distributed
+from .storage.checkpoint import RunDir, load_into, load_meta, load_weights
+
+OUTPUTS = ("uint8", "float", "pil")
+Classes = Union[None, int, str, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How images are drawn: every field resolved (none left to a default) and checked."""
+
+    sampler: str
+    steps: int
+    spacing: str
+    eta: float  # DDIM's
+    variance: str  # DDPM's
+    guidance: float  # class-conditional runs
+    clip_denoised: bool
+
+    @property
+    def nfe(self) -> int:
+        return network_evaluations(self.sampler, self.steps)
+
+    def record(self) -> dict:
+        """The settings that change the images, by name, as a run's eval.csv records them."""
+        row = {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "nfe": self.nfe}
+        if self.sampler == "ddim":
+            row["eta"] = self.eta
+        if self.sampler == "ddpm":
+            row["variance"] = self.variance
+        return row
+
+
+class Pipeline:
+    """A network, its diffusion process and its config, ready to draw images.
+
+    `Pipeline.from_run` loads a run directory; `Pipeline(network, diffusion, config)` wraps
+    objects already in memory (the training loop's EMA model, a test's analytic denoiser). Under
+    torchrun, `from_run` joins the process group and each call shares the batches out across the
+    ranks; every rank gets all the images back.
+    """
+
+    def __init__(self, network: nn.Module, diffusion: Diffusion, config: Config, *, step: Optional[int] = None,
+                 ranks: Optional[Distributed] = None, device: Optional[torch.device] = None):
+        self.network, self.diffusion, self.config, self.step = network, diffusion, config, step
+        self.ranks = ranks or Distributed()
+        parameter = next(iter(network.parameters()), None) if isinstance(network, nn.Module) else None
+        self.device = device or (parameter.device if parameter is not None else torch.device("cpu"))
+
+    @classmethod
+    def from_run(cls, path: Union[str, Path], checkpoint: Optional[Union[str, Path]] = None, ema: bool = True,
+                 device: str = "auto") -> "Pipeline":
+        """A run directory's newest checkpoint (or `checkpoint`), its EMA weights unless `ema=False`."""
+        run = RunDir(path)
+        config = run.load_config()
+        folder = Path(checkpoint) if checkpoint is not None else run.latest()
+        if folder is None:
+            raise InputError(f"run {run.path} has no checkpoint yet; train it first with 'ddpm train --out {run.path}'")
+        ranks, device_name = init_distributed(device)  # under torchrun the ranks share the sampling
+        device = resolve_device(device_name)
+        network = build_network(config)
+        load_into(network, load_weights(folder, "ema" if ema else "model"), folder, run.config_path)
+        network.to(device).eval()
+        return cls(network, build_diffusion(config).to(device), config, step=load_meta(folder)["step"], ranks=ranks,
+                   device=device)
+
+    def load_checkpoint(self, folder: Path, ema: bool = True) -> int:
+        """Swap in another checkpoint's weights of the same run (the progression picture); returns its step."""
+        load_into(self.network, load_weights(folder, "ema" if ema else "model"), folder, "the pipeline's config")
+        self.step = load_meta(folder)["step"]
+        return self.step
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        d = self.config.data
+        return (d.channels or 1, d.image_size, d.image_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.model.num_classes
+
+    def options(self, sampler: Optional[str] = None, steps: Optional[int] = None, spacing: Optional[str] = None,
+                eta: Optional[float] = None, variance: Optional[str] = None,
+                guidance: Optional[float] = None) -> SamplingOptions:
+        """The sampling options, each one left out (None) taken from the run's `config.sample`,
+        checked before any work: an unknown sampler, an option the sampler does not take, steps
+        beyond T, guidance for an unconditional run."""
+        s = self.config.sample
+        sampler = sampler or s.sampler
+        steps = s.steps if steps is None else steps
+        eta = s.eta_for(sampler) if eta is None else eta
+        variance = s.variance_for(sampler) if variance is None else variance
+        get_sampler(sampler, eta, variance)  # refuses an unknown name, or an eta or variance the sampler does not take
+        if not 1 <= steps <= self.diffusion.timesteps:
+            raise InputError(f"--steps must be between 1 and the model's T = {self.diffusion.timesteps} (got {steps})")
+        if guidance is not None and (not self.num_classes or guidance < 0):
+            raise InputError(f"--guidance needs a class-conditional run and a weight >= 0 (got {guidance})")
+        spacing = spacing or s.spacing
+        spaced_timesteps(self.diffusion.timesteps, steps, spacing, self.diffusion.schedule)  # checks the spacing
+        return SamplingOptions(sampler, steps, spacing, eta, variance, s.guidance if guidance is None else guidance,
+                               s.clip_denoised)
+
+    def labels(self, n: int, classes: Classes = None) -> Optional[Tensor]:
+        """Class labels for n samples, cycling through `classes` (an int, a list, or "all"/None for
+        every class); None for an unconditional run."""
+        if not self.num_classes:
+            if classes is not None:
+                raise InputError("this run was trained without classes; train with --classes K to use --class")
+            return None
+        if classes is None or classes == "all":
+            classes = range(self.num_classes)
+        elif isinstance(classes, int):
+            classes = [classes]
+        classes = list(classes)
+        if not classes or not all(isinstance(c, int) and 0 <= c < self.num_classes for c in classes):
+            raise InputError(f"--class must be 'all' or class numbers in 0..{self.num_classes - 1}, e.g. 3 or "
+                             f"1,4,7 (got {classes})")
+        return class_labels(n, classes)
+
+    def denoiser(self, options: SamplingOptions, labels: Optional[Tensor] = None) -> Denoiser:
+        """What the sampler calls: the network through its objective, clipped as the run samples,
+        guided towards `labels` if given."""
+        denoiser = self.diffusion.denoiser(self.network, options.clip_denoised)
+        return denoiser if labels is None else denoiser.conditioned(labels.to(self.device), options.guidance)
+
+    @torch.no_grad()
+    def __call__(self, n: int, sampler: Optional[str] = None, steps: Optional[int] = None, seed: int = 0,
+                 classes: Classes = None, guidance: Optional[float] = None, output: str = "uint8",
+                 progress: bool = True, *, spacing: Optional[str] = None, eta: Optional[float] = None,
+                 variance: Optional[str] = None, batch_size: int = 256, callback: Optional[Callback] = None):
+        """Draw n images. Options left out are the run's own (`options`).
+
+        output: "uint8" [n, C, H, W] in 0..255, "float" [n, C, H, W] in [0, 1], or "pil", a list of
+        PIL images. Batch b starts from noise seeded with (seed, b), so the images do not depend on
+        how many ranks share the work. `callback(i, t, x_t, prediction)` sees every sampler step of
+        every batch (the trajectory picture uses it).
+        """
+        if output not in OUTPUTS:
+            raise InputError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
+        if n < 1:
+            raise InputError(f"the number of samples must be >= 1 (got {n})")
+        if batch_size < 1:
+            raise InputError(f"the batch size must be >= 1 (got {batch_size})")
+        options = self.options(sampler, steps, spacing, eta, variance, guidance)
+        labels = self.labels(n, classes)
+        x = self._sample(n, options, labels, seed, batch_size, progress, callback)
+        if output == "float":
+            return (x + 1) / 2
+        images = to_uint8(x)
+        return images if output == "uint8" else [to_pil(image) for image in images]
+
+    def _sample(self, n: int, options: SamplingOptions, labels: Optional[Tensor], seed: int, batch_size: int,
+                progress: bool, callback: Optional[Callback]) -> Tensor:
+        """The batch loop: float images in [-1, 1] on the CPU, gathered from every rank."""
+        sample = get_sampler(options.sampler, options.eta, options.variance)
+        schedule = self.diffusion.schedule
+        timesteps = spaced_timesteps(schedule.timesteps, options.steps, options.spacing, schedule)
+        ranks = self.ranks
+        starts = range(0, n, batch_size)
+        batches = []
+        with tqdm(total=n, desc=f"sampling ({options.sampler}, {options.nfe} NFE)", unit="img",
+                  disable=not (progress and ranks.is_main)) as bar:
+            for start in starts[ranks.rank :: ranks.world_size]:  # under torchrun, every world_size-th batch
+                count = min(batch_size, n - start)
+                generator = torch.Generator(device=self.device).manual_seed(batch_seed(seed, start // batch_size))
+                x = torch.randn((count, *self.image_shape), generator=generator, device=self.device)
+                denoiser = self.denoiser(options, None if labels is None else labels[start : start + count])
+                x = sample(denoiser, x, schedule, timesteps, generator=generator, callback=callback)
+                batches.append((start, x.clamp(-1, 1).float().cpu()))
+                bar.update(count * ranks.world_size)
+        if ranks.enabled:
+            gathered = [None] * ranks.world_size
+            torch.distributed.all_gather_object(gathered, batches)
+            batches = sorted((batch for part in gathered for batch in part), key=lambda batch: batch[0])
+        return torch.cat([images for _, images in batches])
+
+
+def class_labels(n: int, classes: Sequence[int]) -> Tensor:
+    """Labels for n samples that cycle through `classes` (0, 1, 2, 0, 1, 2, ...): balanced."""
+    return torch.tensor(list(classes), dtype=torch.long)[torch.arange(n) % len(classes)]
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch number `batch` of a sampling job seeded with `seed`."""
+    return seed * 1_000_003 + batch
+

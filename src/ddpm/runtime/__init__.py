@@ -1,0 +1,1 @@
+"""Where the work runs: the device, and several processes under torchrun."""
