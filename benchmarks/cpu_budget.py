@@ -34,10 +34,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from throughput import matmul_rate  # benchmarks/throughput.py, beside this script
 
-from ddpm.diffusion.samplers import network_evaluations
+from ddpm import Pipeline
 
 DDPM = [sys.executable, "-m", "ddpm"]
 
@@ -71,6 +70,10 @@ def _option(options: list[str], name: str, default):
     return options[options.index(name) + 1] if name in options else default
 
 
+def _int_or_none(text):
+    return None if text is None else int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     budget = parser.add_mutually_exclusive_group()
@@ -93,14 +96,13 @@ def main() -> None:
     sample_seconds, scores = sample_and_score(out, args.n, shlex.split(args.sample))
 
     last = last_logged(out)
-    sampling = yaml.safe_load((out / "config.yaml").read_text())["sample"]
     sample_options = shlex.split(args.sample)
-    sampler = _option(sample_options, "--sampler", sampling["sampler"])
-    steps = int(_option(sample_options, "--steps", sampling["steps"]))
+    options = Pipeline.from_run(out, device="cpu").options(  # the run's own, as `ddpm sample` resolved them
+        _option(sample_options, "--sampler", None), _int_or_none(_option(sample_options, "--steps", None)))
     result = {
         "budget": budget, "train_options": args.train_options, "steps": int(last["step"]),
         "train_minutes": round(train_seconds / 60, 2), "cpu_gflops": round(gflops), "images_per_s": float(last["images_per_s"]),
-        "sampler": sampler, "sampler_steps": steps, "nfe": network_evaluations(sampler, steps), "sample_seconds": round(sample_seconds, 1),
+        "sampler": options.sampler, "sampler_steps": options.steps, "nfe": options.nfe, "sample_seconds": round(sample_seconds, 1),
         "fid": round(scores["fid"], 2), "kid": scores["kid"], "samples": scores["samples"], "reference": scores["reference"],
     }
     (out / "budget.json").write_text(json.dumps(result, indent=2))

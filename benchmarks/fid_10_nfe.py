@@ -16,9 +16,8 @@ import json
 import time
 from pathlib import Path
 
+from ddpm import Pipeline
 from ddpm.evaluation.fid import Evaluator
-from ddpm.generate import generate, load_run
-from ddpm.diffusion.samplers import network_evaluations
 
 # (sampler, steps, spacing): each uses at most 10 network evaluations; heun needs 2 K - 1.
 FAST = [("ddim", 10, "uniform"), ("ddim", 10, "trailing"), ("dpm++2m", 10, "uniform"), ("dpm++2m", 10, "trailing"),
@@ -34,18 +33,16 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    model = load_run(Path(args.run), device=args.device)
-    c = model.config
-    shape = (c.data.channels, c.data.image_size, c.data.image_size)
-    evaluator = Evaluator(c.data.name, c.data.root, c.data.image_size, args.ref_n, str(next(model.network.parameters()).device))
-    denoiser = model.denoiser(c.sample.clip_denoised)
+    pipe = Pipeline.from_run(args.run, device=args.device)
+    c = pipe.config
+    evaluator = Evaluator(c.data.name, c.data.root, c.data.image_size, args.ref_n, str(pipe.device))
 
     def score(sampler: str, steps: int, spacing: str) -> dict:
         started = time.perf_counter()
-        images = generate(denoiser, args.n, shape, sampler, steps, 0.0, spacing, seed=0)
+        images = pipe(args.n, sampler, steps, seed=0, spacing=spacing)
         seconds = time.perf_counter() - started
         fid = evaluator(images)["fid"]
-        row = {"sampler": sampler, "steps": steps, "spacing": spacing, "nfe": network_evaluations(sampler, steps),
+        row = {"sampler": sampler, "steps": steps, "spacing": spacing, "nfe": pipe.options(sampler, steps).nfe,
                "fid": round(fid, 3), "seconds": round(seconds, 1)}
         print(f"{sampler:>8} {steps:>5} steps {spacing:>9} ({row['nfe']:>4} NFE): FID {fid:8.3f}  ({seconds:.0f} s)", flush=True)
         return row
@@ -56,7 +53,7 @@ def main() -> None:
     ratio = best["fid"] / reference["fid"]
     print(f"\nbest at <= 10 NFE: {best['sampler']} {best['spacing']} FID {best['fid']:.3f}; "
           f"DDPM {c.diffusion.timesteps} steps FID {reference['fid']:.3f}; ratio {ratio:.3f} (goal <= 1.15)")
-    result = {"run": args.run, "step": model.step, "n": args.n, "fast": fast, "ddpm": reference, "ratio": ratio}
+    result = {"run": args.run, "step": pipe.step, "n": args.n, "fast": fast, "ddpm": reference, "ratio": ratio}
     (Path(args.run) / "fid_10_nfe.json").write_text(json.dumps(result, indent=2))
 
 

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from ddpm import load_data, load_run, train
-from ddpm.generate import class_labels, generate
+from ddpm import Pipeline, load_data, train
 from ddpm.presets import load_preset
 
 
@@ -61,21 +60,19 @@ def main() -> None:
         train(config, run, progress=False)
     with open(run / "log.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    model = load_run(run, device=args.device)
-    c = model.config
+    pipe = Pipeline.from_run(run, device=args.device)
+    c = pipe.config
     classifier, real_accuracy = fit_classifier()
 
-    labels = class_labels(10 * args.per_class, range(c.model.num_classes))
-    shape = (c.data.channels, c.data.image_size, c.data.image_size)
-    results = {"run": str(run), "step": model.step, "images_per_s": float(rows[-1]["images_per_s"]) if rows else None,
+    labels = pipe.labels(10 * args.per_class)  # every class in turn
+    results = {"run": str(run), "step": pipe.step, "images_per_s": float(rows[-1]["images_per_s"]) if rows else None,
                "sampler": c.sample.sampler, "steps": c.sample.steps, "samples_per_weight": len(labels),
                "classifier_accuracy_on_real_digits": real_accuracy, "accuracy": {}}
-    print(f"{run}: step {model.step}, {c.sample.sampler} {c.sample.steps} steps; the classifier gets "
+    print(f"{run}: step {pipe.step}, {c.sample.sampler} {c.sample.steps} steps; the classifier gets "
           f"{real_accuracy:.1%} of 1,000 held-out real digits right")
     for weight in [float(w) for w in args.guidance.split(",")]:
         started = time.perf_counter()
-        images = generate(model.denoiser(c.sample.clip_denoised), len(labels), shape, c.sample.sampler, c.sample.steps,
-                          c.sample.eta, c.sample.spacing, seed=0, labels=labels, guidance=weight)
+        images = pipe(len(labels), seed=0, guidance=weight)
         predicted = torch.from_numpy(classifier.predict(images.flatten(1).numpy() / 255.0))
         accuracy = float((predicted == labels).float().mean())
         results["accuracy"][str(weight)] = accuracy

@@ -22,11 +22,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm import Config, build_network, build_schedule, load_data
-from ddpm.diffusion.process import Denoiser, training_loss
-from ddpm.generate import generate, resolve_device
-from ddpm.training.precision import autocast
+from ddpm import Config, Pipeline, build_diffusion, build_network, load_data
 from ddpm.presets import load_preset
+from ddpm.runtime.devices import resolve_device
+from ddpm.training.precision import autocast
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 3.0) -> float:
@@ -76,7 +75,7 @@ def main() -> None:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     network = build_network(config).to(device, memory_format=memory_format)
     model = torch.compile(network) if args.compile else network
-    schedule = build_schedule(config).to(device)
+    diffusion = build_diffusion(config).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
     x0 = (torch.rand(batch, data.channels, data.image_size, data.image_size, device=device) * 2 - 1).contiguous(
         memory_format=memory_format)
@@ -85,14 +84,14 @@ def main() -> None:
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast(args.precision, device):
-            loss = training_loss(model, schedule, x0, config.diffusion.objective, config.diffusion.loss)
+            loss = diffusion.loss(model, x0)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
 
     with FlopCounterMode(display=False) as counter:  # on the eager network: the FLOPs of the maths, not of a kernel
         optimizer.zero_grad(set_to_none=True)
-        training_loss(network, schedule, x0, config.diffusion.objective, config.diffusion.loss).backward()
+        diffusion.loss(network, x0).backward()
     flops_per_image = counter.get_total_flops() / batch
 
     for _ in range(5):  # warm-up, and compilation
@@ -109,10 +108,8 @@ def main() -> None:
     achieved = train_images_per_s * flops_per_image
 
     network.eval()
-    shape = (data.channels, data.image_size, data.image_size)
     started = time.perf_counter()
-    generate(Denoiser(network, schedule, config.diffusion.objective), args.sample_n, shape, "ddim", args.sample_nfe,
-             batch_size=args.sample_n, progress=False)
+    Pipeline(network, diffusion, config)(args.sample_n, "ddim", args.sample_nfe, batch_size=args.sample_n, progress=False)
     _sync(device)
     sample_images_per_s = args.sample_n / (time.perf_counter() - started)
 

@@ -124,8 +124,12 @@ def sample_dpmpp_2m(
     h_i = lambda_i - lambda_{i-1} and r_i = h_{i-1} / h_i:
         D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2}
         x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (exp(-h_i) - 1) D_i
-    The first step uses D = x0_{i-1} (first order, that is DDIM); the last step, onto sigma = 0,
-    returns the data prediction itself. One network evaluation per timestep.
+    The first step uses D = x0_{i-1} (first order, that is DDIM). So does the step onto the last
+    timestep when it jumps in lambda (r < 1/2, where the extrapolation's weight 1 / (2 r) would
+    outweigh the prediction it corrects): a grid uniform in t that ends at t = 0 jumps there, and a
+    second-order step overshoots (Lu et al.'s reference code also ends in lower order). A grid even
+    in lambda (r = 1) keeps second order to the end. The last step, onto sigma = 0, returns the
+    data prediction itself. One network evaluation per timestep.
     """
     timesteps = _check_timesteps(timesteps, schedule)
     alpha_bar = schedule.alpha_bar.tolist()
@@ -137,8 +141,8 @@ def sample_dpmpp_2m(
         else:
             decay, weight, h = _exponential_step(alpha_bar[t], alpha_bar[timesteps[i + 1]])
             data = prediction.x0
-            if previous_x0 is not None:
-                r = previous_h / h
+            r = previous_h / h if previous_x0 is not None else None
+            if r is not None and (i + 2 < len(timesteps) or r >= 0.5):  # see above: the final step
                 data = (1 + 1 / (2 * r)) * prediction.x0 - (1 / (2 * r)) * previous_x0
             x = decay * x + weight * data
             previous_x0, previous_h = prediction.x0, h
