@@ -1,0 +1,85 @@
+"""Every code block of the README and of docs/ runs, with tiny budgets, so that none of them can rot.
+
+- ```python blocks run in order, one namespace per file, in a fresh folder;
+- ```sh blocks run line by line: each `ddpm ...` line through the command line's own entry point,
+  and it must exit 0; `make demo` / `make test` and activating .venv are the set-up that CI itself
+  runs, so they are only recognised; torchrun lines run with `-m slow`;
+- other fences (```text) are not code.
+
+The budgets are cut by the substitutions in `_tiny`: minutes of training become a few steps,
+sample counts become 4, and FID's reference becomes 8 images in a private cache.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddpm.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SETUP = ("make demo", "make test", ". .venv/bin/activate")
+
+
+def blocks(path: Path) -> list[tuple[str, str]]:
+    """(language, code) of each fenced block."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+
+
+def _tiny(line: str) -> str:
+    """The same command or code, with a budget that takes seconds."""
+    if "--resume" in line:
+        line = re.sub(r"--max-(minutes|steps) [\d.]+", "--max-steps 4", line)
+    elif " train " in f"{line} ":
+        line = re.sub(r" --max-(minutes|steps) [\d.]+", "", line) + " --max-steps 2 --set train.grid_size=4"
+    line = re.sub(r'"train\.max_(minutes|steps)": [\d.]+', '"train.max_steps": 2, "train.grid_size": 4', line)
+    line = re.sub(r"--n \d+", "--n 4", line)
+    line = re.sub(r"(--steps) [\d,]+", r"\1 2", line) if line.startswith("ddpm sweep") else line
+    if line.startswith(("ddpm eval", "ddpm sweep")):
+        line += " --ref-n 8"
+    return line
+
+
+def _commands(code: str) -> list[str]:
+    return [line.split(" #")[0].strip() for line in code.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_every_block_is_python_sh_or_text():
+    for path in DOCS:
+        for language, _ in blocks(path):
+            assert language in ("python", "sh", "text"), f"{path.name}: a ```{language} block; use python, sh or text"
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_the_blocks_run(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    namespace: dict = {}
+    for language, code in blocks(path):
+        if language == "python":
+            exec(compile(_tiny(code), f"{path.name} (python block)", "exec"), namespace)
+        elif language == "sh":
+            for command in _commands(code):
+                if command.startswith(SETUP) or command.startswith("torchrun"):
+                    continue  # set-up that CI itself runs; torchrun: test_torchrun_blocks_run
+                assert command.startswith("ddpm "), f"{path.name}: a shell line that is not ddpm: {command}"
+                argv = shlex.split(_tiny(command))[1:]
+                assert main([*argv, *(["--device", "cpu"] if argv[0] != "show" else [])]) == 0, command
+
+
+@pytest.mark.slow
+def test_torchrun_blocks_run(tmp_path):
+    """torchrun lines with 2 CPU processes instead of 4 GPUs."""
+    for path in DOCS:
+        for language, code in blocks(path):
+            for command in _commands(code) if language == "sh" else []:
+                if command.startswith("torchrun"):
+                    command = _tiny(command).replace("--nproc_per_node=4", "--nproc_per_node=2")
+                    argv = [sys.executable, "-m", "torch.distributed.run", *shlex.split(command)[1:], "--device", "cpu"]
+                    subprocess.run(argv, cwd=tmp_path, check=True, timeout=600)
