@@ -5,12 +5,12 @@ import copy
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import GaussianDenoiser
+from PIL import Image
+from test_cli import TINY
+
 from ddpm import Config, Diffusion, InputError, Pipeline, make_schedule
 from ddpm.cli import main
-from test_cli import TINY
 
 
 @pytest.fixture(scope="module")

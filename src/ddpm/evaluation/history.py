@@ -7,6 +7,8 @@ import csv
 import os
 from pathlib import Path
 
+from ..storage.lock import appending
+
 EVAL_FIELDS = ["step", "weights", "sampler", "steps", "spacing", "eta", "variance", "guidance", "seed", "samples",
                "reference", "data", "fid", "kid"]
 
@@ -16,6 +18,11 @@ def append_eval_history(run_dir: Path, result: dict) -> None:
     that recorded fewer settings) is first rewritten under today's header, its rows kept, with
     blanks where they did not say."""
     path = Path(run_dir) / "eval.csv"
+    with appending(path):  # two evaluations at once: each adds one whole row
+        _append(path, result)
+
+
+def _append(path: Path, result: dict) -> None:
     rows, rewrite = [], True
     if path.is_file():
         with open(path, newline="") as handle:

@@ -12,6 +12,7 @@
           state.pt                     optimiser, LR schedule, random generators (tensors only)
           meta.json                    step and EMA update count
       checkpoints/latest               the name of the newest complete checkpoint
+      .lock                            held by the one process that writes the run (storage/lock.py)
 
 A checkpoint is written into a temporary folder, flushed to disk, and renamed into place; only
 then does `latest` move to it (also by rename). A crash at any moment leaves `latest` naming a
@@ -72,6 +73,13 @@ class RunDir:
     def sample_grids(self) -> list[Path]:
         """The training sample grids, oldest first."""
         return sorted((self.path / "samples").glob("step_*.png"))
+
+    def remove_grids_after(self, step: int) -> None:
+        """Delete the sample grids of steps after `step`: on resuming from `step`, those came from a
+        trajectory that the run no longer follows (log.csv and TensorBoard drop theirs too)."""
+        for grid in self.sample_grids():
+            if int(grid.stem.split("_")[1]) > step:
+                grid.unlink(missing_ok=True)
 
     def picture_path(self, name: str) -> Path:
         """Where `ddpm show NAME --run` writes by default, and where `ddpm report` looks."""

@@ -34,6 +34,7 @@ from ..storage.checkpoint import (
     save_checkpoint,
 )
 from ..storage.files import plot_loss, save_class_grid, save_grid
+from ..storage.lock import RunLock
 from .ema import EMA
 from .optim import make_lr_scheduler
 from .precision import autocast, make_scaler
@@ -48,8 +49,18 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     With `resume`, `out` must hold a run: training continues from its newest checkpoint, with the
     same data order and random numbers as if it had never stopped. Under torchrun every process
     calls this; they share the work of each step and rank 0 writes the files (distributed.py).
+    One process writes a run at a time: a second one is refused before it writes anything
+    (storage/lock.py).
     """
-    run = RunDir(out)
+    lock = RunLock(out)  # taken just before the first write, held to the end
+    try:
+        return _train(config, RunDir(out), lock, resume, progress)
+    finally:
+        lock.release()  # the operating system also drops it when the process dies
+
+
+def _train(config: Config, run: RunDir, lock: RunLock, resume: bool, progress: bool) -> RunDir:
+    """The loop itself, top to bottom."""
     config.validate()
     tc = config.train
     ranks, device_name = init_distributed(tc.device)
@@ -79,12 +90,17 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
     step, seconds_trained = 0, 0.0
 
     if resume:
+        _take_lock(lock, ranks, device)
         step, seconds_trained = _restore(run, network, ema, optimizer, lr_schedule, scaler, generator)
+        if ranks.is_main:
+            run.remove_grids_after(step)  # drawn after the checkpoint by the process that stopped
     else:
         _refuse_existing_run(run)
         ranks.barrier()  # every rank has looked before rank 0 creates the run directory
         if ranks.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
+        _take_lock(lock, ranks, device, then=lambda: _refuse_existing_run(run))  # it may have appeared meanwhile
+        if ranks.is_main:
             config.to_yaml(run.config_path)
     ranks.barrier()
     model = ranks.wrap(network, device)  # what the loss calls: DDP averages the gradients across ranks
@@ -197,6 +213,21 @@ def _accumulating(model: torch.nn.Module, still: bool):
 
 
 # ---- starting, checkpointing and resuming ----------------------------------------------------
+
+
+def _take_lock(lock: RunLock, ranks, device: torch.device, then=None) -> None:
+    """Rank 0 takes the run's lock for every rank (and runs `then` holding it); if it cannot, every
+    rank stops, rank 0 with the message that names the holder."""
+    error = None
+    if ranks.is_main:
+        try:
+            lock.acquire()
+            if then is not None:
+                then()
+        except InputError as refused:
+            error = refused
+    if ranks.max([float(error is not None)], device)[0]:
+        raise error or InputError(f"rank 0 could not take the lock of run {lock.path.parent}; see its message")
 
 
 def _refuse_existing_run(run: RunDir) -> None:
