@@ -12,7 +12,7 @@ DEMO_MINUTES ?= 6.5
 DEMO_FID_N   ?= 250
 DEMO_FID_REF ?= 500
 
-.PHONY: demo test test-slow install clean chromium
+.PHONY: demo test test-slow install clean chromium gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ chromium:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	    { $(APT_CHROMIUM) || { apt-get update -q >/dev/null && $(APT_CHROMIUM); }; }; } || \
 	  echo "chromium is not installed: the browser test will be skipped"
+
+# On a machine with a CUDA GPU: every CUDA path in one command, under 8 minutes (benchmarks/gpu_check.py).
+gpu-check: $(VENV)/.installed-base
+	$(BIN)/python benchmarks/gpu_check.py --out gpu_check.json
 
 test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m slow
