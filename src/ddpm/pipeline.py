@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import Config
 from .data.imagedata import to_pil, to_uint8
+from .diffusion import editing
 from .diffusion.process import Denoiser, Diffusion
-from .diffusion.samplers import Callback, get_sampler, network_evaluations
+from .diffusion.samplers import Callback, get_sampler, network_evaluations, sample_ddim
 from .diffusion.schedules import spaced_timesteps
 from .errors import InputError
 from .factory import build_diffusion, build_network
@@ -172,11 +174,103 @@ class Pipeline:
             raise InputError(f"the batch size must be >= 1 (got {batch_size})")
         options = self.options(sampler, steps, spacing, eta, variance, guidance)
         labels = self.labels(n, classes)
-        x = self._sample(n, options, labels, seed, batch_size, progress, callback)
-        if output == "float":
-            return (x + 1) / 2
-        images = to_uint8(x)
-        return images if output == "uint8" else [to_pil(image) for image in images]
+        return _output(self._sample(n, options, labels, seed, batch_size, progress, callback), output)
+
+    # ---- editing (diffusion/editing.py); images as PIL, uint8 arrays or float tensors in [0, 1] ----
+
+    @torch.no_grad()
+    def inpaint(self, image, mask, n: int = 1, sampler: Optional[str] = None, steps: Optional[int] = None,
+                resample: int = 1, jump: int = 10, seed: int = 0, classes: Classes = None,
+                guidance: Optional[float] = None, output: str = "uint8"):
+        """n completions of each image where `mask` is white (>= half): white is filled, black is
+        kept exactly. Runs DDPM steps (or DDIM's with the run's eta, for sampler="ddim") with
+        RePaint's resampling: back `jump` steps, `resample` - 1 times at every jump point."""
+        x0, options, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed)
+        if options.sampler not in ("ddpm", "ddim"):
+            raise InputError(f"inpainting takes ddpm or ddim steps, not {options.sampler}; use --sampler ddpm")
+        keep = self.mask_tensor(mask) < 0.5
+        if keep.all() or not keep.any():
+            raise InputError("the mask must mark some pixels to fill (white) and some to keep (black); "
+                             f"this one {'keeps' if keep.all() else 'fills'} every pixel")
+        eta = 1.0 if options.sampler == "ddpm" else options.eta
+        x = editing.inpaint(self.denoiser(options, labels), x0, keep.to(self.device), self.diffusion.schedule,
+                            self._timesteps(options), eta=eta, resample=resample, jump=jump, generator=generator)
+        return _output(x, output)
+
+    @torch.no_grad()
+    def img2img(self, image, strength: float, n: int = 1, sampler: Optional[str] = None, steps: Optional[int] = None,
+                seed: int = 0, classes: Classes = None, guidance: Optional[float] = None, output: str = "uint8"):
+        """SDEdit: n versions of each image, noised to the level `strength` selects and sampled back
+        (0 returns the image, 1 is plain sampling), with any sampler and guidance."""
+        x0, options, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed)
+        x = editing.img2img(get_sampler(options.sampler, options.eta, options.variance), self.denoiser(options, labels),
+                            x0, strength, self.diffusion.schedule, self._timesteps(options), generator=generator)
+        return _output(x, output)
+
+    @torch.no_grad()
+    def invert(self, image, steps: Optional[int] = None) -> Tensor:
+        """DDIM inversion: the x_T [N, C, H, W] from which `reconstruct` (DDIM, eta 0, the same steps)
+        returns about `image`. Neither clips x0, which would make the map non-invertible."""
+        x0, options, _, _ = self._edit_setup(image, 1, "ddim", steps, None, None, 0, eta=0.0)
+        denoiser = self.diffusion.denoiser(self.network, clip_denoised=False)
+        return editing.invert(denoiser, x0, self.diffusion.schedule, self._timesteps(options))
+
+    @torch.no_grad()
+    def reconstruct(self, x_T: Tensor, steps: Optional[int] = None, output: str = "uint8"):
+        """Deterministic DDIM (eta 0, no clipping) from x_T: the inverse of `invert`."""
+        options = self.options("ddim", steps, eta=0.0)
+        denoiser = self.diffusion.denoiser(self.network, clip_denoised=False)
+        x = sample_ddim(denoiser, x_T.to(self.device), self.diffusion.schedule, self._timesteps(options))
+        return _output(x.clamp(-1, 1).float().cpu(), output)
+
+    @torch.no_grad()
+    def interpolate(self, a, b, frames: int = 8, steps: Optional[int] = None, output: str = "uint8"):
+        """`frames` images between a and b (both included, about): each inverted to x_T, the noises
+        walked along a spherical path (slerp), and each point sampled back with DDIM."""
+        if frames < 2:
+            raise InputError(f"--frames must be >= 2 (got {frames})")
+        noise_a, noise_b = self.invert(a, steps), self.invert(b, steps)
+        if len(noise_a) != 1 or len(noise_b) != 1:
+            raise InputError("interpolate takes one image for each end")
+        path = editing.slerp(noise_a[0], noise_b[0], [k / (frames - 1) for k in range(frames)])
+        return self.reconstruct(path, steps, output)
+
+    def image_tensor(self, images) -> Tensor:
+        """PIL image(s), uint8 arrays [H, W(, C)] or [N, H, W, C], uint8 tensors [(N,) C, H, W], or float
+        tensors in [0, 1], as floats [N, C, H, W] in [-1, 1] on the pipeline's device, of the run's shape."""
+        x = _as_tensor(images)
+        if x.ndim == 3:
+            x = x[None]
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        if tuple(x.shape[1:]) != self.image_shape:
+            c, h, w = self.image_shape
+            raise InputError(f"the image is {'x'.join(map(str, x.shape[1:]))} (channels x height x width) but "
+                             f"this run makes {c}x{h}x{w} images; convert or resize it first")
+        return (x * 2 - 1).to(self.device)
+
+    def mask_tensor(self, mask) -> Tensor:
+        """A mask as floats [H, W] in [0, 1] (uint8 / 255), of the run's image size: >= 0.5 is filled."""
+        m = _as_tensor(mask)
+        m = m.float() / 255 if m.dtype == torch.uint8 else m.float()
+        if m.ndim == 3 and m.shape[0] in (1, 3, 4):  # a gray or RGB(A) picture: its first channel
+            m = m[0]
+        _, h, w = self.image_shape
+        if tuple(m.shape) != (h, w):
+            raise InputError(f"the mask is {'x'.join(map(str, m.shape))} but the image is {h}x{w}; give a mask of the "
+                             "image's size (white: fill, black: keep)")
+        return m
+
+    def _edit_setup(self, image, n: int, sampler, steps, guidance, classes, seed: int, eta=None):
+        if n < 1:
+            raise InputError(f"--n must be >= 1 (got {n})")
+        options = self.options(sampler, steps, eta=eta, guidance=guidance)
+        x0 = self.image_tensor(image).repeat_interleave(n, dim=0)
+        labels = self.labels(len(x0), classes)
+        return x0, options, labels, torch.Generator(device=self.device).manual_seed(batch_seed(seed, 0))
+
+    def _timesteps(self, options: SamplingOptions) -> list[int]:
+        schedule = self.diffusion.schedule
+        return spaced_timesteps(schedule.timesteps, options.steps, options.spacing, schedule)
 
     def _sample(self, n: int, options: SamplingOptions, labels: Optional[Tensor], seed: int, batch_size: int,
                 progress: bool, callback: Optional[Callback]) -> Tensor:
@@ -202,6 +296,29 @@ class Pipeline:
             torch.distributed.all_gather_object(gathered, batches)
             batches = sorted((batch for part in gathered for batch in part), key=lambda batch: batch[0])
         return torch.cat([images for _, images in batches])
+
+
+def _output(x: Tensor, output: str):
+    """Float images in [-1, 1] as `output` asks: uint8 [N, C, H, W], float in [0, 1], or PIL images."""
+    if output not in OUTPUTS:
+        raise InputError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
+    if output == "float":
+        return (x.cpu() + 1) / 2
+    images = to_uint8(x.cpu())
+    return images if output == "uint8" else [to_pil(image) for image in images]
+
+
+def _as_tensor(images) -> Tensor:
+    """PIL images and numpy arrays (channels last) as tensors (channels first); tensors as they are."""
+    if isinstance(images, Tensor):
+        return images
+    if isinstance(images, (list, tuple)):
+        return torch.stack([_as_tensor(image) for image in images])
+    array = np.asarray(images)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    tensor = torch.from_numpy(np.array(array))  # a copy: PIL arrays are read-only
+    return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
 
 
 def class_labels(n: int, classes: Sequence[int]) -> Tensor:

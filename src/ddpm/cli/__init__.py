@@ -15,14 +15,14 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import InputError, TrainingDiverged
-from . import sample, show, train
+from . import edit, sample, show, train
 from .common import Parser
 
 
 def parser() -> Parser:
     root = Parser(prog="ddpm", description="Train and sample denoising diffusion models.")
     commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for module in (train, sample, show):
+    for module in (train, sample, edit, show):
         module.add_commands(commands)
     return root
 

@@ -94,17 +94,21 @@ def sample_ddim(
     timesteps = _check_timesteps(timesteps, schedule)
     alpha_bar = schedule.alpha_bar.tolist()
     for i, t in enumerate(_progress(timesteps, progress, "ddim")):
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
-        a_t = alpha_bar[t]
-        a_prev = alpha_bar[t_prev] if t_prev is not None else 1.0  # the final step lands on x_0
+        a_prev = alpha_bar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0  # the final step lands on x_0
         prediction = denoiser(x, _batch(t, x))
-        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        x = math.sqrt(a_prev) * prediction.x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * prediction.eps
-        if sigma > 0:
-            x = x + sigma * _noise_like(x, generator)
+        x = ddim_step(prediction, x, alpha_bar[t], a_prev, eta, generator)
         if callback is not None:
             callback(i, t, x, prediction)
     return x
+
+
+def ddim_step(prediction: Prediction, x: Tensor, alpha_bar_t: float, alpha_bar_prev: float, eta: float = 0.0,
+              generator: Optional[torch.Generator] = None) -> Tensor:
+    """One DDIM update from the level alpha_bar_t to alpha_bar_prev (Song et al. eq. 12 and 16)."""
+    sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev))
+    x = (math.sqrt(alpha_bar_prev) * prediction.x0
+         + math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * prediction.eps)
+    return x + sigma * _noise_like(x, generator) if sigma > 0 else x
 
 
 @torch.no_grad()
