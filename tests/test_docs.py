@@ -7,7 +7,7 @@
 - other fences (```text) are not code.
 
 The budgets are cut by the substitutions in `_tiny`: minutes of training become a few steps,
-sample counts become 4, and FID's reference becomes 8 images in a private cache.
+sample counts become 4, sampling takes 5 steps, and FID's reference is 8 images in a private cache.
 """
 
 from __future__ import annotations
@@ -39,8 +39,12 @@ def _tiny(line: str) -> str:
     elif " train " in f"{line} ":
         line = re.sub(r" --max-(minutes|steps) [\d.]+", "", line) + " --max-steps 2 --set train.grid_size=4"
     line = re.sub(r'"train\.max_(minutes|steps)": [\d.]+', '"train.max_steps": 2, "train.grid_size": 4', line)
+    line = re.sub(r"steps=\d+", "steps=5", line)
     line = re.sub(r"--n \d+", "--n 4", line)
-    line = re.sub(r"(--steps) [\d,]+", r"\1 2", line) if line.startswith("ddpm sweep") else line
+    line = re.sub(r"(--steps) [\d,]+", r"\1 2" if line.startswith("ddpm sweep") else r"\1 5", line)
+    sampling = ("ddpm sample", "ddpm eval", "ddpm edit", "ddpm show trajectory", "ddpm show progression", "ddpm show edits")
+    if line.startswith(sampling) and "--steps" not in line:
+        line += " --steps 5"
     if line.startswith(("ddpm eval", "ddpm sweep")):
         line += " --ref-n 8"
     return line

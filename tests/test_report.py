@@ -31,6 +31,7 @@ def full_run(bare_run, tmp_path_factory):
     shutil.copytree(bare_run, run)
     assert main(["show", "progression", "--run", str(run), "--n", "4", "--device", "cpu"]) == 0
     assert main(["show", "trajectory", "--run", str(run), "--n", "2", "--frames", "3", "--device", "cpu"]) == 0
+    assert main(["show", "edits", "--run", str(run), "--steps", "3", "--device", "cpu"]) == 0
     for fid in (212.5, 180.25):
         append_eval_history(run, {"step": 8, "sampler": "ddpm", "steps": 4, "samples": 100, "reference": 500,
                                    "data": "mnist5k", "fid": fid, "kid": 0.1})
@@ -59,7 +60,7 @@ def test_report_holds_the_sections_whose_data_exists(bare_run, full_run, tmp_pat
     assert "objective: v" in full  # the config, verbatim
     # Self-contained: every image is an inline PNG or GIF that decodes, nothing refers outside the file.
     sources = IMG.findall(full)
-    assert len(sources) == 6  # loss, grid, progression, trajectory PNG and GIF, sweep
+    assert len(sources) == 7  # loss, grid, progression, trajectory PNG and GIF, edits, sweep
     for source in sources:
         kind, data = re.fullmatch(r"data:image/(png|gif);base64,(.+)", source).groups()
         assert base64.b64decode(data)[:4] == (b"\x89PNG" if kind == "png" else b"GIF8")
@@ -113,7 +114,7 @@ def test_report_renders_in_headless_chromium(full_run, tmp_path):
     assert main(["report", "--run", str(full_run)]) == 0
 
     probe = _probe(report, tmp_path)
-    assert probe == {"images": 6, "broken": [], "problems": []}
+    assert probe == {"images": 7, "broken": [], "problems": []}
 
     screenshot = tmp_path / "report-screenshot.png"
     shot = _chromium("--window-size=1200,3000", f"--screenshot={screenshot}", "--enable-logging=stderr", "--v=0",

@@ -12,13 +12,14 @@ from .common import parse_ints, picture_out, positive, sampling_kwargs
 
 def add_commands(commands) -> None:
     show = commands.add_parser(
-        "show", help="pictures of each stage: forward, trajectory, progression",
+        "show", help="pictures of each stage: forward, trajectory, progression, edits",
         description="forward: a data image noised at chosen t under each schedule, and alpha_bar_t and log SNR; "
                     "trajectory: x_t and the predicted x0 along the reverse process (PNG and animated GIF); "
-                    "progression: samples from the same noise at each checkpoint of a run.")
-    show.add_argument("picture", choices=("forward", "trajectory", "progression"))
+                    "progression: samples from the same noise at each checkpoint of a run; "
+                    "edits: images of the run's data set inpainted, edited, inverted and interpolated.")
+    show.add_argument("picture", choices=("forward", "trajectory", "progression", "edits"))
     show.add_argument("--out", help="the PNG to write (default forward.png, or RUN/trajectory.png and .gif, "
-                                    "RUN/progression.png)")
+                                    "RUN/progression.png, RUN/edits.png)")
     show.add_argument("--data", default="mnist5k", help="forward: the data set (default mnist5k)")
     show.add_argument("--data-root", default="data")
     show.add_argument("--index", type=int, default=0, help="forward: which image of the data set (default 0)")
@@ -68,6 +69,13 @@ def run_show(args: argparse.Namespace) -> int:
     n = positive(args.n if args.n is not None else (4 if args.picture == "trajectory" else 8), "--n")
     out = picture_out(args.out, RunDir(args.run).picture_path(args.picture))
     pipe = Pipeline.from_run(args.run, device=args.device)
+    if args.picture == "edits":
+        from ..data.datasets import load_data
+
+        d = pipe.config.data
+        data = load_data(d.name, d.root, d.image_size, d.crop, d.channels)
+        print(f"edits written to {save_picture(stages.edits_picture(pipe, data, args.seed, args.steps), out)}")
+        return 0
     options = sampling_kwargs(args)
     pipe.options(**options)  # a bad --sampler or --steps is refused before any work
     if args.picture == "trajectory":

@@ -7,6 +7,7 @@ Sections, each present only when the run holds its data:
     grid         the newest sample grid written during training (samples/step_*.png)
     progression  samples from the same noise at each checkpoint (ddpm show progression)
     trajectory   the reverse process, x_t and predicted x0 (ddpm show trajectory), and its GIF
+    edits        inpainting, img2img, DDIM inversion and interpolation (ddpm show edits)
     fid          the FID history (eval.csv, appended by ddpm eval --run)
     sweep        FID against network evaluations for each sampler (sweep.csv and sweep.png)
 """
@@ -26,7 +27,7 @@ from ..storage.checkpoint import RunDir
 from ..storage.files import atomic_write, plot_loss
 
 MIN_WIDTH = 400  # pixels: narrower images are shown at an integer multiple of their size
-SECTIONS = ("config", "loss", "grid", "progression", "trajectory", "fid", "sweep")
+SECTIONS = ("config", "loss", "grid", "progression", "trajectory", "edits", "fid", "sweep")
 
 STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -62,6 +63,9 @@ def write_report(run_dir: Path, out: Optional[Path] = None) -> tuple[Path, list[
         gif = run.picture_path("trajectory").with_suffix(".gif")
         if gif.is_file():
             sections["trajectory"] += _file(gif, "the same, animated")
+    if run.picture_path("edits").is_file():
+        sections["edits"] = _file(run.picture_path("edits"), "images of the data set inpainted (the center square), "
+                                                             "edited at strength 0.5, inverted and interpolated")
     if (run.path / "eval.csv").is_file():
         sections["fid"] = _table(run.path / "eval.csv")
     if (run.path / "sweep.csv").is_file():
@@ -70,7 +74,7 @@ def write_report(run_dir: Path, out: Optional[Path] = None) -> tuple[Path, list[
             sections["sweep"] = _file(run.path / "sweep.png", "FID against network evaluations") + sections["sweep"]
 
     titles = {"config": "Config", "loss": "Training loss", "grid": "Latest samples", "progression": "Progression",
-              "trajectory": "Reverse trajectory", "fid": "FID history", "sweep": "Sampler sweep"}
+              "trajectory": "Reverse trajectory", "edits": "Editing", "fid": "FID history", "sweep": "Sampler sweep"}
     body = "".join(f'<section id="{name}"><h2>{titles[name]}</h2>{sections[name]}</section>\n'
                    for name in SECTIONS if name in sections)
     name = html.escape(run.path.name)

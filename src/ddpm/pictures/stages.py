@@ -7,7 +7,8 @@ size in pixels is exact: cells of side `image_size * scale` separated by `PADDIN
   alpha_bar_t and log SNR for the linear, cosine and sigmoid schedules;
 - `trajectory`: x_t and the predicted x0 of a few samples along the reverse process, as a picture
   and as the frames of an animated GIF;
-- `progression`: samples from the same noise at each saved checkpoint, one row per training step.
+- `progression`: samples from the same noise at each saved checkpoint, one row per training step;
+- `edits_picture`: images of the data set inpainted, edited (img2img), inverted and interpolated.
 """
 
 from __future__ import annotations
@@ -163,6 +164,31 @@ def progression(pipe: Pipeline, run_dir: Path, n: int, seed: int = 0, **options)
         rows.append(pipe(n, seed=seed, progress=False, **options))
         row_labels.append(f"step {step}")
     return labelled_grid(rows, row_labels)
+
+
+# ---- editing ----------------------------------------------------------------------------------------
+
+
+def edits_picture(pipe: Pipeline, data: ImageData, seed: int = 0, steps: Optional[int] = None,
+                  count: int = 4, frames: int = 8) -> Image.Image:
+    """`count` images of the run's data set, edited four ways (diffusion/editing.py): inpainting of
+    a center square (RePaint, N = 5), img2img at strength 0.5, DDIM inversion and back, and an
+    interpolation between the first two. One row per edit."""
+    if len(data) < 2:
+        raise InputError(f"data set {data.name!r} has fewer than 2 images to edit")
+    chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    images = data.subset(chosen).images
+    side = images.shape[-1]
+    mask = torch.zeros(side, side)
+    mask[side // 4 : side - side // 4, side // 4 : side - side // 4] = 1  # white: fill
+    inpainted = torch.cat([pipe.inpaint(image, mask, steps=steps, resample=5, jump=5, seed=seed) for image in images])
+    edited = torch.cat([pipe.img2img(image, 0.5, steps=steps, seed=seed) for image in images])
+    round_trip = torch.cat([pipe.reconstruct(pipe.invert(image, steps), steps) for image in images])
+    masked = to_uint8(to_model_range(images) * (1 - mask))  # the part to fill shown mid-gray
+    walk = pipe.interpolate(images[0], images[1], frames, steps)
+    rows = [images, masked, inpainted, edited, round_trip, walk]
+    labels = ["input", "masked", "inpainted (N=5)", "img2img 0.5", "DDIM inverted, back", f"a to b, {frames} frames"]
+    return labelled_grid(rows, labels)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
