@@ -41,8 +41,10 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_FILE
         self._handle = None
 
-    def acquire(self, what: str = "training") -> None:
-        """Take the lock, or raise InputError naming the process that holds it."""
+    def acquire(self) -> None:
+        """Take the lock, or raise InputError naming the process that holds it. Nothing is written
+        yet: a process that is refused after this (a checkpoint that does not fit, say) leaves the
+        run as it found it. `announce` writes the holder's name once the process will write anyway."""
         handle = open(self.path, "a+")
         try:
             _flock(handle, blocking=False)
@@ -55,11 +57,15 @@ class RunLock:
         except OSError as error:  # the file system does not lock (some network file systems)
             print(f"ddpm: warning: cannot lock {self.path} ({error.strerror}); make sure no other process writes "
                   f"this run", file=sys.stderr)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"PID {os.getpid()} on {socket.gethostname()} ({what} since {time.strftime('%Y-%m-%d %H:%M:%S')})")
-        handle.flush()
         self._handle = handle
+
+    def announce(self, what: str = "training") -> None:
+        """Write who holds the lock into the lock file, for a refused writer's message."""
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"PID {os.getpid()} on {socket.gethostname()} ({what} since "
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
+        self._handle.flush()
 
     def release(self) -> None:
         """Let go (the file stays: removing it would race with the next writer opening it)."""

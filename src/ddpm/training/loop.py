@@ -92,7 +92,8 @@ def _train(config: Config, run: RunDir, lock: RunLock, resume: bool, progress: b
     if resume:
         _take_lock(lock, ranks, device)
         step, seconds_trained = _restore(run, network, ema, optimizer, lr_schedule, scaler, generator)
-        if ranks.is_main:
+        if ranks.is_main:  # from here on this process writes the run
+            lock.announce()
             run.remove_grids_after(step)  # drawn after the checkpoint by the process that stopped
     else:
         _refuse_existing_run(run)
@@ -101,6 +102,7 @@ def _train(config: Config, run: RunDir, lock: RunLock, resume: bool, progress: b
             run.path.mkdir(parents=True, exist_ok=True)
         _take_lock(lock, ranks, device, then=lambda: _refuse_existing_run(run))  # it may have appeared meanwhile
         if ranks.is_main:
+            lock.announce()
             config.to_yaml(run.config_path)
     ranks.barrier()
     model = ranks.wrap(network, device)  # what the loss calls: DDP averages the gradients across ranks
