@@ -12,7 +12,7 @@ DEMO_MINUTES ?= 6.5
 DEMO_FID_N   ?= 250
 DEMO_FID_REF ?= 500
 
-.PHONY: demo test test-slow install clean chromium gpu-check
+.PHONY: demo test test-slow install clean chromium emoji gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,17 +38,22 @@ demo: $(VENV)/.installed-base
 	$(BIN)/ddpm report --run $(DEMO_RUN)
 	@echo "demo: samples in $(DEMO_RUN)/grid.png, FID in $(DEMO_RUN)/fid.json, everything on one page in $(DEMO_RUN)/report.html"
 
-test: $(VENV)/.installed-test chromium
+test: $(VENV)/.installed-test chromium emoji
 	$(BIN)/python -m pytest -q
 
-# The report's browser test opens it in Debian's headless chromium: installed here when this
-# machine allows it (root with apt-get); without it that one test is skipped.
-APT_CHROMIUM = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core >/dev/null
+# Debian packages, installed when this machine allows it (root with apt-get); without them the
+# tests that need them are skipped. The report's browser test opens it in headless chromium; the
+# emoji data set renders Noto Color Emoji from Unicode's list (unicode-data).
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+APT = { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+        { $(APT_INSTALL) $(1) >/dev/null || { apt-get update -q >/dev/null && $(APT_INSTALL) $(1) >/dev/null; }; }; }
 chromium:
-	@command -v chromium >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    { $(APT_CHROMIUM) || { apt-get update -q >/dev/null && $(APT_CHROMIUM); }; }; } || \
+	@command -v chromium >/dev/null 2>&1 || $(call APT,chromium fonts-dejavu-core) || \
 	  echo "chromium is not installed: the browser test will be skipped"
+emoji:
+	@{ [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] && [ -f /usr/share/unicode/emoji/emoji-test.txt ]; } || \
+	  $(call APT,fonts-noto-color-emoji unicode-data) || \
+	  echo "fonts-noto-color-emoji or unicode-data is not installed: --data emoji and its tests are unavailable"
 
 # On a machine with a CUDA GPU: every CUDA path in one command, under 8 minutes (benchmarks/gpu_check.py).
 gpu-check: $(VENV)/.installed-base

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,13 @@ from .names import (
     Upsample,
     Variance,
 )
+
+
+def cache_dir() -> Path:
+    """Where ddpm keeps what it derives once (reference features, rendered data sets): $DDPM_CACHE,
+    default ~/.cache/ddpm."""
+    return Path(os.environ.get("DDPM_CACHE", Path.home() / ".cache" / "ddpm"))
+
 
 # `ddpm train --resume` continues a run with its own config; only these keys (the budget, logging
 # and how the same computation is carried out) may change.

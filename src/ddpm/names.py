@@ -43,7 +43,8 @@ NONFINITE = get_args(NonFinite)
 PRECISIONS = get_args(Precision)
 
 # Data sets by name; `folder:PATH` reads any folder of images.
-DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10", "celeba", "stanford-cars", "folder:PATH")
+DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10", "celeba", "stanford-cars", "emoji",
+            "folder:PATH")
 
 
 def known_dataset(name: str) -> bool:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..names import DATASETS, check_registry
+from .emoji import load_emoji
 from .imagedata import ImageData
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -229,8 +230,8 @@ IN_MEMORY: dict[str, Callable[[Path], ImageData]] = {
     "fashion-mnist": _idx_loader("fashion-mnist", "FashionMNIST"),
     "cifar10": load_cifar10,
 }
-CROPPED = {"celeba": load_celeba, "stanford-cars": load_stanford_cars}
-check_registry("data sets", [*IN_MEMORY, *CROPPED, "folder:PATH"], DATASETS)
+SIZED = {"celeba": load_celeba, "stanford-cars": load_stanford_cars, "emoji": load_emoji}  # decoded at the asked size
+check_registry("data sets", [*IN_MEMORY, *SIZED, "folder:PATH"], DATASETS)
 
 
 def load_data(name: str, root: str = "data", image_size: Optional[int] = None, crop: Optional[int] = None,
@@ -239,8 +240,8 @@ def load_data(name: str, root: str = "data", image_size: Optional[int] = None, c
     root = Path(root)
     if name.startswith("folder:"):
         data = load_folder(name, Path(name[len("folder:"):]).expanduser(), None, channels or 3, image_size, crop)
-    elif name in CROPPED:
-        data = CROPPED[name](root, image_size, crop)
+    elif name in SIZED:
+        data = SIZED[name](root, image_size, crop)
     elif name in IN_MEMORY:
         data = IN_MEMORY[name](root).cropped(crop)
     else:

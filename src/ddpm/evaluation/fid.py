@@ -15,14 +15,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..config import cache_dir
 from ..data.datasets import load_data, load_folder
 from ..errors import InputError
 from .inception import InceptionFeatures
 from .metrics import fid_from_features, kernel_inception_distance
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DDPM_CACHE", Path.home() / ".cache" / "ddpm"))
 
 
 def load_samples(path: Path) -> torch.Tensor:
