@@ -83,8 +83,8 @@ class RunLock:
 
 @contextlib.contextmanager
 def appending(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on PATH.lock while appending to PATH: writers wait their turn."""
-    with open(Path(path).with_name(Path(path).name + ".lock"), "a") as handle:
+    """Hold an exclusive lock on .PATH.lock beside PATH while appending to it: writers wait their turn."""
+    with open(Path(path).with_name(f".{Path(path).name}.lock"), "a") as handle:
         with contextlib.suppress(OSError):  # a file system without locks: append unlocked
             _flock(handle, blocking=True)
         yield
