@@ -10,13 +10,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 from test_cli import TINY
 from test_distributed import TORCHRUN
 
-from ddpm import train
+from ddpm import InputError, train
 from ddpm.evaluation.history import EVAL_FIELDS, append_eval_history
 from ddpm.storage.checkpoint import RunDir, load_meta
 from ddpm.storage.lock import holder
@@ -139,3 +140,9 @@ def test_under_torchrun_rank_0_holds_the_lock_for_all_ranks(tmp_path):
     assert holder(run) is None
     steps = _log_steps(run)
     assert steps == sorted(set(steps)), steps
+
+
+def test_resuming_a_run_that_does_not_exist_is_one_line(tmp_path):
+    with pytest.raises(InputError, match="run directory .*nothing does not exist"):
+        train(tiny_config(), tmp_path / "nothing", resume=True, progress=False)
+    assert not (tmp_path / "nothing").exists()

@@ -276,8 +276,7 @@ class Pipeline:
                 progress: bool, callback: Optional[Callback]) -> Tensor:
         """The batch loop: float images in [-1, 1] on the CPU, gathered from every rank."""
         sample = get_sampler(options.sampler, options.eta, options.variance)
-        schedule = self.diffusion.schedule
-        timesteps = spaced_timesteps(schedule.timesteps, options.steps, options.spacing, schedule)
+        schedule, timesteps = self.diffusion.schedule, self._timesteps(options)
         ranks = self.ranks
         starts = range(0, n, batch_size)
         batches = []

@@ -38,6 +38,7 @@ def add_config_flag(parser: argparse.ArgumentParser, key: str, help: str, flag: 
         options.setdefault("choices", typing.get_args(hint))
     else:
         options["type"] = hint
+        options.setdefault("metavar", name.upper())
     shown = "" if default is None else f", default {default}"
     parser.add_argument(flag, help=f"{help} (config {key}{shown})", **options)
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import InputError
+from ..names import DATASETS
 from .common import add_config_flag, config_overrides
 
 # The named flags of `ddpm train`: the config key each sets, and its help. Type, choices and
 # default come from the config field itself (common.add_config_flag).
 FLAGS = [
-    ("data.name", "mnist5k, digits, mnist, fashion-mnist, cifar10, celeba, stanford-cars or folder:PATH", "--data", {}),
+    ("data.name", ", ".join(DATASETS), "--data", {"metavar": "NAME"}),
     ("data.root", "where data sets live and are downloaded to", "--data-root", {}),
     ("data.image_size", "resize images to N x N (default: the data set's size)", None, {"metavar": "N"}),
     ("data.crop", "center-crop to N x N before resizing", None, {"metavar": "N"}),
