@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm import Pipeline, load_data
+from ddpm import InputError, Pipeline, load_data
 from ddpm.cli import main
 from test_cli import TINY
 
@@ -51,6 +51,10 @@ def test_the_pipeline_keeps_the_known_pixels_and_returns_the_input_at_strength_0
     assert x_T.shape == (1, 1, 28, 28)
     frames = pipe.interpolate(digit, load_data("mnist5k").images[1], frames=4, output="pil")
     assert len(frames) == 4 and frames[0].size == (28, 28)
+    for edit in (lambda: pipe.inpaint(digit, mask, output="numpy"), lambda: pipe.img2img(digit, 0.5, output="numpy"),
+                 lambda: pipe.interpolate(digit, digit, output="numpy")):
+        with pytest.raises(InputError, match="unknown output 'numpy'"):
+            edit()
 
 
 def test_each_edit_writes_its_picture(run_dir, files, tmp_path):

@@ -166,8 +166,7 @@ class Pipeline:
         how many ranks share the work. `callback(i, t, x_t, prediction)` sees every sampler step of
         every batch (the trajectory picture uses it).
         """
-        if output not in OUTPUTS:
-            raise InputError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
+        _check_output(output)
         if n < 1:
             raise InputError(f"the number of samples must be >= 1 (got {n})")
         if batch_size < 1:
@@ -185,7 +184,7 @@ class Pipeline:
         """n completions of each image where `mask` is white (>= half): white is filled, black is
         kept exactly. Runs DDPM steps (or DDIM's with the run's eta, for sampler="ddim") with
         RePaint's resampling: back `jump` steps, `resample` - 1 times at every jump point."""
-        x0, options, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed)
+        x0, options, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
         if options.sampler not in ("ddpm", "ddim"):
             raise InputError(f"inpainting takes ddpm or ddim steps, not {options.sampler}; use --sampler ddpm")
         keep = self.mask_tensor(mask) < 0.5
@@ -202,7 +201,7 @@ class Pipeline:
                 seed: int = 0, classes: Classes = None, guidance: Optional[float] = None, output: str = "uint8"):
         """SDEdit: n versions of each image, noised to the level `strength` selects and sampled back
         (0 returns the image, 1 is plain sampling), with any sampler and guidance."""
-        x0, options, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed)
+        x0, options, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
         x = editing.img2img(get_sampler(options.sampler, options.eta, options.variance), self.denoiser(options, labels),
                             x0, strength, self.diffusion.schedule, self._timesteps(options), generator=generator)
         return _output(x, output)
@@ -218,6 +217,7 @@ class Pipeline:
     @torch.no_grad()
     def reconstruct(self, x_T: Tensor, steps: Optional[int] = None, output: str = "uint8"):
         """Deterministic DDIM (eta 0, no clipping) from x_T: the inverse of `invert`."""
+        _check_output(output)
         options = self.options("ddim", steps, eta=0.0)
         denoiser = self.diffusion.denoiser(self.network, clip_denoised=False)
         x = sample_ddim(denoiser, x_T.to(self.device), self.diffusion.schedule, self._timesteps(options))
@@ -227,6 +227,7 @@ class Pipeline:
     def interpolate(self, a, b, frames: int = 8, steps: Optional[int] = None, output: str = "uint8"):
         """`frames` images between a and b (both included, about): each inverted to x_T, the noises
         walked along a spherical path (slerp), and each point sampled back with DDIM."""
+        _check_output(output)
         if frames < 2:
             raise InputError(f"--frames must be >= 2 (got {frames})")
         noise_a, noise_b = self.invert(a, steps), self.invert(b, steps)
@@ -260,7 +261,9 @@ class Pipeline:
                              "image's size (white: fill, black: keep)")
         return m
 
-    def _edit_setup(self, image, n: int, sampler, steps, guidance, classes, seed: int, eta=None):
+    def _edit_setup(self, image, n: int, sampler, steps, guidance, classes, seed: int, output: str = "uint8", eta=None):
+        """Everything an edit checks before its work, and what it starts from."""
+        _check_output(output)
         if n < 1:
             raise InputError(f"--n must be >= 1 (got {n})")
         options = self.options(sampler, steps, eta=eta, guidance=guidance)
@@ -297,10 +300,14 @@ class Pipeline:
         return torch.cat([images for _, images in batches])
 
 
-def _output(x: Tensor, output: str):
-    """Float images in [-1, 1] as `output` asks: uint8 [N, C, H, W], float in [0, 1], or PIL images."""
+def _check_output(output: str) -> None:
     if output not in OUTPUTS:
         raise InputError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
+
+
+def _output(x: Tensor, output: str):
+    """Float images in [-1, 1] as `output` asks (checked before the work by _check_output): uint8
+    [N, C, H, W], float in [0, 1], or PIL images."""
     if output == "float":
         return (x.cpu() + 1) / 2
     images = to_uint8(x.cpu())

@@ -25,7 +25,7 @@ from ..diffusion.process import q_sample
 from ..diffusion.schedules import make_schedule
 from ..errors import InputError
 from ..names import SCHEDULES
-from ..pipeline import Pipeline, batch_seed
+from ..pipeline import Pipeline
 from ..storage.checkpoint import RunDir
 from ..storage.files import figure_to_image, pyplot
 
@@ -121,14 +121,11 @@ def trajectory(pipe: Pipeline, n: int, frames: int, seed: int = 0, **options) ->
         raise InputError(f"--frames must be between 2 and the number of steps, {steps} (got {frames})")
     chosen = {round(k * (steps - 1) / (frames - 1)) for k in range(frames)}
     recorded: list[tuple[int, Tensor, Tensor]] = []
-    current: list[Tensor] = []
 
     def record(i, t, x_next, prediction):
-        if i == 0:
-            current[:] = [_start_noise(pipe, n, seed)]
-        if i in chosen:
-            recorded.append((t, to_uint8(current[0]).cpu(), to_uint8(prediction.x0).cpu()))
-        current[0] = x_next
+        if i in chosen:  # the step's input x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps: a Prediction is consistent
+            x_t = pipe.diffusion.q_sample(prediction.x0, torch.full((n,), t, device=pipe.device), prediction.eps)
+            recorded.append((t, to_uint8(x_t).cpu(), to_uint8(prediction.x0).cpu()))
 
     pipe(n, seed=seed, progress=False, batch_size=n, callback=record, **options)
     columns = [f"t={t}" for t, _, _ in recorded]
@@ -139,12 +136,6 @@ def trajectory(pipe: Pipeline, n: int, frames: int, seed: int = 0, **options) ->
     picture = labelled_grid(rows, row_labels, columns)
     gif = [labelled_grid([x_t, x0], [f"x_t {column}", "x0"]) for column, (_, x_t, x0) in zip(columns, recorded)]
     return picture, gif
-
-
-def _start_noise(pipe: Pipeline, n: int, seed: int) -> Tensor:
-    """x_T of batch 0 of `pipe(n, seed=seed)`: the first draw of its generator."""
-    generator = torch.Generator(device=pipe.device).manual_seed(batch_seed(seed, 0))
-    return torch.randn((n, *pipe.image_shape), generator=generator, device=pipe.device)
 
 
 # ---- training progression ----------------------------------------------------------------------
