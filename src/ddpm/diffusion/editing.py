@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .samplers import PredictFn, _batch, _check_timesteps, _noise_like, ddim_step
+from .samplers import PredictFn, check_timesteps, ddim_step, noise_like, timestep_batch
 from .schedules import NoiseSchedule
 
 StepCallback = Callable[[int, Tensor, Tensor], None]  # (level index, x, the known pixels' target)
@@ -61,22 +61,22 @@ def inpaint(denoiser: PredictFn, x0: Tensor, known: Tensor, schedule: NoiseSched
     deterministic). `x` is the starting noise (default: drawn from `generator`).
     `callback(level, x, target)` sees x after every step with the noised original it copied.
     """
-    timesteps = _check_timesteps(timesteps, schedule)
+    timesteps = check_timesteps(timesteps, schedule)
     known = known.expand_as(x0).bool()
     alpha_bar = [schedule.alpha_bar[t].item() for t in timesteps] + [1.0]  # level i; level K is x_0
-    x = _noise_like(x0, generator) if x is None else x
+    x = noise_like(x0, generator) if x is None else x
     path = repaint_schedule(len(timesteps), jump, resample)
     for previous, level in zip(path, path[1:]):
         a_from, a_to = alpha_bar[previous], alpha_bar[level]
         if level > previous:  # a reverse step, then the known pixels at the level it lands on (eq. 8)
-            prediction = denoiser(x, _batch(timesteps[previous], x))
+            prediction = denoiser(x, timestep_batch(timesteps[previous], x))
             x = ddim_step(prediction, x, a_from, a_to, eta, generator)
-            target = x0 if level == len(timesteps) else math.sqrt(a_to) * x0 + math.sqrt(1 - a_to) * _noise_like(x0, generator)
+            target = x0 if level == len(timesteps) else math.sqrt(a_to) * x0 + math.sqrt(1 - a_to) * noise_like(x0, generator)
             x = torch.where(known, target, x)
             if callback is not None:
                 callback(level, x, target)
         else:  # back one level: q(x_to | x_from) = N(sqrt(a_to / a_from) x_from, (1 - a_to / a_from) I)
-            x = math.sqrt(a_to / a_from) * x + math.sqrt(1 - a_to / a_from) * _noise_like(x, generator)
+            x = math.sqrt(a_to / a_from) * x + math.sqrt(1 - a_to / a_from) * noise_like(x, generator)
     return x
 
 
@@ -88,11 +88,11 @@ def img2img(sampler: Callable[..., Tensor], denoiser: PredictFn, x0: Tensor, str
     first draw of `generator`), so the image no longer matters."""
     if not 0.0 <= strength <= 1.0:
         raise InputError(f"--strength must be in [0, 1], 0 for the input and 1 for plain sampling (got {strength})")
-    timesteps = _check_timesteps(timesteps, schedule)
+    timesteps = check_timesteps(timesteps, schedule)
     kept = timesteps[len(timesteps) - round(strength * len(timesteps)):]
     if not kept:
         return x0.clone()
-    noise = _noise_like(x0, generator)
+    noise = noise_like(x0, generator)
     if strength == 1.0:
         x = noise
     else:
@@ -106,11 +106,11 @@ def invert(denoiser: PredictFn, x0: Tensor, schedule: NoiseSchedule, timesteps: 
     """DDIM inversion: the x_T from which `sample_ddim(..., eta=0)` over the same timesteps returns
     about x0. Each step runs DDIM's update towards more noise, with the prediction at the level it
     starts from: x_next = sqrt(alpha_bar_next) x0_hat + sqrt(1 - alpha_bar_next) eps_hat."""
-    ascending = _check_timesteps(timesteps, schedule)[::-1]
+    ascending = check_timesteps(timesteps, schedule)[::-1]
     x = x0
     for i, t_next in enumerate(ascending):
         t = ascending[i - 1] if i else ascending[0]  # the first step starts at the data: ask at the lowest t
-        prediction = denoiser(x, _batch(t, x))
+        prediction = denoiser(x, timestep_batch(t, x))
         a = schedule.alpha_bar[t_next].item()
         x = math.sqrt(a) * prediction.x0 + math.sqrt(1 - a) * prediction.eps
     return x

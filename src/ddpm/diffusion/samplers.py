@@ -56,15 +56,15 @@ def sample_ddpm(
     visited steps (`NoiseSchedule.respace`).
     """
     _check_variance(variance)
-    timesteps = _check_timesteps(timesteps, schedule)
+    timesteps = check_timesteps(timesteps, schedule)
     chain = schedule.respace(timesteps)  # chain step i <-> original timestep ascending[i]
     for i, t in enumerate(_progress(timesteps, progress, "ddpm")):
         k = len(timesteps) - 1 - i  # index of t in the ascending chain
-        prediction = denoiser(x, _batch(t, x))
-        mean, posterior_variance = q_posterior(chain, prediction.x0, x, _batch(k, x))
+        prediction = denoiser(x, timestep_batch(t, x))
+        mean, posterior_variance = q_posterior(chain, prediction.x0, x, timestep_batch(k, x))
         if k > 0:  # Algorithm 2 line 3: no noise at the last step
-            sigma_squared = posterior_variance if variance == "small" else chain.at("betas", _batch(k, x), x)
-            x = mean + sigma_squared.sqrt() * _noise_like(x, generator)
+            sigma_squared = posterior_variance if variance == "small" else chain.at("betas", timestep_batch(k, x), x)
+            x = mean + sigma_squared.sqrt() * noise_like(x, generator)
         else:
             x = mean
         if callback is not None:
@@ -91,11 +91,11 @@ def sample_ddim(
     eta = 0 is deterministic; eta = 1 over all T steps is DDPM's ancestral sampler.
     """
     _check_eta(eta)
-    timesteps = _check_timesteps(timesteps, schedule)
+    timesteps = check_timesteps(timesteps, schedule)
     alpha_bar = schedule.alpha_bar.tolist()
     for i, t in enumerate(_progress(timesteps, progress, "ddim")):
         a_prev = alpha_bar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0  # the final step lands on x_0
-        prediction = denoiser(x, _batch(t, x))
+        prediction = denoiser(x, timestep_batch(t, x))
         x = ddim_step(prediction, x, alpha_bar[t], a_prev, eta, generator)
         if callback is not None:
             callback(i, t, x, prediction)
@@ -108,7 +108,7 @@ def ddim_step(prediction: Prediction, x: Tensor, alpha_bar_t: float, alpha_bar_p
     sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev))
     x = (math.sqrt(alpha_bar_prev) * prediction.x0
          + math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * prediction.eps)
-    return x + sigma * _noise_like(x, generator) if sigma > 0 else x
+    return x + sigma * noise_like(x, generator) if sigma > 0 else x
 
 
 @torch.no_grad()
@@ -135,11 +135,11 @@ def sample_dpmpp_2m(
     in lambda (r = 1) keeps second order to the end. The last step, onto sigma = 0, returns the
     data prediction itself. One network evaluation per timestep.
     """
-    timesteps = _check_timesteps(timesteps, schedule)
+    timesteps = check_timesteps(timesteps, schedule)
     alpha_bar = schedule.alpha_bar.tolist()
     previous_x0, previous_h = None, None
     for i, t in enumerate(_progress(timesteps, progress, "dpm++2m")):
-        prediction = denoiser(x, _batch(t, x))
+        prediction = denoiser(x, timestep_batch(t, x))
         if i + 1 == len(timesteps):
             x = prediction.x0
         else:
@@ -188,18 +188,18 @@ def sample_heun(
     The last step, onto phi = 0, returns the data prediction. 2K - 1 network evaluations for K
     timesteps.
     """
-    timesteps = _check_timesteps(timesteps, schedule)
+    timesteps = check_timesteps(timesteps, schedule)
     alpha_bar = schedule.alpha_bar.tolist()
     angle = [_angle(alpha_bar[t]) for t in timesteps]
     for i, t in enumerate(_progress(timesteps, progress, "heun")):
-        prediction = denoiser(x, _batch(t, x))
+        prediction = denoiser(x, timestep_batch(t, x))
         if i + 1 == len(timesteps):
             x = prediction.x0
         else:
             t_next, step = timesteps[i + 1], angle[i + 1] - angle[i]
             slope = _velocity(prediction, alpha_bar[t])
             x_euler = x + step * slope  # predictor: Euler
-            corrected = _velocity(denoiser(x_euler, _batch(t_next, x)), alpha_bar[t_next])
+            corrected = _velocity(denoiser(x_euler, timestep_batch(t_next, x)), alpha_bar[t_next])
             x = x + step * (slope + corrected) / 2  # corrector: the trapezoidal rule
         if callback is not None:
             callback(i, t, x, prediction)
@@ -234,10 +234,10 @@ def network_evaluations(name: str, steps: int) -> int:
     return 2 * steps - 1 if name == "heun" else steps
 
 
-# ---- helpers shared by the samplers ----------------------------------------------------------
+# ---- helpers shared by the samplers and editing.py -----------------------------------------
 
 
-def _check_timesteps(timesteps: Sequence[int], schedule: NoiseSchedule) -> list[int]:
+def check_timesteps(timesteps: Sequence[int], schedule: NoiseSchedule) -> list[int]:
     steps = [int(t) for t in timesteps]
     if not steps:
         raise InputError("a sampler needs at least one timestep")
@@ -282,11 +282,11 @@ def _check_variance(variance: str) -> None:
         raise InputError(f"unknown DDPM variance {variance!r}; choose {' or '.join(VARIANCES)}")
 
 
-def _batch(t: int, x: Tensor) -> Tensor:
+def timestep_batch(t: int, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
 
 
-def _noise_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+def noise_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
