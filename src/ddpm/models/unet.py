@@ -71,7 +71,8 @@ def make_upsample(kind: str, channels: int) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with a norm and an activation; the time embedding is added between them."""
+    """Two 3x3 convolutions with a norm and an activation; the time embedding is added between them
+    (time_channels 0: none, the autoencoder's block)."""
 
     def __init__(self, in_channels: int, out_channels: int, time_channels: int, dropout: float = 0.0,
                  norm: str = "group", activation: str = "silu"):
@@ -79,7 +80,7 @@ class ResidualBlock(nn.Module):
         self.act = ACTIVATIONS[activation]
         self.norm1 = make_norm(norm, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time = nn.Linear(time_channels, out_channels)
+        self.time = nn.Linear(time_channels, out_channels) if time_channels else None
         self.norm2 = make_norm(norm, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -87,9 +88,10 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
-    def forward(self, x: Tensor, time: Tensor) -> Tensor:
+    def forward(self, x: Tensor, time: Optional[Tensor] = None) -> Tensor:
         h = self.conv1(self.act(self.norm1(x)))
-        h = h + self.time(time)[:, :, None, None]
+        if self.time is not None:
+            h = h + self.time(time)[:, :, None, None]
         h = self.conv2(self.dropout(self.act(self.norm2(h))))
         return h + self.skip(x)
 
