@@ -47,6 +47,12 @@ DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10", "celeba", 
             "folder:PATH")
 
 
+# What each named data set holds: 1 gray or 3 RGB channels. A folder is read as RGB (data.channels
+# 1 reads it gray). The defaults a run starts from depend on it (config.defaults_for).
+DATASET_CHANNELS = {"mnist5k": 1, "digits": 1, "mnist": 1, "fashion-mnist": 1, "cifar10": 3, "celeba": 3,
+                    "stanford-cars": 3, "emoji": 3}
+
+
 def known_dataset(name: str) -> bool:
     return name in DATASETS[:-1] or name.startswith("folder:")
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import yaml
 
-from .config import Config
+from .config import Config, defaults_for
 from .errors import InputError
 
 
@@ -38,8 +38,15 @@ def load_preset(name: str, base: Optional[Config] = None) -> Config:
 
 def compose_config(preset: Optional[str] = None, config_file: Optional[str] = None,
                    overrides: Optional[dict] = None) -> Config:
-    """Settings in layers: the defaults < a preset < a config file < overrides ({"train.lr": 1e-3})."""
-    config = load_preset(preset) if preset else Config()
-    if config_file:
-        config = Config.from_yaml(config_file, base=config)
-    return config.override(overrides or {})
+    """Settings in layers: the defaults < a preset < a config file < overrides ({"train.lr": 1e-3}).
+
+    The defaults depend on the data the layers above choose: gray or color (config.defaults_for).
+    """
+    def layered(base: Config) -> Config:
+        config = load_preset(preset, base) if preset else base
+        if config_file:
+            config = Config.from_yaml(config_file, base=config)
+        return config.override(overrides or {})
+
+    config = layered(Config())
+    return layered(defaults_for(config.data))

@@ -7,7 +7,7 @@ import typing
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..config import Config
+from ..config import COLOR_DEFAULTS, Config
 from ..errors import InputError
 from ..names import SAMPLERS, SPACINGS, VARIANCES
 
@@ -20,11 +20,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_config_flag(parser: argparse.ArgumentParser, key: str, help: str, flag: Optional[str] = None,
-                    **extra) -> None:
-    """A flag that sets config key `key` ("section.field"): its type, choices and default come from
-    the field itself. The flag's value is None unless given, so it overrides only when used."""
+                    schema: type = Config, **extra) -> None:
+    """A flag that sets config key `key` ("section.field") of a `schema` config (a diffusion run's, or
+    an autoencoder run's): its type, choices and default come from the field itself. The flag's value
+    is None unless given, so it overrides only when used."""
     section_name, name = key.split(".")
-    section = getattr(Config(), section_name)
+    section = getattr(schema(), section_name)
     hint = typing.get_type_hints(type(section))[name]
     if typing.get_origin(hint) is typing.Union:  # Optional[X]
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
@@ -37,9 +38,11 @@ def add_config_flag(parser: argparse.ArgumentParser, key: str, help: str, flag: 
     if typing.get_origin(hint) is typing.Literal:
         options.setdefault("choices", typing.get_args(hint))
     else:
-        options["type"] = hint
+        options["type"] = str if typing.get_origin(hint) is list else hint  # a list is read as YAML: [64,128]
         options.setdefault("metavar", name.upper())
     shown = "" if default is None else f", default {default}"
+    if key in COLOR_DEFAULTS and schema is Config:
+        shown += f"; {COLOR_DEFAULTS[key]} for color data"
     parser.add_argument(flag, help=f"{help} (config {key}{shown})", **options)
 
 
