@@ -7,12 +7,10 @@ import urllib.error
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from ddpm.cli import main
 from ddpm.data import load_data
-from ddpm.errors import InputError
 
 from test_cli import TINY
 
