@@ -26,7 +26,7 @@ from pathlib import Path
 import ddpm
 
 LAYERS = [("errors", "names"), ("config", "presets"), ("models",), ("diffusion",), ("data",), ("runtime",),
-          ("storage",), ("factory",), ("pipeline",), ("evaluation",), ("pictures",), ("training",), ("cli", "__main__")]
+          ("storage",), ("factory",), ("latent",), ("pipeline",), ("evaluation",), ("pictures",), ("training",), ("cli", "__main__")]
 PACKAGE = Path(ddpm.__file__).parent
 
 

@@ -93,7 +93,7 @@ def test_an_older_eval_history_keeps_its_rows_under_the_new_columns(tmp_path):
     "argv, message",
     [
         (["eval", "--samples", "/nonexistent.npz"], "does not exist"),
-        (["eval"], "give either --samples"),
+        (["eval"], "give one of --samples"),
         (["eval", "--samples", "{tmp}"], "holds no images"),
         (["eval", "--samples", "{tmp}/bad.npz"], "is not a sample file"),
         (["eval", "--run", "{tmp}", "--data", "imagenet", "--n", "1"], "unknown data set 'imagenet'"),

@@ -35,6 +35,16 @@ def _stand_in(name, root):
 def test_each_preset_trains_two_steps(name, tmp_path):
     config = load_preset(name)
     _stand_in(config.data.name, tmp_path / "data")
+    if config.latent.autoencoder:  # a latent preset names an autoencoder run: a tiny one stands in
+        from ddpm.data.emoji import EMOJI_TEST, FONT
+
+        if config.data.name == "emoji" and not (FONT.is_file() and EMOJI_TEST.is_file()):
+            pytest.skip("needs Debian's fonts-noto-color-emoji and unicode-data (make test installs them as root)")
+        from test_latent import tiny_autoencoder
+
+        ae = train(tiny_autoencoder(**{"data.name": config.data.name, "data.image_size": config.data.image_size,
+                                       "train.max_steps": 1}), tmp_path / "ae", progress=False)
+        config = config.override({"latent.autoencoder": str(ae.path)})
     config = config.override({"data.root": str(tmp_path / "data"), "train.batch_size": 2, "train.max_steps": 2,
                               "train.warmup_steps": 1, "train.grid_size": 2, "train.log_every": 1,
                               "train.device": "cpu", "sample.steps": 2, "sample.sampler": "ddim"})

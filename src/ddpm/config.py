@@ -244,14 +244,26 @@ class SampleConfig:
 
 
 @dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+class LatentConfig:
+    """Latent diffusion (Rombach et al. 2022): the UNet denoises an autoencoder's scaled latents.
+    Training records which autoencoder (its weights' hash and latent scale); sampling refuses another."""
 
-    def validate(self) -> "Config":
+    autoencoder: typing.Optional[str] = None  # an autoencoder run directory, or diffusers:PATH; None: pixel space
+    sha256: typing.Optional[str] = None  # of the autoencoder's weights, written when training starts
+    scale: typing.Optional[float] = None  # its latent scale (1 / std of the latents), written with the hash
+    channels: typing.Optional[int] = None  # the latents' channels and how many times smaller than the image
+    factor: typing.Optional[int] = None  # each side is (written with the hash)
+
+    def validate(self) -> None:
+        _check(self.autoencoder is None or bool(self.autoencoder),
+               "latent.autoencoder must name an autoencoder run or diffusers:PATH, or be null")
+        _check(self.scale is None or self.scale > 0, f"latent.scale must be > 0 (got {self.scale})")
+
+
+class Sections:
+    """What every config shares: typed sections, validation, YAML round trip and dotted overrides."""
+
+    def validate(self):
         for section_name in self.section_names():
             section = getattr(self, section_name)
             for key, hint in typing.get_type_hints(type(section)).items():  # types and registry names
@@ -259,18 +271,13 @@ class Config:
                 if typing.get_origin(hint) is typing.Literal:
                     _check_choice(f"{section_name}.{key}", value, typing.get_args(hint))
             section.validate()  # ranges
-        _check(self.sample.steps <= self.diffusion.timesteps,
-               f"sample.steps ({self.sample.steps}) cannot exceed diffusion.timesteps "
-               f"({self.diffusion.timesteps})")
-        if self.data.image_size is not None:
-            self.model.check_image_size(self.data.image_size)
         return self
 
     @classmethod
     def section_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
-    def resumed(self, overrides: dict[str, object], run: str) -> "Config":
+    def resumed(self, overrides: dict[str, object], run: str):
         """This run's config with `overrides` applied for `--resume`: only the RESUMABLE keys may change."""
         fixed = sorted(key for key in overrides if key not in RESUMABLE)
         if fixed:
@@ -284,7 +291,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict, base: "Config | None" = None) -> "Config":
+    def from_dict(cls, values: dict, base=None):
         """Build a config from nested dicts (as read from YAML), over `base` or the defaults."""
         config = copy.deepcopy(base) if base is not None else cls()
         if not isinstance(values, dict):
@@ -301,7 +308,7 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def from_yaml(cls, path: Path, base: "Config | None" = None) -> "Config":
+    def from_yaml(cls, path: Path, base=None):
         path = Path(path)
         if not path.is_file():
             raise InputError(f"config file {path} does not exist")
@@ -312,7 +319,7 @@ class Config:
             raise InputError(f"config file {path} is not valid YAML: {first_line}") from None
         return cls.from_dict(values, base)
 
-    def override(self, dotted: dict[str, object]) -> "Config":
+    def override(self, dotted: dict[str, object]):
         """Apply {"train.lr": 1e-3, ...}; string values are parsed as YAML scalars or lists."""
         config = copy.deepcopy(self)
         for key, value in dotted.items():
@@ -327,6 +334,93 @@ class Config:
             _assign(_section(config, section_name), section_name, name, value)
         return config
 
+
+
+@dataclass
+class Config(Sections):
+    """A diffusion run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+
+    def validate(self) -> "Config":
+        super().validate()
+        _check(self.sample.steps <= self.diffusion.timesteps,
+               f"sample.steps ({self.sample.steps}) cannot exceed diffusion.timesteps "
+               f"({self.diffusion.timesteps})")
+        if self.data.image_size is not None and (self.latent.autoencoder is None or self.latent.factor):
+            self.model.check_image_size(self.model_input()[1])
+        return self
+
+    def model_input(self) -> tuple[int, int]:
+        """(channels, size) of what the UNet denoises: the images, or a latent run's latents."""
+        if self.latent.autoencoder is None:
+            return self.data.channels or 1, self.data.image_size
+        return self.latent.channels, self.data.image_size // self.latent.factor
+
+
+@dataclass
+class AutoencoderConfig:
+    """The autoencoder of latent diffusion (models/autoencoder.py), trained by `ddpm train-autoencoder`."""
+
+    channels: list[int] = field(default_factory=lambda: [64, 128, 128])  # 3 levels: f = 4
+    z_channels: int = 4
+    num_res: int = 1
+    norm: Norm = "group"
+    activation: Activation = "silu"
+    upsample: Upsample = "nearest"
+    reconstruction: Loss = "l1"  # Rombach et al.'s pixel term (they add LPIPS, whose VGG weights cannot be had offline)
+    kl_weight: float = 1e-6  # as in Rombach et al.'s KL configs
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    def validate(self) -> None:
+        _check(len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
+               f"autoencoder.channels needs at least one positive width (got {self.channels})")
+        _check(self.z_channels >= 1, f"autoencoder.z_channels must be >= 1 (got {self.z_channels})")
+        _check(self.num_res >= 1, f"autoencoder.num_res must be >= 1 (got {self.num_res})")
+        _check(self.kl_weight >= 0, f"autoencoder.kl_weight must be >= 0 (got {self.kl_weight})")
+
+    def check_image_size(self, image_size: int) -> None:
+        if image_size % self.factor:
+            raise InputError(f"image size {image_size} is not divisible by the autoencoder's factor {self.factor} "
+                             f"({len(self.channels)} levels); use --image-size {max(self.factor, image_size // self.factor * self.factor)}")
+
+
+@dataclass
+class AutoencoderRun(Sections):
+    """An autoencoder run: what it is, what it trains on and how (the diffusion run's data and train sections)."""
+
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="emoji", flip=True))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=4.5e-4, warmup_steps=0, lr_schedule="constant",
+                                                                   grid_size=16))
+
+    def validate(self) -> "AutoencoderRun":
+        super().validate()
+        if self.data.image_size is not None:
+            self.autoencoder.check_image_size(self.data.image_size)
+        return self
+
+
+def read_config(path: Path) -> "Config | AutoencoderRun":
+    """A run's config.yaml: an autoencoder run's when it has an `autoencoder` section, else a diffusion run's."""
+    path = Path(path)
+    kind = Config
+    if path.is_file():
+        try:
+            values = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            values = None  # from_yaml names the error
+        if isinstance(values, dict) and "autoencoder" in values:
+            kind = AutoencoderRun
+    return kind.from_yaml(path)
 
 # The dataclass defaults above were measured on 28x28 gray digits. Data with 3 channels (emoji,
 # cifar10, celeba, a folder of the user's own pictures) starts from these instead, measured on 32x32
@@ -362,7 +456,7 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     _check(isinstance(value, str) and value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
-def _section(config: Config, name: str):
+def _section(config: Sections, name: str):
     sections = config.section_names()
     if name not in sections:
         raise InputError(f"unknown config section {name!r}; the sections are {', '.join(sections)}")

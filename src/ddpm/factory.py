@@ -20,8 +20,8 @@ FUSED_DEVICES = ("cpu", "cuda")  # where torch.optim.AdamW(fused=True) has a ker
 
 
 def build_network(config: Config) -> UNet:
-    """The UNet that `config` describes, for images of config.data.channels channels."""
-    return UNet(config.data.channels or 1, **dataclasses.asdict(config.model))  # the fields are UNet's arguments
+    """The UNet that `config` describes, for its images' channels, or its latents' (config.model_input)."""
+    return UNet(config.model_input()[0], **dataclasses.asdict(config.model))  # the fields are UNet's arguments
 
 
 def build_schedule(config: Config) -> NoiseSchedule:

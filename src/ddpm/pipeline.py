@@ -28,6 +28,7 @@ from .diffusion.samplers import Callback, get_sampler, network_evaluations, samp
 from .diffusion.schedules import spaced_timesteps
 from .errors import InputError
 from .factory import build_diffusion, build_network
+from .latent import Codec, load_codec
 from .runtime.devices import resolve_device
 from .runtime.distributed import Distributed, init_distributed
 from .storage.checkpoint import RunDir, load_into, load_meta, load_weights
@@ -72,8 +73,10 @@ class Pipeline:
     """
 
     def __init__(self, network: nn.Module, diffusion: Diffusion, config: Config, *, step: Optional[int] = None,
-                 ranks: Optional[Distributed] = None, device: Optional[torch.device] = None):
+                 ranks: Optional[Distributed] = None, device: Optional[torch.device] = None,
+                 codec: Optional[Codec] = None):
         self.network, self.diffusion, self.config, self.step = network, diffusion, config, step
+        self.codec = codec  # a latent run's autoencoder: the pipeline samples latents and decodes them
         self.ranks = ranks or Distributed()
         parameter = next(iter(network.parameters()), None) if isinstance(network, nn.Module) else None
         self.device = device or (parameter.device if parameter is not None else torch.device("cpu"))
@@ -84,6 +87,9 @@ class Pipeline:
         """A run directory's newest checkpoint (or `checkpoint`), its EMA weights unless `ema=False`."""
         run = RunDir(path)
         config = run.load_config()
+        if not isinstance(config, Config):
+            raise InputError(f"{run.path} is an autoencoder run: it encodes and decodes but does not sample; train "
+                             f"latent diffusion on it with 'ddpm train --autoencoder {run.path}'")
         folder = Path(checkpoint) if checkpoint is not None else run.latest()
         if folder is None:
             raise InputError(f"run {run.path} has no checkpoint yet; train it first with 'ddpm train --out {run.path}'")
@@ -92,8 +98,10 @@ class Pipeline:
         network = build_network(config)
         load_into(network, load_weights(folder, "ema" if ema else "model"), folder, run.config_path)
         network.to(device).eval()
+        latent = config.latent
+        codec = load_codec(latent.autoencoder, latent.sha256, device) if latent.autoencoder else None
         return cls(network, build_diffusion(config).to(device), config, step=load_meta(folder)["step"], ranks=ranks,
-                   device=device)
+                   device=device, codec=codec)
 
     def load_checkpoint(self, folder: Path, ema: bool = True) -> int:
         """Swap in another checkpoint's weights of the same run (the progression picture); returns its step."""
@@ -103,8 +111,25 @@ class Pipeline:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the run makes."""
         d = self.config.data
         return (d.channels or 1, d.image_size, d.image_size)
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of what the network denoises: the images, or a latent run's latents."""
+        channels, size = self.config.model_input()
+        return (channels, size, size)
+
+    def to_images(self, x: Tensor) -> Tensor:
+        """What the network denoises as images in [-1, 1] (float, on the CPU): a latent run decodes."""
+        if self.codec is not None:
+            x = self.codec.decode(x.to(self.device))
+        return x.clamp(-1, 1).float().cpu()
+
+    def to_model(self, x: Tensor) -> Tensor:
+        """Images in [-1, 1] as what the network denoises: a latent run encodes."""
+        return x if self.codec is None else self.codec.encode(x.to(self.device))
 
     @property
     def num_classes(self) -> int:
@@ -192,9 +217,16 @@ class Pipeline:
             raise InputError("the mask must mark some pixels to fill (white) and some to keep (black); "
                              f"this one {'keeps' if keep.all() else 'fills'} every pixel")
         eta = 1.0 if options.sampler == "ddpm" else options.eta
-        x = editing.inpaint(self.denoiser(options, labels), x0, keep.to(self.device), self.diffusion.schedule,
+        keep_model = keep.to(self.device)
+        if self.codec is not None:  # a latent is kept only where all the pixels it covers are kept
+            f = self.codec.factor
+            keep_model = -torch.nn.functional.max_pool2d(-keep_model[None].float(), f)[0] > 0.5
+        x = editing.inpaint(self.denoiser(options, labels), self.to_model(x0), keep_model, self.diffusion.schedule,
                             self._timesteps(options), eta=eta, resample=resample, jump=jump, generator=generator)
-        return _output(x, output)
+        images = self.to_images(x)
+        if self.codec is not None:  # the decoder only approximates the kept pixels: those are the image's own
+            images = torch.where(keep.cpu(), x0.cpu(), images)
+        return _output(images, output)
 
     @torch.no_grad()
     def img2img(self, image, strength: float, n: int = 1, sampler: Optional[str] = None, steps: Optional[int] = None,
@@ -203,8 +235,9 @@ class Pipeline:
         (0 returns the image, 1 is plain sampling), with any sampler and guidance."""
         x0, options, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
         x = editing.img2img(get_sampler(options.sampler, options.eta, options.variance), self.denoiser(options, labels),
-                            x0, strength, self.diffusion.schedule, self._timesteps(options), generator=generator)
-        return _output(x, output)
+                            self.to_model(x0), strength, self.diffusion.schedule, self._timesteps(options),
+                            generator=generator)
+        return _output(self.to_images(x), output)
 
     @torch.no_grad()
     def invert(self, image, steps: Optional[int] = None) -> Tensor:
@@ -212,7 +245,7 @@ class Pipeline:
         returns about `image`. Neither clips x0, which would make the map non-invertible."""
         x0, options, _, _ = self._edit_setup(image, 1, "ddim", steps, None, None, 0, eta=0.0)
         denoiser = self.diffusion.denoiser(self.network, clip_denoised=False)
-        return editing.invert(denoiser, x0, self.diffusion.schedule, self._timesteps(options))
+        return editing.invert(denoiser, self.to_model(x0), self.diffusion.schedule, self._timesteps(options))
 
     @torch.no_grad()
     def reconstruct(self, x_T: Tensor, steps: Optional[int] = None, output: str = "uint8"):
@@ -221,7 +254,7 @@ class Pipeline:
         options = self.options("ddim", steps, eta=0.0)
         denoiser = self.diffusion.denoiser(self.network, clip_denoised=False)
         x = sample_ddim(denoiser, x_T.to(self.device), self.diffusion.schedule, self._timesteps(options))
-        return _output(x.clamp(-1, 1).float().cpu(), output)
+        return _output(self.to_images(x), output)
 
     @torch.no_grad()
     def interpolate(self, a, b, frames: int = 8, steps: Optional[int] = None, output: str = "uint8"):
@@ -288,10 +321,10 @@ class Pipeline:
             for start in starts[ranks.rank :: ranks.world_size]:  # under torchrun, every world_size-th batch
                 count = min(batch_size, n - start)
                 generator = torch.Generator(device=self.device).manual_seed(batch_seed(seed, start // batch_size))
-                x = torch.randn((count, *self.image_shape), generator=generator, device=self.device)
+                x = torch.randn((count, *self.model_shape), generator=generator, device=self.device)
                 denoiser = self.denoiser(options, None if labels is None else labels[start : start + count])
                 x = sample(denoiser, x, schedule, timesteps, generator=generator, callback=callback)
-                batches.append((start, x.clamp(-1, 1).float().cpu()))
+                batches.append((start, self.to_images(x)))
                 bar.update(count * ranks.world_size)
         if ranks.enabled:
             gathered = [None] * ranks.world_size

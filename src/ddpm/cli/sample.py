@@ -34,6 +34,8 @@ def add_commands(commands) -> None:
                                                "$DDPM_CACHE (~/.cache/ddpm).")
     evaluate.add_argument("--samples", help="a .npz (arr_0 uint8 [N, H, W, C]) or a folder of images")
     evaluate.add_argument("--run", help="a run directory: sample --n images from it first")
+    evaluate.add_argument("--reconstruct", metavar="AUTOENCODER",
+                          help="an autoencoder run (or diffusers:PATH): rFID and PSNR of --n reconstructions of its data")
     add_sampling_args(evaluate, n=1000)
     evaluate.add_argument("--data", help="reference data set (default: the run's, else mnist5k)")
     evaluate.add_argument("--data-root", default="data")
@@ -78,15 +80,19 @@ def run_sample(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..evaluation.fid import evaluate, load_samples
-    from ..evaluation.history import append_eval_history
+    from ..evaluation.history import RECONSTRUCT_FIELDS, append_eval_history
     from ..runtime.devices import resolve_device
 
-    if bool(args.samples) == bool(args.run):
-        raise InputError("give either --samples PATH (.npz or folder of images) or --run RUN")
+    if sum(map(bool, (args.samples, args.run, args.reconstruct))) != 1:
+        raise InputError("give one of --samples PATH (.npz or folder of images), --run RUN or --reconstruct AUTOENCODER")
     data = args.data
     if data is not None and not known_dataset(data):  # before minutes of sampling
         raise InputError(f"unknown data set {data!r}; known data sets: {', '.join(DATASETS)}")
-    if args.samples:
+    extra = {}
+    if args.reconstruct:
+        images, source, extra = _reconstruct(args)
+        data = source["data"]
+    elif args.samples:
         images = load_samples(Path(args.samples))
         source = {"samples": str(args.samples)}
     else:
@@ -95,8 +101,10 @@ def run_eval(args: argparse.Namespace) -> int:
             return 0  # another rank of torchrun evaluates
         data = data or source["data"]
     result = {**source, **evaluate(images, data or "mnist5k", args.data_root, args.ref_n,
-                                   str(resolve_device(args.device)))}
-    print(f"FID {result['fid']:.3f}")
+                                   str(resolve_device(args.device))), **extra}
+    if args.reconstruct:
+        print(f"PSNR {result['psnr']:.2f} dB")
+    print(f"{'rFID' if args.reconstruct else 'FID'} {result['fid']:.3f}")
     print(f"KID {result['kid']:.5f}")
     print(f"({result['samples']} samples against {result['reference']} {result['data']} images at "
           f"{result['image_size']}px; FID is biased upward at small counts, compare equal counts only)")
@@ -104,7 +112,37 @@ def run_eval(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2))
     if args.run:
         append_eval_history(Path(args.run), result)
+    elif args.reconstruct and not args.reconstruct.startswith("diffusers:"):
+        append_eval_history(Path(args.reconstruct), result, RECONSTRUCT_FIELDS)  # the autoencoder's report shows it
     return 0
+
+
+def _reconstruct(args: argparse.Namespace):
+    """--n reconstructions of the autoencoder's data (its run's, or --data for a diffusers one)."""
+    from ..config import AutoencoderRun, DataConfig
+    from ..data.datasets import load_data
+    from ..evaluation.reconstruct import psnr, reconstruct
+    from ..latent import DIFFUSERS, load_codec
+    from ..runtime.devices import resolve_device
+    from ..storage.checkpoint import RunDir
+
+    positive(args.n, "--n")
+    device = resolve_device(args.device)
+    if args.reconstruct.startswith(DIFFUSERS):
+        if args.data is None:
+            raise InputError("--reconstruct diffusers:PATH needs --data, the images to reconstruct")
+        d = DataConfig(name=args.data, root=args.data_root)
+    else:
+        config = RunDir(Path(args.reconstruct)).load_config()
+        if not isinstance(config, AutoencoderRun):
+            raise InputError(f"{args.reconstruct} is a diffusion run; --reconstruct takes an autoencoder run")
+        d = config.data if args.data is None else DataConfig(name=args.data, root=args.data_root,
+                                                             image_size=config.data.image_size)
+    codec = load_codec(args.reconstruct, device=device)
+    data = load_data(d.name, d.root, d.image_size, d.crop, d.channels)
+    originals, rebuilt = reconstruct(codec, data, min(args.n, len(data)), device)
+    source = {"reconstruct": args.reconstruct, "sha256": codec.sha256, "data": d.name}
+    return rebuilt, source, {"psnr": round(psnr(originals, rebuilt), 3), "metric": "rFID"}
 
 
 def run_sweep(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from ..config import Config
+from ..config import AutoencoderRun, Config
 from ..errors import InputError
 from ..names import DATASETS
 from .common import add_config_flag, config_overrides
@@ -28,6 +28,8 @@ FLAGS = [
     ("diffusion.schedule", "noise schedule", None, {}),
     ("diffusion.objective", "what the network predicts", None, {}),
     ("diffusion.loss", "how the error is measured", None, {}),
+    ("latent.autoencoder", "latent diffusion: denoise the latents of this autoencoder (a run of ddpm "
+                           "train-autoencoder, or diffusers:PATH)", "--autoencoder", {"metavar": "RUN"}),
     ("model.num_classes", "class-conditional on the data set's K labels, with classifier-free guidance", "--classes",
      {"metavar": "K"}),
     ("train.max_steps", "stop after this many optimiser steps", None, {}),
@@ -39,6 +41,18 @@ FLAGS = [
     ("train.compile", "torch.compile the UNet", None, {}),
     ("train.channels_last", "NHWC memory format (on by default; --set train.channels_last=false turns it off)", None, {}),
     ("train.grad_accum", "split each batch into K micro-batches", None, {"metavar": "K"}),
+]
+
+
+# `ddpm train-autoencoder` shares the data and budget flags, and names the autoencoder's own.
+SHARED = ("data.", "train.batch_size", "train.lr", "train.max_", "train.seed", "train.device", "train.precision",
+          "train.channels_last", "train.grad_accum")
+AUTOENCODER_FLAGS = [flag for flag in FLAGS if flag[0].startswith(SHARED)] + [
+    ("autoencoder.channels", "widths of the levels; f = 2^(levels - 1), e.g. [64,128,128] for f = 4", "--widths",
+     {"metavar": "[C,...]"}),
+    ("autoencoder.z_channels", "channels of the latent", None, {}),
+    ("autoencoder.kl_weight", "weight of the KL term", None, {}),
+    ("autoencoder.reconstruction", "the reconstruction loss", None, {}),
 ]
 
 
@@ -57,9 +71,40 @@ def add_commands(commands) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(command=run)
 
+    parser = commands.add_parser("train-autoencoder", help="train the autoencoder of latent diffusion (or resume one)",
+                                 description="Train a KL autoencoder (Rombach et al. 2022) whose latents 'ddpm train "
+                                             "--autoencoder RUN' then diffuses in. Settings: defaults < --config < "
+                                             "flags < --set.")
+    parser.add_argument("--config", help="a YAML config file (sections autoencoder, data, train)")
+    parser.add_argument("--out", help="run directory to create (default runs/autoencoder-DATA-DATE-TIME)")
+    parser.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest checkpoint")
+    for key, help, flag, extra in AUTOENCODER_FLAGS:
+        add_config_flag(parser, key, help, flag, schema=AutoencoderRun, **extra)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="any config key, e.g. autoencoder.kl_weight=1e-5 (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(command=run_autoencoder)
+
 
 def run(args: argparse.Namespace) -> int:
     from ..presets import compose_config
+
+    def compose(overrides: dict) -> Config:
+        return compose_config(args.preset, args.config, overrides)
+
+    return _train(args, Config, compose, lambda config: args.preset or config.data.name)
+
+
+def run_autoencoder(args: argparse.Namespace) -> int:
+    def compose(overrides: dict) -> AutoencoderRun:
+        config = AutoencoderRun.from_yaml(args.config) if args.config else AutoencoderRun()
+        return config.override(overrides)
+
+    args.preset = None
+    return _train(args, AutoencoderRun, compose, lambda config: f"autoencoder-{config.data.name}")
+
+
+def _train(args: argparse.Namespace, kind: type, compose, name) -> int:
     from ..storage.checkpoint import RunDir
     from ..training.loop import train
 
@@ -70,10 +115,15 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--resume continues a run in its own directory; drop --out")
         if args.preset or args.config:
             raise InputError("--resume reads the run's own config.yaml; drop --preset and --config")
-        config: Config = RunDir(out).load_config().resumed(overrides, str(out))
+        config = RunDir(out).load_config()
+        if not isinstance(config, kind):
+            other = "train-autoencoder" if kind is Config else "train"
+            raise InputError(f"{out} is {'an autoencoder' if kind is Config else 'a diffusion'} run; resume it with "
+                             f"'ddpm {other} --resume {out}'")
+        config = config.resumed(overrides, str(out))
     else:
-        config = compose_config(args.preset, args.config, overrides)
-        out = Path(args.out) if args.out else Path("runs") / f"{args.preset or config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config = compose(overrides)
+        out = Path(args.out) if args.out else Path("runs") / f"{name(config)}-{time.strftime('%Y%m%d-%H%M%S')}"
     config.validate()
     run_dir = train(config, out, resume=bool(args.resume), progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one line from rank 0

@@ -123,12 +123,13 @@ def iterate_batches(data, batch_size: int, seed: int, start_step: int, device: t
                     workers: int = 2) -> Iterator[tuple[Tensor, Optional[Tensor]]]:
     """(uint8 images, labels or None) on `device` for steps start_step, start_step + 1, ...
 
-    An in-memory ImageData moves to the device once and is indexed there. A streamed data set
+    A data set held in memory (ImageData, or a latent run's encoded latents: anything but a torch
+    Dataset) moves to the device once and is indexed there. A streamed data set
     (datasets.ImageFiles) is decoded by DataLoader workers, in the same order, into pinned memory
     on CUDA.
     """
     order = batch_indices(len(data), batch_size, seed, start_step)
-    if isinstance(data, ImageData):
+    if not isinstance(data, torch.utils.data.Dataset):
         images = data.images.to(device)
         labels = None if data.labels is None else data.labels.to(device)
         for indices in order:

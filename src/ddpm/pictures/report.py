@@ -5,6 +5,7 @@ Sections, each present only when the run holds its data:
     config       config.yaml
     loss         the training loss curve, from log.csv
     grid         the newest sample grid written during training (samples/step_*.png)
+    autoencoder  an autoencoder run's newest reconstructions, and its rFID and PSNR (ddpm eval --reconstruct)
     progression  samples from the same noise at each checkpoint (ddpm show progression)
     trajectory   the reverse process, x_t and predicted x0 (ddpm show trajectory), and its GIF
     edits        inpainting, img2img, DDIM inversion and interpolation (ddpm show edits)
@@ -22,12 +23,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..config import AutoencoderRun
 from ..errors import InputError
 from ..storage.checkpoint import RunDir
 from ..storage.files import atomic_write, plot_loss
 
 MIN_WIDTH = 400  # pixels: narrower images are shown at an integer multiple of their size
-SECTIONS = ("config", "loss", "grid", "progression", "trajectory", "edits", "fid", "sweep")
+SECTIONS = ("config", "loss", "grid", "autoencoder", "progression", "trajectory", "edits", "fid", "sweep")
 
 STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -53,7 +55,13 @@ def write_report(run_dir: Path, out: Optional[Path] = None) -> tuple[Path, list[
     if loss_curve:
         sections["loss"] = _image(loss_curve, "loss.png", "training loss (mean over each logging interval), log scale")
     grids = run.sample_grids()
-    if grids:
+    if isinstance(config, AutoencoderRun):
+        if grids:
+            sections["autoencoder"] = _file(grids[-1], f"data set images (top) and their reconstructions (bottom) at "
+                                                       f"{_step_of(grids[-1])}, f = {config.autoencoder.factor}")
+        if (run.path / "eval.csv").is_file():
+            sections["autoencoder"] = sections.get("autoencoder", "") + _table(run.path / "eval.csv")
+    elif grids:
         sections["grid"] = _file(grids[-1], f"EMA samples at {_step_of(grids[-1])}, sampler {config.sample.sampler}, "
                                              f"{config.sample.steps} steps")
     if run.picture_path("progression").is_file():
@@ -66,14 +74,14 @@ def write_report(run_dir: Path, out: Optional[Path] = None) -> tuple[Path, list[
     if run.picture_path("edits").is_file():
         sections["edits"] = _file(run.picture_path("edits"), "images of the data set inpainted (the center square), "
                                                              "edited at strength 0.5, inverted and interpolated")
-    if (run.path / "eval.csv").is_file():
+    if (run.path / "eval.csv").is_file() and "autoencoder" not in sections:
         sections["fid"] = _table(run.path / "eval.csv")
     if (run.path / "sweep.csv").is_file():
         sections["sweep"] = _table(run.path / "sweep.csv")
         if (run.path / "sweep.png").is_file():
             sections["sweep"] = _file(run.path / "sweep.png", "FID against network evaluations") + sections["sweep"]
 
-    titles = {"config": "Config", "loss": "Training loss", "grid": "Latest samples", "progression": "Progression",
+    titles = {"config": "Config", "loss": "Training loss", "grid": "Latest samples", "autoencoder": "Reconstructions", "progression": "Progression",
               "trajectory": "Reverse trajectory", "edits": "Editing", "fid": "FID history", "sweep": "Sampler sweep"}
     body = "".join(f'<section id="{name}"><h2>{titles[name]}</h2>{sections[name]}</section>\n'
                    for name in SECTIONS if name in sections)

@@ -125,7 +125,7 @@ def trajectory(pipe: Pipeline, n: int, frames: int, seed: int = 0, **options) ->
     def record(i, t, x_next, prediction):
         if i in chosen:  # the step's input x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps: a Prediction is consistent
             x_t = pipe.diffusion.q_sample(prediction.x0, torch.full((n,), t, device=pipe.device), prediction.eps)
-            recorded.append((t, to_uint8(x_t).cpu(), to_uint8(prediction.x0).cpu()))
+            recorded.append((t, to_uint8(pipe.to_images(x_t)), to_uint8(pipe.to_images(prediction.x0))))  # a latent run decodes both
 
     pipe(n, seed=seed, progress=False, batch_size=n, callback=record, **options)
     columns = [f"t={t}" for t, _, _ in recorded]

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import Config
+from ..config import AutoencoderRun, Config, read_config
 from ..errors import InputError
 
 CONFIG_FILE = "config.yaml"
@@ -85,12 +85,12 @@ class RunDir:
         """Where `ddpm show NAME --run` writes by default, and where `ddpm report` looks."""
         return self.path / f"{name}.png"
 
-    def load_config(self) -> Config:
+    def load_config(self) -> "Config | AutoencoderRun":
         if not self.path.is_dir():
             raise InputError(f"run directory {self.path} does not exist; train one with 'ddpm train --out {self.path}'")
         if not self.config_path.is_file():
             raise InputError(f"{self.path} is not a run directory: it has no {CONFIG_FILE}")
-        return Config.from_yaml(self.config_path).validate()
+        return read_config(self.config_path).validate()
 
     def latest(self) -> Optional[Path]:
         """The newest complete checkpoint folder, or None if there is none yet."""

@@ -16,13 +16,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config
+from ..config import AutoencoderRun, Config
 from ..data.datasets import load_data
-from ..data.imagedata import iterate_batches, to_model_range
-from ..diffusion.guidance import drop_labels
+from ..data.imagedata import iterate_batches
 from ..errors import InputError, TrainingDiverged
-from ..factory import build_diffusion, build_network, build_optimizer
-from ..pipeline import Pipeline
+from ..factory import build_optimizer
 from ..runtime.devices import resolve_device
 from ..runtime.distributed import init_distributed
 from ..storage.checkpoint import (
@@ -33,17 +31,18 @@ from ..storage.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from ..storage.files import plot_loss, save_class_grid, save_grid
+from ..storage.files import plot_loss
 from ..storage.lock import RunLock
 from .ema import EMA
 from .optim import make_lr_scheduler
 from .precision import autocast, make_scaler
 from .state import Clock, Log, rng_state, seed_everything, set_rng_state, stop_on_signal
+from .tasks import make_task
 
 MAX_SKIPPED = 10  # with train.nonfinite=skip: non-finite steps in a row before giving up
 
 
-def train(config: Config, out: Path, *, resume: bool = False, progress: bool = True) -> RunDir:
+def train(config: "Config | AutoencoderRun", out: Path, *, resume: bool = False, progress: bool = True) -> RunDir:
     """Train the model that `config` describes; the run directory `out` receives everything.
 
     With `resume`, `out` must hold a run: training continues from its newest checkpoint, with the
@@ -59,7 +58,7 @@ def train(config: Config, out: Path, *, resume: bool = False, progress: bool = T
         lock.release()  # the operating system also drops it when the process dies
 
 
-def _train(config: Config, run: RunDir, lock: RunLock, resume: bool, progress: bool) -> RunDir:
+def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume: bool, progress: bool) -> RunDir:
     """The loop itself, top to bottom."""
     config.validate()
     tc = config.train
@@ -68,24 +67,20 @@ def _train(config: Config, run: RunDir, lock: RunLock, resume: bool, progress: b
     _check_batch_split(tc, ranks.world_size)
     seed_everything(tc.seed)
 
-    # The data, and the config resolved against it (image size, channels).
+    # The data, and the config resolved against it (image size, channels; a latent run's autoencoder).
     d = config.data
     data = load_data(d.name, d.root, d.image_size, d.crop, d.channels)
     config.data.image_size, config.data.channels = data.image_size, data.channels
-    config.model.check_image_size(data.image_size)
-    num_classes = config.model.num_classes
-    if num_classes:
-        _check_labels(data, num_classes)
+    task = make_task(config, data, device, resume, progress and ranks.is_main)
 
-    # The network, its EMA, the optimiser and the diffusion process with its loss.
+    # The network, its EMA and the optimiser.
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-    network = build_network(config).to(device, memory_format=memory_format)
+    network = task.network.to(device, memory_format=memory_format)
     ema = EMA(network, tc.ema_decay, tc.ema_warmup)
     optimizer = build_optimizer(network, tc)
     clock = Clock(tc.max_minutes)  # training time over the run's life; cosine decays to zero with it
     lr_schedule = make_lr_scheduler(optimizer, tc, clock.fraction)
     scaler = make_scaler(tc.precision, device)
-    diffusion = build_diffusion(config).to(device)
     generator = torch.Generator(device=device).manual_seed(tc.seed)  # labels, timesteps and noise of the loss
     step, seconds_trained = 0, 0.0
 
@@ -111,7 +106,7 @@ def _train(config: Config, run: RunDir, lock: RunLock, resume: bool, progress: b
 
     log = Log(run.log_path, step, run.tensorboard if tc.tensorboard else None) if ranks.is_main else None
     # uint8 batches in the order of (seed, step); small data sets live on the device, large ones stream.
-    batches = iterate_batches(data, tc.batch_size, tc.seed, step, device, config.data.workers)
+    batches = iterate_batches(task.data, tc.batch_size, tc.seed, step, device, config.data.workers)
     clock.start(seconds_trained)
     started, images_seen, skipped = time.monotonic(), 0, 0
     budget = f"training (stops at step {tc.max_steps}" + (f" or after {tc.max_minutes:g} min)" if tc.max_minutes else ")")
@@ -119,25 +114,18 @@ def _train(config: Config, run: RunDir, lock: RunLock, resume: bool, progress: b
                dynamic_ncols=True)
     with stop_on_signal() as stop:
         while step < tc.max_steps and not clock.tick(ranks, device, stop.requested is not None):
-            # The global batch with its labels, timesteps and noise: the same draws on every rank.
+            # The global batch with its flips, labels, timesteps and noise: the same draws on every rank.
             images, classes = next(batches)
-            x0 = to_model_range(images)
-            if config.data.flip:  # random horizontal flips, drawn from the same shared generator
-                flipped = torch.rand(len(x0), device=device, generator=generator) < 0.5
-                x0 = torch.where(flipped[:, None, None, None], x0.flip(-1), x0)
-            labels = None
-            if num_classes:  # a random 10% become the null class: the unconditional model (guidance.py)
-                labels = drop_labels(classes, tc.label_dropout, num_classes, generator)
-            t = diffusion.sample_timesteps(len(x0), generator, device)
-            noise = torch.randn(x0.shape, device=device, generator=generator)
+            x0 = task.batch(images, generator)
+            draws = task.draws(x0, classes, generator)
 
             # This rank's share, in grad_accum micro-batches; the gradient is that of the mean loss.
             optimizer.zero_grad(set_to_none=True)
             loss = torch.zeros((), device=device)
-            for i, (x0_i, t_i, noise_i, labels_i) in enumerate(_micro_batches(ranks, tc.grad_accum, x0, t, noise, labels)):
+            for i, (x0_i, *draws_i) in enumerate(_micro_batches(ranks, tc.grad_accum, x0, *draws)):
                 with _accumulating(model, i < tc.grad_accum - 1), autocast(tc.precision, device):
                     x0_i = x0_i.contiguous(memory_format=memory_format)
-                    micro_loss = diffusion.loss(model, x0_i, labels_i, t=t_i, noise=noise_i) / tc.grad_accum
+                    micro_loss = task.loss(model, x0_i, *draws_i) / tc.grad_accum
                 scaler.scale(micro_loss).backward()
                 loss += micro_loss.detach()
             scaler.unscale_(optimizer)
@@ -175,17 +163,18 @@ def _train(config: Config, run: RunDir, lock: RunLock, resume: bool, progress: b
                 row = log.write(step, lr_schedule.get_last_lr()[0], images_seen / elapsed, elapsed / 60)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2g}")
             if step % tc.sample_every == 0:
-                log.images(step, _sample_grid(run, config, ema, diffusion, step))
+                log.images(step, task.picture(run, ema.model, step))
             if step % tc.checkpoint_every == 0:
-                _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, clock, tc.keep_checkpoints)
+                _checkpoint(run, step, task, network, ema, optimizer, lr_schedule, scaler, generator, clock,
+                            tc.keep_checkpoints)
     bar.close()
 
     if ranks.is_main:
         log.flush(step, lr_schedule.get_last_lr()[0], images_seen / max(time.monotonic() - started, 1e-9),
                   (time.monotonic() - started) / 60)
-        _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, clock, tc.keep_checkpoints)
+        _checkpoint(run, step, task, network, ema, optimizer, lr_schedule, scaler, generator, clock, tc.keep_checkpoints)
         if step % tc.sample_every:
-            log.images(step, _sample_grid(run, config, ema, diffusion, step))
+            log.images(step, task.picture(run, ema.model, step))
         log.close()
         plot_loss(run.log_path, run.loss_plot_path)
         if stop.requested:
@@ -239,7 +228,7 @@ def _refuse_existing_run(run: RunDir) -> None:
                          f"or choose another --out")
 
 
-def _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generator, clock, keep) -> None:
+def _checkpoint(run, step, task, network, ema, optimizer, lr_schedule, scaler, generator, clock, keep) -> None:
     state = {
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
@@ -247,7 +236,7 @@ def _checkpoint(run, step, network, ema, optimizer, lr_schedule, scaler, generat
         "rng": rng_state(generator),
     }
     tensors = {"model": network.state_dict(), "ema": ema.model.state_dict()}
-    meta = {"ema_updates": ema.updates, "train_seconds": round(clock.seconds, 3)}
+    meta = {"ema_updates": ema.updates, "train_seconds": round(clock.seconds, 3), **task.meta(ema.model)}
     save_checkpoint(run, step, tensors, state, meta, keep=keep)
 
 
@@ -267,28 +256,3 @@ def _restore(run, network, ema, optimizer, lr_schedule, scaler, generator) -> tu
         scaler.load_state_dict(state["grad_scaler"])
     set_rng_state(state["rng"], generator)
     return meta["step"], meta.get("train_seconds", 0.0)  # runs from before the clock have none
-
-
-def _sample_grid(run: RunDir, config: Config, ema: EMA, diffusion, step: int) -> torch.Tensor:
-    """A grid from the EMA model with the run's own sampling options, always from the same noise, so
-    grids compare across steps. A class-conditional model shows one row per class. Returns the
-    images (uint8)."""
-    pipe = Pipeline(ema.model, diffusion, config)
-    n = config.train.grid_size
-    images = pipe(n, seed=config.train.seed, progress=False)
-    labels = pipe.labels(n)
-    if labels is None:
-        save_grid(images, run.sample_grid_path(step))
-    else:
-        save_class_grid(images, labels, run.sample_grid_path(step), n)
-    return images
-
-
-def _check_labels(data, num_classes: int) -> None:
-    if data.labels is None:
-        raise InputError(f"data set {data.name!r} has no class labels; train it without --classes")
-    top = int(data.labels.max())
-    if num_classes <= top or int(data.labels.min()) < 0:
-        raise InputError(f"data set {data.name!r} has labels 0..{top}; use --classes {top + 1}")
-
-

@@ -1,0 +1,225 @@
+"""Latent diffusion: the autoencoder, its latent scale, latent runs, and the diffusers bridge."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from ddpm.cli import main
+from ddpm.config import AutoencoderRun
+from ddpm.data.datasets import load_data
+from ddpm.errors import InputError
+from ddpm.evaluation.reconstruct import psnr
+from ddpm.latent import encode_data, load_codec
+from ddpm.models.autoencoder import Autoencoder, DiagonalGaussian, autoencoder_loss
+from ddpm.pipeline import Pipeline
+from ddpm.training.loop import train
+
+
+def tiny_autoencoder(**overrides) -> AutoencoderRun:
+    """An f = 2 autoencoder of digits at 16 px that trains a step in milliseconds."""
+    config = AutoencoderRun()
+    config.autoencoder.channels = [8, 16]
+    config.autoencoder.z_channels = 2
+    config.data.name, config.data.image_size, config.data.flip = "digits", 16, True
+    t = config.train
+    t.batch_size, t.max_steps, t.log_every, t.sample_every, t.checkpoint_every, t.device = 8, 6, 1, 1000, 1000, "cpu"
+    t.grid_size = 4
+    return config.override(overrides)
+
+
+def latent_config(autoencoder, **overrides):
+    """A tiny diffusion run of digits at 16 px in the 8x8 latents of `autoencoder`."""
+    return tiny_config(**{"data.name": "digits", "data.image_size": 16, "latent.autoencoder": str(autoencoder),
+                          **overrides})
+
+
+# ---- the autoencoder ---------------------------------------------------------------------------
+
+
+def test_the_kl_term_is_the_closed_form_of_a_diagonal_gaussian_against_the_standard_normal():
+    mean, log_var = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, torch.exp(0.5 * log_var)), torch.distributions.Normal(0.0, 1.0))
+    torch.testing.assert_close(DiagonalGaussian(mean, log_var).kl(), expected.flatten(1).sum(1))
+    # one element by hand: KL(N(1, e^0) || N(0, 1)) = (1 + 1 - 1 - 0) / 2
+    assert DiagonalGaussian(torch.ones(1, 1), torch.zeros(1, 1)).kl().item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("channels, size", [([8, 8], 16), ([8, 8, 8], 32), ([8, 8, 8, 8], 64), ([8, 8, 8], 24)])
+def test_encode_and_decode_shapes_follow_the_factor(channels, size):
+    model = Autoencoder(3, channels, z_channels=4)
+    f = 2 ** (len(channels) - 1)
+    assert model.factor == f
+    posterior = model.encode(torch.randn(2, 3, size, size))
+    assert posterior.mean.shape == posterior.log_var.shape == (2, 4, size // f, size // f)
+    assert model.decode(posterior.mean).shape == (2, 3, size, size)
+
+
+def test_the_loss_is_the_per_pixel_error_plus_the_weighted_kl():
+    model = Autoencoder(1, [8, 8], z_channels=2)
+    x, noise = torch.rand(4, 1, 8, 8) * 2 - 1, torch.randn(4, 2, 4, 4)
+    reconstructed, posterior = model(x, noise)
+    for kind, error in (("l1", (reconstructed - x).abs()), ("mse", (reconstructed - x).square())):
+        expected = (error.flatten(1).sum(1) + 0.25 * posterior.kl()).mean() / 64
+        torch.testing.assert_close(autoencoder_loss(model, x, noise, 0.25, kind), expected)
+
+
+def test_psnr_is_the_closed_form():
+    a = torch.full((2, 3, 4, 4), 100, dtype=torch.uint8)
+    assert psnr(a, a + 1) == pytest.approx(10 * torch.log10(torch.tensor(255.0**2)).item())  # MSE 1: 48.13 dB
+    assert psnr(a, a + 5) == pytest.approx(psnr(a, a + 1) - 20 * torch.log10(torch.tensor(5.0)).item())
+
+
+def _losses(run) -> list[tuple[str, ...]]:
+    """(step, loss, lr, grad norm) of every logged row: what must not depend on a resume."""
+    return [tuple(line.split(",")[:4]) for line in (run.path / "log.csv").read_text().splitlines()[1:]]
+
+
+# ---- training it, and its latent scale -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def autoencoder(tmp_path_factory):
+    """A trained (for 6 steps) autoencoder run."""
+    return train(tiny_autoencoder(), tmp_path_factory.mktemp("ae") / "ae", progress=False).path
+
+
+def test_an_autoencoder_run_resumes_bit_exactly(tmp_path):
+    config = tiny_autoencoder(**{"train.max_steps": 8, "train.checkpoint_every": 4})
+    straight = train(config, tmp_path / "straight", progress=False)
+    crashed = train(config, tmp_path / "resumed", progress=False)
+    shutil.rmtree(crashed.checkpoints / "step_000008")  # as if the process died after step 4's checkpoint
+    (crashed.checkpoints / "latest").write_text("step_000004")
+    resumed = train(config.resumed({}, "run"), crashed.path, resume=True, progress=False)
+    assert _losses(straight) == _losses(resumed)
+    for key in ("model", "ema"):
+        a, b = load_file(straight.latest() / f"{key}.safetensors"), load_file(resumed.latest() / f"{key}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    grid = resumed.sample_grids()[-1]  # originals above reconstructions
+    assert grid.is_file()
+
+
+def test_the_latent_scale_gives_the_cached_latents_unit_std(autoencoder, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    codec = load_codec(str(autoencoder))
+    data = load_data("digits", image_size=16)
+    latents = encode_data(codec, data, flip=False, device=torch.device("cpu"), progress=False)
+    assert latents.images.shape == (len(data), 1, 2, 8, 8)
+    assert latents.images.std().item() == pytest.approx(1.0, abs=0.01)
+    assert abs(codec.scale - 1.0) > 0.05  # the scale does work: the raw latents are not unit already
+    # cached: a second call reads the file, and it holds the same numbers
+    cached = encode_data(codec, data, flip=False, device=torch.device("cpu"), progress=False)
+    assert torch.equal(cached.images, latents.images) and len(list((tmp_path / "latents").iterdir())) == 1
+
+
+def test_flipped_latents_are_those_of_the_mirror_images(autoencoder, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    codec = load_codec(str(autoencoder))
+    data = load_data("digits", image_size=16)
+    latents = encode_data(codec, data, flip=True, device=torch.device("cpu"), progress=False)
+    x = data.images[:5].float() / 127.5 - 1
+    torch.testing.assert_close(latents.images[:5, 0], codec.encode(x))
+    torch.testing.assert_close(latents.images[:5, 1], codec.encode(x.flip(-1)))
+
+
+def test_a_latent_batch_takes_the_mirror_latent_exactly_where_a_pixel_batch_flips(autoencoder, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    from ddpm.training.tasks import DiffusionTask
+
+    data = load_data("digits", image_size=16)
+    task = DiffusionTask(latent_config(autoencoder, **{"data.flip": True}), data, torch.device("cpu"), False, False)
+    batch = task.data.images[:64]
+    chosen = task.batch(batch, torch.Generator().manual_seed(3))
+    flipped = torch.rand(64, generator=torch.Generator().manual_seed(3)) < 0.5  # the draw the pixel path makes
+    assert 0 < flipped.sum() < 64
+    assert torch.equal(chosen[flipped], batch[flipped, 1]) and torch.equal(chosen[~flipped], batch[~flipped, 0])
+
+
+# ---- latent runs -----------------------------------------------------------------------------------
+
+
+def test_a_latent_run_samples_images_of_the_data_size_and_records_its_autoencoder(autoencoder, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    run = train(latent_config(autoencoder), tmp_path / "latent", progress=False)
+    config = run.load_config()
+    assert config.latent.sha256 == load_codec(str(autoencoder)).sha256 and config.latent.factor == 2
+    assert config.model_input() == (2, 8)
+    pipe = Pipeline.from_run(run.path, device="cpu")
+    images = pipe(3, steps=3, progress=False)
+    assert images.shape == (3, 1, 16, 16) and images.dtype == torch.uint8
+    x_T = pipe.invert(images[:1], steps=3)
+    assert x_T.shape == (1, 2, 8, 8)  # inversion lives in the latent space
+    assert pipe.reconstruct(x_T, steps=3).shape == (1, 1, 16, 16)
+
+
+def test_a_latent_run_refuses_a_swapped_autoencoder_with_exit_2(autoencoder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    ae = tmp_path / "ae"
+    shutil.copytree(autoencoder, ae)
+    run = train(latent_config(ae), tmp_path / "latent", progress=False)
+    shutil.rmtree(ae)
+    train(tiny_autoencoder(**{"train.seed": 1}), ae, progress=False)  # another autoencoder where it was
+    with pytest.raises(InputError, match="no longer holds the weights"):
+        Pipeline.from_run(run.path, device="cpu")
+    capsys.readouterr()
+    assert main(["sample", "--run", str(run.path), "--n", "2", "--steps", "2"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no longer holds the weights" in error
+    assert not (run.path / "samples.npz").exists()
+
+
+def test_an_autoencoder_run_does_not_sample_and_a_diffusion_run_is_not_an_autoencoder(autoencoder, tmp_path, capsys):
+    assert main(["sample", "--run", str(autoencoder), "--n", "2"]) == 2
+    assert "autoencoder run" in capsys.readouterr().err
+    diffusion = train(tiny_config(), tmp_path / "pixels", progress=False)
+    with pytest.raises(InputError, match="not an autoencoder run"):
+        load_codec(str(diffusion.path))
+
+
+def test_train_autoencoder_from_the_command_line_and_a_latent_run_on_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    ae, latent = tmp_path / "ae", tmp_path / "latent"
+    assert main(["train-autoencoder", "--data", "digits", "--image-size", "16", "--widths", "[8,16]", "--z-channels",
+                 "2", "--max-steps", "3", "--batch-size", "8", "--device", "cpu", "--out", str(ae),
+                 "--no-progress"]) == 0
+    assert main(["train", "--data", "digits", "--image-size", "16", "--autoencoder", str(ae), "--max-steps", "2",
+                 "--batch-size", "8", "--set", "model.channels=[8,16]", "--set", "model.attention=[false,true]",
+                 "--set", "sample.steps=2", "--device", "cpu", "--out", str(latent), "--no-progress"]) == 0
+    assert main(["sample", "--run", str(latent), "--n", "2"]) == 0
+    assert main(["train-autoencoder", "--resume", str(latent)]) == 2  # a diffusion run is not resumed as an autoencoder
+
+
+# ---- diffusers' AutoencoderKL ----------------------------------------------------------------------------
+
+
+def test_a_saved_diffusers_autoencoder_round_trips_as_diffusers_does(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                  latent_channels=4, norm_num_groups=4, layers_per_block=1, scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    codec = load_codec(f"diffusers:{tmp_path / 'vae'}")
+    assert (codec.channels, codec.factor, codec.scale) == (4, 2, 0.5)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        mean = vae.eval().encode(x).latent_dist.mean
+        expected = vae.decode(mean).sample
+    torch.testing.assert_close(codec.encode(x), mean * 0.5)
+    torch.testing.assert_close(codec.decode(codec.encode(x)), expected)
+    assert len(codec.sha256) == 64
+    with pytest.raises(InputError, match="not the one this run was trained with"):
+        load_codec(f"diffusers:{tmp_path / 'vae'}", sha256="0" * 64)
+
+
+def test_a_missing_autoencoder_is_one_line(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_codec(str(tmp_path / "nowhere"))
+    with pytest.raises(InputError, match="not a diffusers AutoencoderKL folder"):
+        importlib.util.find_spec("diffusers") and load_codec(f"diffusers:{tmp_path}")
