@@ -96,3 +96,18 @@ def test_emoji_train_through_the_command_line(small_list, tmp_path):
     assert main(["sample", "--run", str(out), "--n", "3", "--steps", "3", "--device", "cpu"]) == 0
     with np.load(out / "samples.npz") as samples:
         assert samples["arr_0"].shape == (3, 16, 16, 3)
+
+
+@needs_font
+def test_fid_reference_images_are_rendered_at_the_asked_size_not_upsampled(small_list, tmp_path):
+    """The reference of a 64-pixel run is the set rendered at 64, as training reads it, not the
+    32-pixel render enlarged."""
+    from ddpm.evaluation.fid import reference_features
+
+    class MeanColours:  # stands in for Inception: one feature row per image, its pixels' values
+        def features(self, images, progress=True, desc=""):
+            return images.flatten(1).double().numpy()
+
+    features = reference_features("emoji", str(tmp_path), 16, None, MeanColours(), progress=False)
+    rendered = load_emoji(tmp_path, 16).images.flatten(1).double().numpy()
+    assert sorted(map(tuple, features)) == sorted(map(tuple, rendered))

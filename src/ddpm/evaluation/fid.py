@@ -48,13 +48,13 @@ def load_samples(path: Path) -> torch.Tensor:
 def reference_features(data: str, root: str, image_size: int, count: Optional[int], extractor: InceptionFeatures,
                        progress: bool = True) -> np.ndarray:
     """Inception features of `count` images of data set `data` at `image_size`, cached on disk."""
-    dataset = load_data(data, root)
+    dataset = load_data(data, root, image_size)  # at that size as training reads it: a sized set renders or crops
     count = len(dataset) if count is None else min(count, len(dataset))
     path = cache_dir() / f"reference-{data}-{image_size}px-{count}.npy"
     if path.is_file():
         return np.load(path).astype(np.float64)
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:count]
-    images = dataset.resized(image_size).subset(chosen, progress=True).images  # decodes only these, if streamed
+    images = dataset.subset(chosen, progress=True).images  # decodes only these, if streamed
     features = extractor.features(images, progress=progress, desc=f"reference features ({data}, {count} images)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
