@@ -1,7 +1,9 @@
 import pytest
 
 from ddpm import Config, InputError
-from ddpm.presets import list_presets, load_preset
+from ddpm.config import COLOR_DEFAULTS
+from ddpm.names import DATASET_CHANNELS, DATASETS
+from ddpm.presets import compose_config, list_presets, load_preset
 
 
 def test_yaml_round_trip(tmp_path):
@@ -70,3 +72,36 @@ def test_presets_load():
     assert load_preset("mnist5k").validate().data.name == "mnist5k"
     with pytest.raises(InputError, match="unknown preset"):
         load_preset("nope")
+
+
+GRAY_CHANNELS = Config().model.channels
+
+
+@pytest.mark.parametrize("overrides, channels", [
+    ({}, GRAY_CHANNELS),  # the default data set, mnist5k
+    ({"data.name": "digits"}, GRAY_CHANNELS),
+    ({"data.name": "emoji"}, COLOR_DEFAULTS["model.channels"]),
+    ({"data.name": "cifar10"}, COLOR_DEFAULTS["model.channels"]),
+    ({"data.name": "folder:/pictures"}, COLOR_DEFAULTS["model.channels"]),  # a user's folder is read as RGB
+    ({"data.name": "folder:/pictures", "data.channels": 1}, GRAY_CHANNELS),  # ... unless read gray
+    ({"data.name": "cifar10", "data.channels": 1}, GRAY_CHANNELS),
+    ({"data.name": "emoji", "model.channels": "[8,16,32]"}, [8, 16, 32]),  # a flag still wins
+])
+def test_the_defaults_follow_the_datas_channels_not_its_name(overrides, channels):
+    config = compose_config(overrides=overrides)
+    assert config.model.channels == channels
+    color = channels == COLOR_DEFAULTS["model.channels"]
+    assert config.model.attention == (COLOR_DEFAULTS["model.attention"] if color else Config().model.attention)
+
+
+def test_a_preset_or_config_file_that_names_color_data_gets_the_color_defaults(tmp_path):
+    (tmp_path / "c.yaml").write_text("data:\n  name: emoji\ntrain:\n  lr: 0.001\n")
+    config = compose_config(config_file=str(tmp_path / "c.yaml"))
+    assert config.model.channels == COLOR_DEFAULTS["model.channels"] and config.train.lr == 0.001
+    (tmp_path / "d.yaml").write_text("data:\n  name: emoji\nmodel:\n  channels: [8, 16]\n  attention: [false, true]\n")
+    assert compose_config(config_file=str(tmp_path / "d.yaml")).model.channels == [8, 16]  # the file's own wins
+    assert compose_config("mnist5k").model.channels == load_preset("mnist5k").model.channels
+
+
+def test_every_named_data_set_says_how_many_channels_it_has():
+    assert set(DATASET_CHANNELS) == set(DATASETS[:-1]) and set(DATASET_CHANNELS.values()) == {1, 3}
