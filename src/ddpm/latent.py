@@ -111,6 +111,7 @@ def _run_codec(reference: str, sha256: Optional[str]) -> Codec:
         raise InputError(f"autoencoder run {reference} has no checkpoint yet; train it first")
     if sha256 is None:
         folder = checkpoints[0]
+        sha256 = file_sha256(folder / "ema.safetensors")
     else:
         matching = [folder for folder in checkpoints if file_sha256(folder / "ema.safetensors") == sha256]
         if not matching:
@@ -125,7 +126,7 @@ def _run_codec(reference: str, sha256: Optional[str]) -> Codec:
     autoencoder = autoencoder_from_run(config)
     load_into(autoencoder, load_weights(folder, "ema"), folder, run.config_path)
     return Codec(lambda x: autoencoder.encode(x).mean, autoencoder.decode, autoencoder, meta["latent_scale"],
-                 file_sha256(folder / "ema.safetensors"), config.autoencoder.z_channels, autoencoder.factor, reference)
+                 sha256, config.autoencoder.z_channels, autoencoder.factor, reference)
 
 
 def _diffusers_codec(path: Path, reference: str) -> Codec:
