@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import shutil
+import sys
 
 import pytest
 import torch
@@ -218,8 +218,15 @@ def test_a_saved_diffusers_autoencoder_round_trips_as_diffusers_does(tmp_path):
         load_codec(f"diffusers:{tmp_path / 'vae'}", sha256="0" * 64)
 
 
-def test_a_missing_autoencoder_is_one_line(tmp_path):
+def test_a_missing_autoencoder_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="does not exist"):
         load_codec(str(tmp_path / "nowhere"))
     with pytest.raises(InputError, match="not a diffusers AutoencoderKL folder"):
-        importlib.util.find_spec("diffusers") and load_codec(f"diffusers:{tmp_path}")
+        load_codec(f"diffusers:{tmp_path}")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="holds no weights"):
+        load_codec(f"diffusers:{tmp_path}")
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as on a machine without the optional extra
+    with pytest.raises(InputError, match=r"pip install 'ddpm-textbook\[diffusers\]'"):
+        load_codec(f"diffusers:{tmp_path}")

@@ -131,16 +131,17 @@ def _run_codec(reference: str, sha256: Optional[str]) -> Codec:
 
 def _diffusers_codec(path: Path, reference: str) -> Codec:
     """A diffusers AutoencoderKL saved with save_pretrained: config.json and its weights."""
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError:
-        raise InputError(f"{reference} needs the diffusers package: pip install 'ddpm-textbook[diffusers]'") from None
+    # The folder is checked before diffusers is imported: a wrong path is named as such either way.
     if not (path / "config.json").is_file():
         raise InputError(f"{path} is not a diffusers AutoencoderKL folder (no config.json); save one with "
                          f"AutoencoderKL.save_pretrained(PATH)")
     weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
     if not weights:
         raise InputError(f"{path} holds no weights (.safetensors or .bin)")
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError:
+        raise InputError(f"{reference} needs the diffusers package: pip install 'ddpm-textbook[diffusers]'") from None
     vae = AutoencoderKL.from_pretrained(str(path))
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return Codec(lambda x: vae.encode(x).latent_dist.mean, lambda z: vae.decode(z).sample, vae,
