@@ -16,7 +16,13 @@ from ddpm.data.datasets import load_data
 from ddpm.errors import InputError
 from ddpm.evaluation.reconstruct import psnr
 from ddpm.latent import encode_data, load_codec
-from ddpm.models.autoencoder import Autoencoder, DiagonalGaussian, autoencoder_loss
+from ddpm.models.autoencoder import (
+    Autoencoder,
+    DiagonalGaussian,
+    adaptive_weight,
+    autoencoder_loss,
+    hinge_discriminator_loss,
+)
 from ddpm.pipeline import Pipeline
 from ddpm.training.loop import train
 
@@ -68,6 +74,81 @@ def test_the_loss_is_the_per_pixel_error_plus_the_weighted_kl():
     for kind, error in (("l1", (reconstructed - x).abs()), ("mse", (reconstructed - x).square())):
         expected = (error.flatten(1).sum(1) + 0.25 * posterior.kl()).mean() / 64
         torch.testing.assert_close(autoencoder_loss(model, x, noise, 0.25, kind), expected)
+
+
+# ---- the adversarial term ---------------------------------------------------------------------------
+
+
+def test_the_hinge_loss_and_the_adaptive_weight_are_the_closed_forms():
+    # real: max(0, 1 - 2) = 0 and max(0, 1 - 0.5) = 0.5; fake: max(0, 1 - 2) = 0 and max(0, 1 + 0.5) = 1.5
+    assert hinge_discriminator_loss(torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])).item() == pytest.approx(0.5)
+    w = torch.randn(5, requires_grad=True)
+    rec, adversarial = (3 * w).sum(), (-0.5 * w).sum()  # gradients 3 and -0.5 in each of 5 elements
+    root5 = 5**0.5
+    assert adaptive_weight(rec, adversarial, w, 0.5).item() == pytest.approx(0.5 * 3 * root5 / (0.5 * root5 + 1e-4))
+
+
+def test_the_decoder_and_the_discriminator_do_not_train_each_other():
+    torch.manual_seed(0)
+    model = Autoencoder(1, [8, 8], z_channels=2, discriminator_layers=2, discriminator_channels=8)
+    x, noise = torch.rand(4, 1, 16, 16) * 2 - 1, torch.randn(4, 2, 8, 8)
+    autoencoder_loss(model, x, noise, 1e-6, "l1", disc_weight=0.5).backward()
+    got = {name: p.grad.clone() for name, p in model.named_parameters()}
+    discriminator = model.discriminator
+
+    # The discriminator's gradient: that of its hinge loss alone, on the reconstructions as fixed images.
+    model.zero_grad()
+    reconstructed, posterior = model(x, noise)
+    hinge_discriminator_loss(discriminator(x), discriminator(reconstructed.detach())).backward()
+    for name, p in discriminator.named_parameters():
+        torch.testing.assert_close(got[f"discriminator.{name}"], p.grad)
+
+    # The autoencoder's: the reconstruction, the KL and the balanced generator term, nothing of the hinge loss.
+    model.zero_grad()
+    reconstructed, posterior = model(x, noise)
+    rec = (reconstructed - x).abs().flatten(1).sum(1).mean() / 256
+    generator = -discriminator(reconstructed).mean()
+    weight = adaptive_weight(rec, generator, model.decoder.head.weight, 0.5)
+    assert weight.item() > 0
+    (rec + 1e-6 * posterior.kl().mean() / 256 + weight * generator).backward()
+    for name, p in model.named_parameters():
+        if not name.startswith("discriminator."):
+            torch.testing.assert_close(got[name], p.grad)
+
+
+def test_the_discriminator_changes_nothing_before_it_starts_and_resumes_bit_exactly(tmp_path):
+    adversarial = {"autoencoder.disc_weight": 0.5, "autoencoder.disc_layers": 2, "autoencoder.disc_channels": 8}
+    plain = train(tiny_autoencoder(), tmp_path / "plain", progress=False)
+    waiting = train(tiny_autoencoder(**adversarial, **{"autoencoder.disc_start": 6}), tmp_path / "waiting",
+                    progress=False)
+    started = train(tiny_autoencoder(**adversarial, **{"autoencoder.disc_start": 3}), tmp_path / "started",
+                    progress=False)
+    a, b, c = (load_file(run.latest() / "model.safetensors") for run in (plain, waiting, started))
+    for key in a:  # 6 steps (0 to 5), the adversarial term from step 6 on: the autoencoder is the plain one
+        assert torch.equal(a[key], b[key])
+    assert not torch.equal(a["decoder.head.weight"], c["decoder.head.weight"])  # from step 3 on, it is not
+    discriminator = [key for key in b if key.startswith("discriminator.")]  # as initialised: it never trained
+    assert discriminator and not all(torch.equal(b[key], c[key]) for key in discriminator)
+
+    # Resume across the start of the adversarial term: bit-exact.
+    config = tiny_autoencoder(**adversarial, **{"autoencoder.disc_start": 3, "train.checkpoint_every": 2})
+    straight = train(config, tmp_path / "straight", progress=False)
+    crashed = train(config, tmp_path / "resumed", progress=False)
+    for step in ("step_000004", "step_000006"):
+        shutil.rmtree(crashed.checkpoints / step)
+    (crashed.checkpoints / "latest").write_text("step_000002")
+    resumed = train(config.resumed({}, "run"), crashed.path, resume=True, progress=False)
+    assert _losses(straight) == _losses(resumed)
+    a, b = load_file(straight.latest() / "model.safetensors"), load_file(resumed.latest() / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_image_too_small_for_the_discriminator_is_refused_with_exit_2(tmp_path, capsys):
+    assert main(["train-autoencoder", "--data", "digits", "--image-size", "16", "--out", str(tmp_path / "ae"),
+                 "--disc-weight", "0.5", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "too small for a discriminator of 3 layers (it needs 24)" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ae").exists()
 
 
 def test_psnr_is_the_closed_form():

@@ -375,6 +375,12 @@ class AutoencoderConfig:
     upsample: Upsample = "nearest"
     reconstruction: Loss = "l1"  # Rombach et al.'s pixel term (they add LPIPS, whose VGG weights cannot be had offline)
     kl_weight: float = 1e-6  # as in Rombach et al.'s KL configs
+    # The adversarial term (a patch discriminator, hinge loss): off unless disc_weight > 0. Rombach et al.
+    # use 0.5, starting at step 50,001; a CPU budget has a few thousand steps in all.
+    disc_weight: float = 0.0
+    disc_start: int = 2000  # the step from which the discriminator trains and the decoder is judged by it
+    disc_layers: int = 3  # strided 4x4 convolutions: patches of about 70x70 pixels at 3
+    disc_channels: int = 64
 
     @property
     def factor(self) -> int:
@@ -386,11 +392,19 @@ class AutoencoderConfig:
         _check(self.z_channels >= 1, f"autoencoder.z_channels must be >= 1 (got {self.z_channels})")
         _check(self.num_res >= 1, f"autoencoder.num_res must be >= 1 (got {self.num_res})")
         _check(self.kl_weight >= 0, f"autoencoder.kl_weight must be >= 0 (got {self.kl_weight})")
+        _check(self.disc_weight >= 0, f"autoencoder.disc_weight must be >= 0 (got {self.disc_weight})")
+        _check(self.disc_start >= 0, f"autoencoder.disc_start must be >= 0 (got {self.disc_start})")
+        _check(self.disc_layers >= 1 and self.disc_channels >= 1,
+               f"autoencoder.disc_layers and disc_channels must be >= 1 (got {self.disc_layers}, {self.disc_channels})")
 
     def check_image_size(self, image_size: int) -> None:
         if image_size % self.factor:
             raise InputError(f"image size {image_size} is not divisible by the autoencoder's factor {self.factor} "
                              f"({len(self.channels)} levels); use --image-size {max(self.factor, image_size // self.factor * self.factor)}")
+        smallest = 3 * 2 ** self.disc_layers  # the discriminator's map of patches is image_size / 2^layers - 2 wide
+        if self.disc_weight > 0 and image_size < smallest:
+            raise InputError(f"image size {image_size} is too small for a discriminator of {self.disc_layers} layers "
+                             f"(it needs {smallest}); set autoencoder.disc_layers lower or use a larger --image-size")
 
 
 @dataclass

@@ -95,7 +95,9 @@ def autoencoder_from_run(config: AutoencoderRun) -> Autoencoder:
     """The network an autoencoder run's config describes."""
     fields = dataclasses.asdict(config.autoencoder)
     kwargs = {key: fields[key] for key in ("channels", "z_channels", "num_res", "norm", "activation", "upsample")}
-    return Autoencoder(config.data.channels or 3, **kwargs)
+    a = config.autoencoder
+    return Autoencoder(config.data.channels or 3, **kwargs, discriminator_layers=a.disc_layers if a.disc_weight else 0,
+                       discriminator_channels=a.disc_channels)
 
 
 def _run_codec(reference: str, sha256: Optional[str]) -> Codec:

@@ -53,6 +53,8 @@ AUTOENCODER_FLAGS = [flag for flag in FLAGS if flag[0].startswith(SHARED)] + [
     ("autoencoder.z_channels", "channels of the latent", None, {}),
     ("autoencoder.kl_weight", "weight of the KL term", None, {}),
     ("autoencoder.reconstruction", "the reconstruction loss", None, {}),
+    ("autoencoder.disc_weight", "weight of the adversarial term of a patch discriminator (0: none)", None, {}),
+    ("autoencoder.disc_start", "the step from which the discriminator trains", None, {}),
 ]
 
 

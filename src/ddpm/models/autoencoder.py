@@ -12,6 +12,11 @@ The encoder outputs a diagonal Gaussian posterior q(z | x) = N(mean, diag(exp(lo
 decodes a sample of it (the reparameterisation trick) and adds kl_weight * KL(q || N(0, I)) to the
 reconstruction loss, which keeps the latent space smooth and near the origin without forcing the
 posterior to be the prior (kl_weight ~1e-6: almost a plain autoencoder).
+
+Optionally (disc_weight > 0), a patch discriminator judges the reconstructions (Rombach et al.'s
+adversarial term, from Esser et al.'s VQGAN): from step disc_start the discriminator learns to
+tell images from reconstructions with a hinge loss, and the decoder is pushed to fool it, with a
+weight that balances the two gradients at the decoder's last layer.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet import ACTIVATIONS, ResidualBlock, make_norm, make_upsample
+from .unet import ACTIVATIONS, ResidualBlock, group_norm, make_norm, make_upsample
 
 
 class DiagonalGaussian:
@@ -99,16 +104,41 @@ class Decoder(nn.Module):
         return self.head(self.act(self.norm(h)))
 
 
+class PatchDiscriminator(nn.Module):
+    """Isola et al.'s PatchGAN: 4x4 convolutions, `layers` of them strided, then two more; the output
+    is a map of logits, one per overlapping patch of the image, > 0 for "a real image"."""
+
+    def __init__(self, image_channels: int, channels: int = 64, layers: int = 3):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(image_channels, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        width = channels
+        for i in range(1, layers + 1):
+            out = channels * min(2 ** i, 8)
+            blocks += [nn.Conv2d(width, out, 4, stride=2 if i < layers else 1, padding=1, bias=False),
+                       group_norm(out), nn.LeakyReLU(0.2)]
+            width = out
+        blocks.append(nn.Conv2d(width, 1, 4, padding=1))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
 class Autoencoder(nn.Module):
-    """Images in [-1, 1] [B, C, H, W] <-> latents [B, z_channels, H / f, W / f]."""
+    """Images in [-1, 1] [B, C, H, W] <-> latents [B, z_channels, H / f, W / f]. With
+    `discriminator_layers` it carries the patch discriminator that trains beside it (never used to
+    encode or decode)."""
 
     def __init__(self, image_channels: int, channels: Sequence[int] = (64, 128, 128), z_channels: int = 4,
-                 num_res: int = 1, norm: str = "group", activation: str = "silu", upsample: str = "nearest"):
+                 num_res: int = 1, norm: str = "group", activation: str = "silu", upsample: str = "nearest",
+                 discriminator_layers: int = 0, discriminator_channels: int = 64):
         super().__init__()
         self.image_channels, self.z_channels = image_channels, z_channels
         self.factor = 2 ** (len(channels) - 1)
         self.encoder = Encoder(image_channels, channels, z_channels, num_res, norm, activation)
         self.decoder = Decoder(image_channels, channels, z_channels, num_res, norm, activation, upsample)
+        self.discriminator = PatchDiscriminator(image_channels, discriminator_channels, discriminator_layers) \
+            if discriminator_layers else None
 
     def encode(self, x: Tensor) -> DiagonalGaussian:
         mean, log_var = self.encoder(x).chunk(2, dim=1)
@@ -124,14 +154,59 @@ class Autoencoder(nn.Module):
         return self.decode(z), posterior
 
 
-def autoencoder_loss(model: nn.Module, x: Tensor, noise: Tensor, kl_weight: float, reconstruction: str) -> Tensor:
+def autoencoder_loss(model: nn.Module, x: Tensor, noise: Tensor, kl_weight: float, reconstruction: str,
+                     disc_weight: float = 0.0) -> Tensor:
     """Rombach et al.'s objective, per image: sum over pixels of |x - x̂| (or its square) + kl_weight * KL.
 
     Divided by the number of pixel values, so that the loss reads as a per-pixel error and gradient
     clipping sees the scale the diffusion loss has; the balance of the two terms is the paper's.
+    With disc_weight > 0 (from the step the adversarial term starts) the model's discriminator adds
+    its two terms: adversarial_terms() below.
     """
     reconstructed, posterior = model(x, noise)
     error = F.l1_loss(reconstructed, x, reduction="none") if reconstruction == "l1" else \
         F.mse_loss(reconstructed, x, reduction="none")
-    per_image = error.flatten(1).sum(1) + kl_weight * posterior.kl()
-    return per_image.mean() / x[0].numel()
+    numel = x[0].numel()
+    rec = error.flatten(1).sum(1).mean() / numel
+    loss = rec + kl_weight * posterior.kl().mean() / numel
+    if not disc_weight:
+        return loss
+    autoencoder = _unwrapped(model)
+    return loss + adversarial_terms(autoencoder.discriminator, x, reconstructed, rec,
+                                    autoencoder.decoder.head.weight, disc_weight)
+
+
+def hinge_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """½ (E[max(0, 1 − D(x))] + E[max(0, 1 + D(x̂))]): zero once every real patch scores ≥ 1 and every
+    reconstructed one ≤ −1."""
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def adaptive_weight(rec_loss: Tensor, generator_loss: Tensor, last_layer: Tensor, disc_weight: float) -> Tensor:
+    """Esser et al.'s balance: disc_weight * |∇ rec| / |∇ adversarial| at the decoder's last layer, so
+    the adversarial gradient is disc_weight times the size of the reconstruction gradient whatever
+    the scale of either loss. A constant: no gradient flows through it."""
+    rec_grad, = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
+    adv_grad, = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)
+    return disc_weight * (rec_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+def adversarial_terms(discriminator: PatchDiscriminator, x: Tensor, reconstructed: Tensor, rec_loss: Tensor,
+                      last_layer: Tensor, disc_weight: float) -> Tensor:
+    """λ · (−E[D(x̂)]) + hinge loss of D, in one sum that one optimiser can follow.
+
+    The two players must not train each other's weights: the decoder's term sees the discriminator
+    through detached copies of its weights (gradients reach x̂ and the autoencoder only), and the
+    discriminator's term sees detached reconstructions (gradients reach the discriminator only).
+    """
+    frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
+    generator_loss = -torch.func.functional_call(discriminator, frozen, (reconstructed,)).mean()
+    weight = adaptive_weight(rec_loss, generator_loss, last_layer, disc_weight)
+    discriminator_loss = hinge_discriminator_loss(discriminator(x), discriminator(reconstructed.detach()))
+    return weight * generator_loss + discriminator_loss
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The module itself, under torch.compile's or DDP's wrapper."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)

@@ -117,7 +117,7 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
             # The global batch with its flips, labels, timesteps and noise: the same draws on every rank.
             images, classes = next(batches)
             x0 = task.batch(images, generator)
-            draws = task.draws(x0, classes, generator)
+            draws = task.draws(x0, classes, generator, step)
 
             # This rank's share, in grad_accum micro-batches; the gradient is that of the mean loss.
             optimizer.zero_grad(set_to_none=True)

@@ -6,8 +6,8 @@ the NaN guard, logging. A task supplies the rest:
     network             the module to optimise (its EMA is what pictures and checkpoints use)
     data                what batches are drawn from: images, or an autoencoder's cached latents
     batch(images, g)    the model-space batch of one step (with its random flips)
-    draws(x0, y, g)     the step's random numbers, drawn from the shared generator (every rank
-                        draws the same), as a list of tensors cut into micro-batches with x0
+    draws(x0, y, g, step)   the step's random numbers, drawn from the shared generator (every
+                        rank draws the same), as a list of tensors cut into micro-batches with x0
     loss(model, x0, *d) the mean loss of a micro-batch
     picture(run, ema, step)   the grid written every `sample_every` steps
     meta(ema)           what each checkpoint records beside the weights
@@ -77,7 +77,7 @@ class DiffusionTask:
         x0 = to_model_range(images)
         return flip_images(x0, flipped) if flips else x0
 
-    def draws(self, x0: Tensor, classes, generator: torch.Generator) -> list:
+    def draws(self, x0: Tensor, classes, generator: torch.Generator, step: int) -> list:
         labels = None
         if self.config.model.num_classes:  # a random 10% become the null class: the unconditional model (guidance.py)
             labels = drop_labels(classes, self.config.train.label_dropout, self.config.model.num_classes, generator)
@@ -112,6 +112,10 @@ class AutoencoderTask:
         if not hasattr(data, "images"):
             raise InputError(f"an autoencoder trains on a data set held in memory; {data.name} has {len(data)} images")
         config.autoencoder.check_image_size(data.image_size)
+        if config.autoencoder.disc_weight and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            # Its weights train outside DDP's forward, which DDP's gradient averaging does not allow.
+            raise InputError("the autoencoder's discriminator (autoencoder.disc_weight > 0) trains on one process; "
+                             "run train-autoencoder without torchrun, or set autoencoder.disc_weight=0")
         self.config, self.data = config, data
         self.network = autoencoder_from_run(config)
         factor = self.network.factor
@@ -124,12 +128,16 @@ class AutoencoderTask:
             x0 = flip_images(x0, flipped)
         return x0
 
-    def draws(self, x0: Tensor, classes, generator: torch.Generator) -> list:
-        return [torch.randn((len(x0), *self.latent_shape), device=x0.device, generator=generator)]
-
-    def loss(self, model: nn.Module, x0: Tensor, noise: Tensor) -> Tensor:
+    def draws(self, x0: Tensor, classes, generator: torch.Generator, step: int) -> list:
+        noise = torch.randn((len(x0), *self.latent_shape), device=x0.device, generator=generator)
+        # Each item's weight of the adversarial term in this step (the same for all): 0 until disc_start.
         a = self.config.autoencoder
-        return autoencoder_loss(model, x0, noise, a.kl_weight, a.reconstruction)
+        weight = a.disc_weight if step >= a.disc_start else 0.0
+        return [noise, torch.full((len(x0),), weight, device=x0.device)]
+
+    def loss(self, model: nn.Module, x0: Tensor, noise: Tensor, disc_weight: Tensor) -> Tensor:
+        a = self.config.autoencoder
+        return autoencoder_loss(model, x0, noise, a.kl_weight, a.reconstruction, float(disc_weight[0]))
 
     @torch.no_grad()
     def picture(self, run: RunDir, ema_model: nn.Module, step: int) -> Tensor:
