@@ -38,6 +38,7 @@ def test_overrides_are_typed():
         ({"model.patch_size": 0}, "model.patch_size must be >= 1"),
         ({"diffusion.timesteps": 10}, "linear schedule scaled to T=10"),
         ({"sample.steps": 2000}, "cannot exceed diffusion.timesteps"),
+        ({"latent.posterior": "sample"}, "latent.posterior=sample draws latents of an autoencoder"),
     ],
 )
 def test_validation_names_the_problem(overrides, message):

@@ -222,6 +222,41 @@ def test_a_latent_batch_takes_the_mirror_latent_exactly_where_a_pixel_batch_flip
     assert torch.equal(chosen[flipped], batch[flipped, 1]) and torch.equal(chosen[~flipped], batch[~flipped, 0])
 
 
+def test_cached_moments_are_the_scaled_posterior_of_each_image_and_its_mirror(autoencoder, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    codec = load_codec(str(autoencoder))
+    data = load_data("digits", image_size=16)
+    moments = encode_data(codec, data, flip=True, device=torch.device("cpu"), progress=False, moments=True).images
+    assert moments.shape == (len(data), 2, 2, 2, 8, 8)  # [N, view, (mean, std), C, h, w]
+    x = data.images[:5].float() / 127.5 - 1
+    for view, image in enumerate([x, x.flip(-1)]):
+        q = codec.module.encode(image)
+        torch.testing.assert_close(moments[:5, view, 0], q.mean * codec.scale)
+        torch.testing.assert_close(moments[:5, view, 1], q.std * codec.scale)
+    # the means are the latents a mean run caches; the two kinds are cached apart
+    means = encode_data(codec, data, flip=True, device=torch.device("cpu"), progress=False).images
+    torch.testing.assert_close(moments[:, :, 0], means)
+    assert len(list((tmp_path / "latents").iterdir())) == 2
+
+
+def test_a_sampled_latent_is_mean_plus_std_times_fresh_noise_of_the_chosen_view(autoencoder, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    from ddpm.training.tasks import DiffusionTask
+
+    data = load_data("digits", image_size=16)
+    config = latent_config(autoencoder, **{"data.flip": True, "latent.posterior": "sample"})
+    task = DiffusionTask(config, data, torch.device("cpu"), False, False)
+    batch = task.data.images[:64]
+    z = task.batch(batch, torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)  # the draws batch() makes: flips first, then the noise
+    flipped = torch.rand(64, generator=generator) < 0.5
+    chosen = torch.where(flipped[:, None, None, None, None], batch[:, 1], batch[:, 0])
+    torch.testing.assert_close(z, chosen[:, 0] + chosen[:, 1] * torch.randn(z.shape, generator=generator))
+    assert z.shape == (64, 2, 8, 8) and not torch.equal(z, chosen[:, 0])
+    again = task.batch(batch, torch.Generator().manual_seed(4))  # a new draw each time the image is seen
+    assert not torch.allclose(again, z)
+
+
 # ---- latent runs -----------------------------------------------------------------------------------
 
 

@@ -253,11 +253,16 @@ class LatentConfig:
     scale: typing.Optional[float] = None  # its latent scale (1 / std of the latents), written with the hash
     channels: typing.Optional[int] = None  # the latents' channels and how many times smaller than the image
     factor: typing.Optional[int] = None  # each side is (written with the hash)
+    # What the UNet learns to denoise: the posterior mean of each image (cached once), or a latent
+    # drawn from its posterior anew each time the image is seen (its mean and std cached once).
+    posterior: typing.Literal["mean", "sample"] = "mean"
 
     def validate(self) -> None:
         _check(self.autoencoder is None or bool(self.autoencoder),
                "latent.autoencoder must name an autoencoder run or diffusers:PATH, or be null")
         _check(self.scale is None or self.scale > 0, f"latent.scale must be > 0 (got {self.scale})")
+        _check(self.posterior == "mean" or self.autoencoder is not None,
+               "latent.posterior=sample draws latents of an autoencoder; name one with --autoencoder RUN")
 
 
 class Sections:

@@ -5,7 +5,9 @@ A `Codec` turns images in [-1, 1] into latents of unit standard deviation and ba
     encode(x) = scale * mean of q(z | x)          decode(z) = decoder(z / scale)
 
 with scale = 1 / std of the posterior means over the data set (Rombach et al.'s `scale_by_std`),
-so the diffusion process, which assumes data of about unit variance, sees that. Two kinds load:
+so the diffusion process, which assumes data of about unit variance, sees that. (A run with
+`latent.posterior: sample` trains instead on draws scale * (mean + std * noise) of q(z | x), a new
+one at every step.) Two kinds load:
 
 - an autoencoder run of `ddpm train-autoencoder`: its EMA weights; each checkpoint carries its
   scale (meta.json), computed when it was written;
@@ -40,10 +42,10 @@ SCALE_IMAGES = 5000  # the scale is measured on at most this many images (a fixe
 
 @dataclass
 class Codec:
-    """Images in [-1, 1] <-> scaled latents. `encode_mean(x)` gives the posterior mean, unscaled;
-    `decode_raw(z)` decodes an unscaled latent."""
+    """Images in [-1, 1] <-> scaled latents. `posterior(x)` gives the mean and standard deviation of
+    q(z | x), unscaled; `decode_raw(z)` decodes an unscaled latent."""
 
-    encode_mean: Callable[[Tensor], Tensor]
+    posterior: Callable[[Tensor], tuple[Tensor, Tensor]]
     decode_raw: Callable[[Tensor], Tensor]
     module: nn.Module
     scale: float
@@ -54,7 +56,13 @@ class Codec:
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        return self.encode_mean(x) * self.scale
+        """The scaled posterior mean."""
+        return self.posterior(x)[0] * self.scale
+
+    @torch.no_grad()
+    def encode_moments(self, x: Tensor) -> Tensor:
+        """The scaled posterior mean and standard deviation, stacked: [B, 2, C, h, w]."""
+        return torch.stack(self.posterior(x), 1) * self.scale
 
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
@@ -127,7 +135,12 @@ def _run_codec(reference: str, sha256: Optional[str]) -> Codec:
                          f"steps to write one")
     autoencoder = autoencoder_from_run(config)
     load_into(autoencoder, load_weights(folder, "ema"), folder, run.config_path)
-    return Codec(lambda x: autoencoder.encode(x).mean, autoencoder.decode, autoencoder, meta["latent_scale"],
+
+    def posterior(x: Tensor) -> tuple[Tensor, Tensor]:
+        q = autoencoder.encode(x)
+        return q.mean, q.std
+
+    return Codec(posterior, autoencoder.decode, autoencoder, meta["latent_scale"],
                  sha256, config.autoencoder.z_channels, autoencoder.factor, reference)
 
 
@@ -146,7 +159,12 @@ def _diffusers_codec(path: Path, reference: str) -> Codec:
         raise InputError(f"{reference} needs the diffusers package: pip install 'ddpm-textbook[diffusers]'") from None
     vae = AutoencoderKL.from_pretrained(str(path))
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    return Codec(lambda x: vae.encode(x).latent_dist.mean, lambda z: vae.decode(z).sample, vae,
+
+    def posterior(x: Tensor) -> tuple[Tensor, Tensor]:
+        q = vae.encode(x).latent_dist
+        return q.mean, q.std
+
+    return Codec(posterior, lambda z: vae.decode(z).sample, vae,
                  float(vae.config.scaling_factor), file_sha256(*weights), vae.config.latent_channels, factor, reference)
 
 
@@ -171,7 +189,8 @@ def latent_std(encode_mean: Callable[[Tensor], Tensor], data: ImageData, device:
 @dataclass
 class LatentData:
     """A training set encoded once: latents [N, V, C, h, w] (V = 2 when the run flips: the latents of
-    each image and of its mirror image) and the data set's labels."""
+    each image and of its mirror image), or with `moments` [N, V, 2, C, h, w] (the posterior's mean
+    and standard deviation, to draw a latent from), and the data set's labels."""
 
     name: str
     images: Tensor
@@ -183,24 +202,27 @@ class LatentData:
 
 @torch.no_grad()
 def encode_data(codec: Codec, data: ImageData, flip: bool, device: torch.device, progress: bool = True,
-                batch_size: int = 128) -> LatentData:
-    """The scaled latents of every image (and of its mirror image with `flip`), from the cache when
-    this autoencoder has encoded these exact images before."""
+                batch_size: int = 128, moments: bool = False) -> LatentData:
+    """The scaled latents of every image (and of its mirror image with `flip`), or with `moments` the
+    mean and standard deviation of their posteriors, from the cache when this autoencoder has
+    encoded these exact images before."""
     from safetensors.torch import load_file, save_file
 
     if not isinstance(data, ImageData):
         raise InputError(f"latent diffusion encodes the training set once and needs it in memory; {data.name} has "
                          f"{len(data)} images, more than fit; use a subset folder")
     key = hashlib.sha256(data.images.numpy().tobytes()).hexdigest()[:16]
-    cached = cache_dir() / "latents" / f"{codec.sha256[:16]}-{key}-{'flip' if flip else 'plain'}.safetensors"
+    kind = ("flip" if flip else "plain") + ("-moments" if moments else "")
+    cached = cache_dir() / "latents" / f"{codec.sha256[:16]}-{key}-{kind}.safetensors"
     if cached.is_file():
         return LatentData(data.name, load_file(cached)["latents"], data.labels)
     views = [False, True] if flip else [False]
+    encode = codec.encode_moments if moments else codec.encode
     latents = []
     for start in tqdm(range(0, len(data), batch_size), desc="encoding the training set", unit="batch",
                       disable=not progress):
         x = to_model_range(data.images[start:start + batch_size].to(device))
-        latents.append(torch.stack([codec.encode(x.flip(-1) if mirrored else x).float().cpu() for mirrored in views], 1))
+        latents.append(torch.stack([encode(x.flip(-1) if mirrored else x).float().cpu() for mirrored in views], 1))
     latents = torch.cat(latents).contiguous()
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_name(f".tmp-{cached.name}")

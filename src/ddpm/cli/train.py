@@ -30,6 +30,8 @@ FLAGS = [
     ("diffusion.loss", "how the error is measured", None, {}),
     ("latent.autoencoder", "latent diffusion: denoise the latents of this autoencoder (a run of ddpm "
                            "train-autoencoder, or diffusers:PATH)", "--autoencoder", {"metavar": "RUN"}),
+    ("latent.posterior", "latent runs denoise each image's posterior mean, or a latent drawn from its posterior "
+                         "at every step", None, {}),
     ("model.num_classes", "class-conditional on the data set's K labels, with classifier-free guidance", "--classes",
      {"metavar": "K"}),
     ("train.max_steps", "stop after this many optimiser steps", None, {}),

@@ -63,7 +63,8 @@ class DiffusionTask:
             latent.sha256, latent.scale = self.codec.sha256, self.codec.scale
             latent.channels, latent.factor = self.codec.channels, self.codec.factor
             config.sample.clip_denoised = False  # latents are not bounded by [-1, 1]
-            data = encode_data(self.codec, data, config.data.flip, device, progress)
+            data = encode_data(self.codec, data, config.data.flip, device, progress,
+                               moments=latent.posterior == "sample")
         config.model.check_image_size(config.model_input()[1])
         self.data = data
         self.network = build_network(config)
@@ -73,7 +74,13 @@ class DiffusionTask:
         flips = self.config.data.flip
         flipped = torch.rand(len(images), device=images.device, generator=generator) < 0.5 if flips else None
         if isinstance(self.data, LatentData):  # the cached latents of the image, or of its mirror image
-            return torch.where(flipped[:, None, None, None], images[:, 1], images[:, 0]) if flips else images[:, 0]
+            z = images[:, 0]
+            if flips:
+                z = torch.where(flipped.view(-1, *[1] * (z.dim() - 1)), images[:, 1], z)
+            if self.config.latent.posterior == "sample":  # z ~ q(z | x): its mean and std are cached
+                mean, std = z.unbind(1)
+                z = mean + std * torch.randn(mean.shape, device=mean.device, generator=generator)
+            return z
         x0 = to_model_range(images)
         return flip_images(x0, flipped) if flips else x0
 
