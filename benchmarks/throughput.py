@@ -9,6 +9,8 @@ CPU, bf16 on CUDA). Also the sampling rate at a given number of network evaluati
     python benchmarks/throughput.py --set model.channels=[16,32,64]      # a narrower UNet
     python benchmarks/throughput.py --preset cifar10-ddpm --batch-size 128 --precision bf16 \\
         --compile --channels-last --device cuda
+    python benchmarks/throughput.py --set data.name=emoji --set data.image_size=64 --latent 4,8
+                                        # the UNet of a latent run: 4x8x8 latents of 64x64 images, f = 8
 
 Prints one JSON object.
 """
@@ -22,8 +24,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm import Config, Pipeline, build_diffusion, build_network, load_data
-from ddpm.presets import load_preset
+from ddpm import Pipeline, build_diffusion, build_network, load_data
+from ddpm.presets import compose_config
 from ddpm.runtime.devices import resolve_device
 from ddpm.training.precision import autocast
 
@@ -64,20 +66,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed training steps (after 5 warm-up steps)")
     parser.add_argument("--sample-nfe", type=int, default=50, help="network evaluations per sample when timing sampling")
     parser.add_argument("--sample-n", type=int, default=64)
+    parser.add_argument("--latent", metavar="C,F", help="time the UNet of a latent run instead: C-channel latents, "
+                                                       "F times smaller than the images on each side")
     args = parser.parse_args()
 
-    config = load_preset(args.preset) if args.preset else Config()
-    config = config.override(dict(item.split("=", 1) for item in args.set)).validate()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    if args.latent:  # the shape of an autoencoder's latents; no autoencoder is loaded
+        channels, factor = args.latent.split(",")
+        overrides.update({"latent.autoencoder": "(timed without one)", "latent.channels": channels,
+                          "latent.factor": factor})
+    config = compose_config(args.preset, overrides=overrides).validate()
     batch = args.batch_size or config.train.batch_size
     device = resolve_device(args.device)
     data = load_data(config.data.name, config.data.root, config.data.image_size)  # for the image shape only
     config.data.image_size, config.data.channels = data.image_size, data.channels
+    channels, size = config.model_input()
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     network = build_network(config).to(device, memory_format=memory_format)
     model = torch.compile(network) if args.compile else network
     diffusion = build_diffusion(config).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
-    x0 = (torch.rand(batch, data.channels, data.image_size, data.image_size, device=device) * 2 - 1).contiguous(
+    x0 = (torch.rand(batch, channels, size, size, device=device) * 2 - 1).contiguous(
         memory_format=memory_format)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
 
@@ -115,7 +124,7 @@ def main() -> None:
 
     print(json.dumps({
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "preset": args.preset or "default (mnist5k)", "overrides": args.set,
+        "preset": args.preset or "default (mnist5k)", "overrides": args.set, "input": [channels, size, size],
         "parameters_M": round(sum(p.numel() for p in network.parameters()) / 1e6, 2),
         "batch_size": batch, "precision": args.precision, "compile": args.compile, "channels_last": args.channels_last,
         "train_images_per_s": round(train_images_per_s, 1),
