@@ -2,6 +2,7 @@
 same step as one process with the whole batch."""
 
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -51,6 +52,23 @@ def test_torchrun_two_ranks_equal_one_process_and_resume_alone(tmp_path):
     assert main(["train", "--resume", str(ddp), "--max-steps", "3", "--no-progress"]) == 0
     with open(ddp / "log.csv", newline="") as handle:
         assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
+
+
+def test_torchrun_trains_a_latent_run_as_one_process_does(tmp_path):
+    """Every rank encodes the training set into the same cache file; the step is one process's."""
+    env = {**os.environ, "DDPM_CACHE": str(tmp_path / "cache")}
+    ae = tmp_path / "ae"
+    assert main(["train-autoencoder", "--data", "digits", "--image-size", "16", "--widths", "[8,16]", "--z-channels", "2",
+                 "--max-steps", "2", "--batch-size", "8", "--device", "cpu", "--out", str(ae), "--no-progress"]) == 0
+    args = ["--data", "digits", "--image-size", "16", "--autoencoder", str(ae), "--max-steps", "1", *TINY]
+    result = subprocess.run([*TORCHRUN, "train", "--out", str(tmp_path / "ddp"), *args], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "cache" / "latents").iterdir()] != []
+    assert not list((tmp_path / "cache" / "latents").glob(".tmp-*"))
+    single = tmp_path / "single"
+    assert subprocess.run([sys.executable, "-m", "ddpm", "train", "--out", str(single), *args], env=env).returncode == 0
+    _assert_same_step(RunDir(single), RunDir(tmp_path / "ddp"))
 
 
 def test_torchrun_sampling_shares_batches_and_matches_one_process(tmp_path):

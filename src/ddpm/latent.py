@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -225,7 +226,8 @@ def encode_data(codec: Codec, data: ImageData, flip: bool, device: torch.device,
         latents.append(torch.stack([encode(x.flip(-1) if mirrored else x).float().cpu() for mirrored in views], 1))
     latents = torch.cat(latents).contiguous()
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f".tmp-{cached.name}")
+    # Each process writes its own file (under torchrun every rank encodes); the last rename wins, whole.
+    tmp = cached.with_name(f".tmp-{os.getpid()}-{cached.name}")
     save_file({"latents": latents}, str(tmp))
     tmp.replace(cached)
     return LatentData(data.name, latents, data.labels)
