@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
@@ -272,6 +273,37 @@ def test_a_latent_run_samples_images_of_the_data_size_and_records_its_autoencode
     x_T = pipe.invert(images[:1], steps=3)
     assert x_T.shape == (1, 2, 8, 8)  # inversion lives in the latent space
     assert pipe.reconstruct(x_T, steps=3).shape == (1, 1, 16, 16)
+
+
+def test_the_commands_downstream_decode_a_class_conditional_latent_run(autoencoder, tmp_path, monkeypatch):
+    """sample with a class and guidance, sweep, show trajectory and progression, and report all take a
+    latent run as they take a pixel one; the trajectory's last x0 is the decoded sample itself."""
+    from PIL import Image
+
+    from ddpm.pictures.stages import CELL, PADDING, trajectory
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    config = latent_config(autoencoder, **{"model.num_classes": 10, "train.max_steps": 2, "train.checkpoint_every": 1})
+    run = train(config, tmp_path / "latent", progress=False).path
+    samples = tmp_path / "samples.npz"
+    assert main(["sample", "--run", str(run), "--n", "3", "--steps", "2", "--class", "3", "--guidance", "2",
+                 "--out", str(samples), "--device", "cpu"]) == 0
+    with np.load(samples) as saved:
+        assert saved["arr_0"].shape == (3, 16, 16, 1) and saved["arr_1"].tolist() == [3, 3, 3]
+    assert main(["sweep", "--run", str(run), "--samplers", "ddim", "--steps", "2", "--n", "4", "--ref-n", "10",
+                 "--out", str(tmp_path / "sweep")]) == 0
+    assert main(["show", "trajectory", "--run", str(run), "--frames", "2", "--steps", "2", "--device", "cpu"]) == 0
+    assert main(["show", "progression", "--run", str(run), "--n", "2", "--device", "cpu"]) == 0
+    assert main(["report", "--run", str(run)]) == 0
+    assert Image.open(run / "progression.png").height == 2 * (CELL // 16 * 16 + PADDING) + PADDING  # steps 1, 2
+
+    pipe = Pipeline.from_run(run, device="cpu")
+    picture, _ = trajectory(pipe, 1, 3, seed=4, sampler="ddim", steps=5)
+    reference = pipe(1, "ddim", 5, seed=4, progress=False)  # the same noise and class, decoded
+    pixels = torch.from_numpy(np.array(picture.convert("L")))
+    scale, cell = CELL // 16, CELL // 16 * 16 + PADDING
+    top, left = pixels.shape[0] - cell, pixels.shape[1] - cell  # the last column of the row x0 #1
+    assert torch.equal(pixels[top:top + 16 * scale:scale, left:left + 16 * scale:scale], reference[0, 0])
 
 
 def test_a_latent_run_refuses_a_swapped_autoencoder_with_exit_2(autoencoder, tmp_path, monkeypatch, capsys):
