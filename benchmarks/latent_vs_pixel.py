@@ -16,6 +16,7 @@ autoencoder's own PSNR and rFID come from `ddpm eval --reconstruct`.
 
     python benchmarks/latent_vs_pixel.py                 # 30 minutes an arm
     python benchmarks/latent_vs_pixel.py --minutes 10    # a quicker look
+    python benchmarks/latent_vs_pixel.py --widths [64,128,128,128] --no-pixel   # f = 8, its latent arm only
 
 Writes OUT/latent_vs_pixel.json and prints it; the grids are OUT/pixel/grid.png and
 OUT/latent/grid.png. Needs the 64x64 reference features once (~9 minutes at 7 images/s).
@@ -61,6 +62,9 @@ def main() -> None:
     parser.add_argument("--data", default="emoji", help="the data set (default emoji)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--n", type=int, default=1000, help="samples for FID (default 1000)")
+    parser.add_argument("--widths", default=None, metavar="[C,...]",
+                        help="the autoencoder's level widths, f = 2^(levels - 1) (default its own: [64,128,128], f = 4)")
+    parser.add_argument("--no-pixel", action="store_true", help="train the latent arm only")
     parser.add_argument("--out", default=None, help="output folder (default runs/latent-vs-pixel-<minutes>min)")
     args = parser.parse_args()
     out = Path(args.out or f"runs/latent-vs-pixel-{args.minutes:g}min")
@@ -74,7 +78,8 @@ def main() -> None:
 
     # The latent arm: its clock starts with the autoencoder.
     ae, latent = out / "autoencoder", out / "latent"
-    ae_seconds = _run(["train-autoencoder", "--out", str(ae), *data,
+    widths = ["--widths", args.widths] if args.widths else []
+    ae_seconds = _run(["train-autoencoder", "--out", str(ae), *data, *widths,
                        "--max-minutes", f"{args.ae_share * args.minutes:g}", "--no-progress"])
     encode_seconds = encode_training_set(ae, args.data, args.image_size)
     left = args.minutes - (ae_seconds + encode_seconds) / 60
@@ -83,15 +88,15 @@ def main() -> None:
                  "minutes; give a smaller --ae-share")
     latent_seconds = _run(["train", "--out", str(latent), *data, "--autoencoder", str(ae),
                            "--max-minutes", f"{left:.3f}", "--no-progress"])
-    # The pixel arm.
     pixel = out / "pixel"
-    pixel_seconds = _run(["train", "--out", str(pixel), *data, "--max-minutes", f"{args.minutes:g}", "--no-progress"])
+    if not args.no_pixel:
+        pixel_seconds = _run(["train", "--out", str(pixel), *data, "--max-minutes", f"{args.minutes:g}",
+                              "--no-progress"])
 
     # Scores, untimed.
     _run(["eval", "--reconstruct", str(ae), "--n", str(args.n), "--json", str(ae / "reconstruct.json")])
     reconstruction = json.loads((ae / "reconstruct.json").read_text())
     latent_scores = sample_and_score(latent, args.n, [], args.data)
-    pixel_scores = sample_and_score(pixel, args.n, [], args.data)
     latent_arm = arm_result(latent, left, *latent_scores, args.n)
     latent_arm.update({
         "total_minutes": round((ae_seconds + encode_seconds + latent_seconds) / 60, 2),
@@ -100,14 +105,16 @@ def main() -> None:
                         "rfid": round(reconstruction["fid"], 2)},
         "encode_seconds": round(encode_seconds, 1),
     })
-    pixel_arm = arm_result(pixel, args.minutes, *pixel_scores, args.n)
-    pixel_arm["total_minutes"] = round(pixel_seconds / 60, 2)
     result = {
         "minutes_per_arm": args.minutes, "data": args.data, "image_size": args.image_size, "n": args.n,
-        "cpu_gflops": round(gflops), "pixel": pixel_arm, "latent": latent_arm,
-        "unet_speedup": round(latent_arm["unet_images_per_s"] / pixel_arm["unet_images_per_s"], 2),
+        "cpu_gflops": round(gflops), "latent": latent_arm,
         "data_floor_fid": round(data_floor(args.data, args.image_size, args.n), 2),
     }
+    if not args.no_pixel:
+        pixel_arm = arm_result(pixel, args.minutes, *sample_and_score(pixel, args.n, [], args.data), args.n)
+        pixel_arm["total_minutes"] = round(pixel_seconds / 60, 2)
+        result.update({"pixel": pixel_arm,
+                       "unet_speedup": round(latent_arm["unet_images_per_s"] / pixel_arm["unet_images_per_s"], 2)})
     (out / "latent_vs_pixel.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
 
