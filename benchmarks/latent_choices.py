@@ -93,7 +93,7 @@ def main() -> None:
         run = out / f"latent-{posterior}"
         seconds = _run(["train", "--out", str(run), *data, "--autoencoder", str(autoencoder), "--posterior", posterior,
                         "--max-steps", str(args.unet_steps), "--no-progress"])
-        sample_seconds, scores = sample_and_score(run, args.n, [], args.data)
+        _, scores = sample_and_score(run, args.n, [], args.data)
         unets[posterior] = {"train_minutes": round(seconds / 60, 2), "fid": round(scores["fid"], 2),
                             "kid": scores["kid"]}
     result["posterior"] = {"steps": args.unet_steps, **unets}
