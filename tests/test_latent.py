@@ -295,13 +295,13 @@ def test_the_commands_downstream_decode_a_class_conditional_latent_run(autoencod
     assert main(["show", "trajectory", "--run", str(run), "--frames", "2", "--steps", "2", "--device", "cpu"]) == 0
     assert main(["show", "progression", "--run", str(run), "--n", "2", "--device", "cpu"]) == 0
     assert main(["report", "--run", str(run)]) == 0
-    assert Image.open(run / "progression.png").height == 2 * (CELL // 16 * 16 + PADDING) + PADDING  # steps 1, 2
+    scale, cell = CELL // 16, CELL // 16 * 16 + PADDING  # a 16 px image enlarged, and the gap after it
+    assert Image.open(run / "progression.png").height == 2 * cell + PADDING  # steps 1 and 2
 
     pipe = Pipeline.from_run(run, device="cpu")
     picture, _ = trajectory(pipe, 1, 3, seed=4, sampler="ddim", steps=5)
     reference = pipe(1, "ddim", 5, seed=4, progress=False)  # the same noise and class, decoded
     pixels = torch.from_numpy(np.array(picture.convert("L")))
-    scale, cell = CELL // 16, CELL // 16 * 16 + PADDING
     top, left = pixels.shape[0] - cell, pixels.shape[1] - cell  # the last column of the row x0 #1
     assert torch.equal(pixels[top:top + 16 * scale:scale, left:left + 16 * scale:scale], reference[0, 0])
 
