@@ -45,7 +45,8 @@ def posterior_width(autoencoder: Path, data_name: str, image_size: int) -> dict:
     """The posteriors' standard deviation (root mean square over all latents) beside the standard
     deviation of their means, both scaled: how much a drawn latent differs from the mean."""
     from ddpm.data.datasets import load_data
-    from ddpm.latent import encode_data, load_codec
+    from ddpm.data.latents import encode_data
+    from ddpm.factory import load_codec
 
     codec = load_codec(str(autoencoder))
     moments = encode_data(codec, load_data(data_name, image_size=image_size), flip=True, device=torch.device("cpu"),

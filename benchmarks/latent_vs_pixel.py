@@ -39,7 +39,8 @@ def encode_training_set(autoencoder: Path, data_name: str, image_size: int) -> f
     """Encode the data set as `ddpm train --autoencoder` will (both flips, into the cache it reads),
     and return the seconds it took."""
     from ddpm.data.datasets import load_data
-    from ddpm.latent import encode_data, load_codec
+    from ddpm.data.latents import encode_data
+    from ddpm.factory import load_codec
 
     started = time.perf_counter()
     codec = load_codec(str(autoencoder))

@@ -1,7 +1,8 @@
 """The package's shape: layers that import only downwards, no import cycle, and a torch-free edge.
 
 Layers, from the bottom up (a module may import its own layer's modules and those below):
-    errors, names            leaves: the error types and the registries of names
+    errors, names, options,  leaves: the error types, the names, typed options, the registries of specs,
+    registry, atomic         and the atomic write
     config, presets          settings, as plain data (no torch)
     models                   the networks
     diffusion                schedules, forward process and loss, guidance, samplers
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import ddpm
 
-LAYERS = [("errors", "names"), ("config", "presets"), ("models",), ("diffusion",), ("data",), ("runtime",),
-          ("storage",), ("factory",), ("latent",), ("pipeline",), ("evaluation",), ("pictures",), ("training",), ("cli", "__main__")]
+LAYERS = [("errors", "names", "options", "registry", "atomic"), ("config", "presets"), ("models",), ("diffusion",),
+          ("data",), ("runtime",), ("storage",), ("factory",), ("pipeline",), ("evaluation",), ("pictures",), ("training",), ("cli", "__main__")]
 PACKAGE = Path(ddpm.__file__).parent
 
 

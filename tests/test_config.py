@@ -2,7 +2,7 @@ import pytest
 
 from ddpm import Config, InputError
 from ddpm.config import COLOR_DEFAULTS
-from ddpm.names import DATASET_CHANNELS, DATASETS
+from ddpm.registry import DATASETS
 from ddpm.presets import compose_config, list_presets, load_preset
 
 
@@ -54,9 +54,9 @@ def test_each_samplers_own_option_reaches_only_that_sampler():
     """A run's DDIM eta and DDPM variance apply when it is sampled with ddim or ddpm; sampled with
     another sampler, they fall back to the values every sampler accepts (get_sampler's check)."""
     ddim_run = Config().override({"sample.sampler": "ddim", "sample.eta": 0.5}).validate().sample
-    assert [ddim_run.eta_for(name) for name in ("ddim", "ddpm", "heun")] == [0.5, 0.0, 0.0]
+    assert [ddim_run.option_for(name, "eta") for name in ("ddim", "ddpm", "heun")] == [0.5, 0.0, 0.0]
     ddpm_run = Config().override({"sample.variance": "large"}).validate().sample
-    assert [ddpm_run.variance_for(name) for name in ("ddpm", "ddim", "heun")] == ["large", "small", "small"]
+    assert [ddpm_run.option_for(name, "variance") for name in ("ddpm", "ddim", "heun")] == ["large", "small", "small"]
 
 
 def test_unknown_keys_and_bad_types_are_refused():
@@ -105,4 +105,5 @@ def test_a_preset_or_config_file_that_names_color_data_gets_the_color_defaults(t
 
 
 def test_every_named_data_set_says_how_many_channels_it_has():
-    assert set(DATASET_CHANNELS) == set(DATASETS[:-1]) and set(DATASET_CHANNELS.values()) == {1, 3}
+    channels = {spec.name: spec.channels for spec in DATASETS}
+    assert set(channels) == set(DATASETS.names()) and set(channels.values()) == {1, 3}

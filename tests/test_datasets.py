@@ -11,7 +11,7 @@ from PIL import Image
 
 from ddpm.cli import main
 from ddpm.data import load_data
-from ddpm.names import DATASET_CHANNELS
+from ddpm.registry import DATASETS
 
 from test_cli import TINY
 
@@ -34,7 +34,7 @@ def test_idx_files(tmp_path, name, folder):
     images, labels = _write_idx(raw, "train", 12)
     _write_idx(raw, "t10k", 3)
     data = load_data(name, str(tmp_path))
-    assert data.images.shape == (12, DATASET_CHANNELS[name], 28, 28)
+    assert data.images.shape == (12, DATASETS.get(name).channels, 28, 28)
     assert np.array_equal(data.images[:, 0].numpy(), images) and np.array_equal(data.labels.numpy(), labels)
 
 
@@ -53,7 +53,7 @@ def _write_cifar(root, per_batch=4):
 def test_cifar10_pickle_batches(tmp_path):
     pixels = _write_cifar(tmp_path)
     data = load_data("cifar10", str(tmp_path))
-    assert data.images.shape == (20, DATASET_CHANNELS["cifar10"], 32, 32) and np.array_equal(data.images.numpy(), pixels)
+    assert data.images.shape == (20, DATASETS.get("cifar10").channels, 32, 32) and np.array_equal(data.images.numpy(), pixels)
     assert data.labels.tolist() == [i for i in range(1, 6) for _ in range(4)]
     assert load_data("cifar10", str(tmp_path), channels=1).images.shape == (20, 1, 32, 32)
 
@@ -69,7 +69,7 @@ def test_celeba_aligned_folder_and_partition(tmp_path):
         lines.append(f"{i:06d}.png {0 if i <= 3 else 2}")
     (tmp_path / "celeba" / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
     data = load_data("celeba", str(tmp_path))
-    assert data.images.shape == (3, DATASET_CHANNELS["celeba"], 64, 64) and data.labels is None  # the training split only
+    assert data.images.shape == (3, DATASETS.get("celeba").channels, 64, 64) and data.labels is None  # the training split only
     assert (data.images.float() - 200).abs().max() <= 1  # the center crop, not the noisy border
 
 
@@ -85,7 +85,7 @@ def test_folder_with_nested_classes_png_and_jpeg(tmp_path):
         (cars / path).parent.mkdir(parents=True)
         Image.new("RGB", (120, 80), (90, 90, 90)).save(cars / path)
     cars = load_data("stanford-cars", str(tmp_path / "data"))
-    assert cars.images.shape == (2, DATASET_CHANNELS["stanford-cars"], 64, 64)
+    assert cars.images.shape == (2, DATASETS.get("stanford-cars").channels, 64, 64)
 
 
 def test_train_through_the_command_line_on_a_written_data_set(tmp_path):

@@ -62,8 +62,19 @@ def test_every_block_is_python_sh_or_text():
             assert language in ("python", "sh", "text"), f"{path.name}: a ```{language} block; use python, sh or text"
 
 
+@pytest.fixture
+def registries():
+    """What a document registers (docs/architecture.md's recipes) is gone after it."""
+    from ddpm.registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS
+
+    saved = {registry: dict(registry._specs) for registry in (SAMPLERS, OBJECTIVES, NETWORKS, DATASETS)}
+    yield
+    for registry, specs in saved.items():
+        registry._specs = specs
+
+
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
-def test_the_blocks_run(path, tmp_path, monkeypatch):
+def test_the_blocks_run(path, tmp_path, monkeypatch, registries):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
     namespace: dict = {}

@@ -60,12 +60,13 @@ def test_the_pipeline_keeps_the_known_pixels_and_returns_the_input_at_strength_0
 def test_each_edit_writes_its_picture(run_dir, files, tmp_path):
     run = ["--run", str(run_dir), "--device", "cpu", "--steps", "4"]
     assert main(["edit", "inpaint", *run, "--image", str(files / "a.png"), "--mask", str(files / "mask.png"),
-                 "--n", "2", "--resample", "2", "--jump", "2", "--out", str(tmp_path / "inpaint.png")]) == 0
+                 "--n", "2", "--resample", "2", "--jump", "2", "--out", str(tmp_path / "inpainted.npz"),
+                 "--figure", str(tmp_path / "inpaint.png")]) == 0
     assert main(["edit", "img2img", *run, "--image", str(files / "a.png"), "--strength", "0.5", "--n", "2",
-                 "--sampler", "dpm++2m", "--out", str(tmp_path / "img2img.png")]) == 0
+                 "--sampler", "dpm++2m", "--out", str(tmp_path / "edited.png"), "--figure", str(tmp_path / "img2img.png")]) == 0
     assert main(["edit", "invert", *run, "--image", str(files / "a.png"), "--out", str(tmp_path / "x_T.npy")]) == 0
     assert main(["edit", "interpolate", *run, "--a", str(files / "a.png"), "--b", str(files / "b.png"),
-                 "--frames", "5", "--out", str(tmp_path / "walk.png")]) == 0
+                 "--frames", "5", "--out", str(tmp_path / "walk"), "--figure", str(tmp_path / "walk.png")]) == 0
     assert Image.open(tmp_path / "inpaint.png").width > Image.open(tmp_path / "img2img.png").width  # 4 columns, 3
     assert np.load(tmp_path / "x_T.npy").shape == (1, 28, 28)
     assert Image.open(tmp_path / "walk.gif").n_frames == 5
@@ -94,3 +95,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, message, run_dir,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err, err
     assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in run_dir.rglob("*")) == before
+
+
+def test_an_edits_results_are_the_next_edits_input(run_dir, files, tmp_path):
+    """--out writes the results themselves: a .npz that the next edit (and ddpm eval) reads, a PNG grid,
+    or one PNG per image; the labelled picture is --figure's. Two inpaintings of a digit, then an
+    img2img of each at strength 0, which must return them pixel for pixel."""
+    run = ["--run", str(run_dir), "--device", "cpu", "--steps", "4"]
+    assert main(["edit", "inpaint", *run, "--image", str(files / "a.png"), "--mask", str(files / "mask.png"),
+                 "--n", "2", "--out", str(tmp_path / "first.npz")]) == 0
+    first = np.load(tmp_path / "first.npz")["arr_0"]
+    assert first.shape == (2, 28, 28, 1) and first.dtype == np.uint8
+    digit = np.asarray(Image.open(files / "a.png"))
+    assert np.array_equal(first[:, :, :14, 0], np.broadcast_to(digit[:, :14], (2, 28, 14)))  # the kept half
+    assert main(["edit", "img2img", *run, "--image", str(tmp_path / "first.npz"), "--strength", "0", "--n", "1",
+                 "--out", str(tmp_path / "second")]) == 0
+    second = sorted((tmp_path / "second").iterdir())
+    assert [p.name for p in second] == ["000000.png", "000001.png"]
+    assert all(np.array_equal(np.asarray(Image.open(p)), first[k, :, :, 0]) for k, p in enumerate(second))
+    assert main(["eval", "--samples", str(tmp_path / "first.npz"), "--ref-n", "4", "--device", "cpu"]) == 0
+    for bad, message in ((["--out", str(tmp_path / "x.jpg")], "--out must name a .npz"),
+                         (["--out", str(tmp_path / "y.npz"), "--figure", str(tmp_path / "f.gif")],
+                          "--figure must name a .png")):
+        assert main(["edit", "img2img", *run, "--image", str(files / "a.png"), "--strength", "0.5", *bad]) == 2
+        assert not (tmp_path / "x.jpg").exists() and not (tmp_path / "y.npz").exists()

@@ -16,7 +16,8 @@ from ddpm.config import AutoencoderRun
 from ddpm.data.datasets import load_data
 from ddpm.errors import InputError
 from ddpm.evaluation.reconstruct import psnr
-from ddpm.latent import encode_data, load_codec
+from ddpm.data.latents import encode_data
+from ddpm.factory import load_codec
 from ddpm.models.autoencoder import (
     Autoencoder,
     DiagonalGaussian,

@@ -6,7 +6,7 @@ import torch
 
 from conftest import GaussianDenoiser
 from ddpm import InputError, make_schedule, sample_ddim, sample_ddpm, spaced_timesteps
-from ddpm.diffusion.samplers import SAMPLERS, get_sampler, network_evaluations, sample_dpmpp_2m, sample_heun
+from ddpm.diffusion.samplers import get_sampler, network_evaluations, sample_dpmpp_2m, sample_heun
 
 import math
 
@@ -190,7 +190,7 @@ def test_second_order_solvers_follow_the_probability_flow_ode(sampler):
 def test_second_order_beats_first_order():
     """At 20 steps the second-order solvers land closer to the ODE's solution than DDIM (Euler)."""
     reference = _gaussian_run(sample_ddim, 1000, n=512, seed=7)
-    error = {name: (_gaussian_run(SAMPLERS[name], 20, n=512, seed=7, spacing="quadratic") - reference).abs().mean().item()
+    error = {name: (_gaussian_run(get_sampler(name), 20, n=512, seed=7, spacing="quadratic") - reference).abs().mean().item()
              for name in ("ddim", "dpm++2m", "heun")}
     assert error["dpm++2m"] < error["ddim"] / 2 and error["heun"] < error["ddim"] / 4, error
 
@@ -260,7 +260,7 @@ def test_dpm_solver_ends_in_first_order_on_the_default_grid():
     error = {}
     for name in ("ddim", "dpm++2m"):
         for steps in (10, 20):
-            out = SAMPLERS[name](denoiser, x, schedule, spaced_timesteps(1000, steps, "uniform"))
+            out = get_sampler(name)(denoiser, x, schedule, spaced_timesteps(1000, steps, "uniform"))
             error[name, steps] = (out - reference).abs().mean().item()
     assert error["dpm++2m", 10] < 0.035 and error["dpm++2m", 20] < 0.005, error
     assert error["dpm++2m", 10] < error["ddim", 10] / 2 and error["dpm++2m", 20] < error["ddim", 20] / 5, error

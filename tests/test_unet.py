@@ -80,8 +80,9 @@ def test_unet_refuses_mismatched_attention_list():
 
 
 def test_model_config_fields_are_unet_arguments_with_the_same_defaults():
-    """build_network passes ModelConfig's fields to UNet by name, so a renamed or new field must
-    exist there too, and `UNet()` builds the same network as the default config."""
+    """build_network passes ModelConfig's fields to UNet by name (all but `network`, which names the
+    spec that builds it), so a renamed or new field must exist there too, and `UNet()` builds the
+    same network as the default config."""
     import dataclasses
     import inspect
 
@@ -89,6 +90,8 @@ def test_model_config_fields_are_unet_arguments_with_the_same_defaults():
 
     arguments = inspect.signature(UNet).parameters
     for field in dataclasses.fields(ModelConfig):
+        if field.name == "network":
+            continue
         assert field.name in arguments, f"ModelConfig.{field.name} is not a UNet argument"
         default = field.default_factory() if field.default is dataclasses.MISSING else field.default
         unet_default = arguments[field.name].default

@@ -4,7 +4,9 @@ A run is fully described by one `Config`. It is validated once, at the edge (the
 `ddpm.train`), and written into the run directory, so that directory alone is enough to resume,
 sample or evaluate the run. This module is a leaf: it imports neither torch nor the model, so
 reading a config file is cheap. Every field's type is checked against its annotation (the names a
-field accepts are the `Literal` registries of `ddpm.names`); `validate` adds the ranges.
+field accepts are the `Literal` types of `ddpm.names`, or a registry of `ddpm.registry`); `validate`
+adds the ranges. The `sample` and `diffusion` sections also hold the options of the samplers and
+objectives (`sample.eta`, `diffusion.sigma_data`): each applies when its spec is used.
 """
 
 from __future__ import annotations
@@ -21,23 +23,21 @@ import yaml
 
 from .errors import InputError
 from .names import (
-    DATASET_CHANNELS,
     Activation,
     Loss,
     LRSchedule,
     NonFinite,
     Norm,
-    Objective,
     Optimizer,
     Precision,
-    Sampler,
     Schedule,
     Skips,
     Spacing,
     TimestepSampling,
     Upsample,
-    Variance,
 )
+from .options import check, checked, coerce, hints
+from .registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, OptionRegistry, option_fields
 
 
 def cache_dir() -> Path:
@@ -55,8 +55,9 @@ RESUMABLE = ("train.max_steps", "train.max_minutes", "train.device", "train.log_
 
 @dataclass
 class ModelConfig:
-    """The UNet: one entry of `channels` and `attention` per resolution level."""
+    """The network: by default the UNet, one entry of `channels` and `attention` per resolution level."""
 
+    network: str = "unet"  # a name of ddpm.registry.NETWORKS
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # sized for 2 CPU cores: README, "The CPU default"
     attention: list[bool] = field(default_factory=lambda: [False, False, True])
     num_res: int = 1
@@ -72,37 +73,96 @@ class ModelConfig:
     patch_size: int = 1  # > 1: fold p x p pixels into channels first, so every level runs at 1/p resolution
 
     def validate(self) -> None:
-        _check(len(self.channels) >= 1, "model.channels needs at least one level")
-        _check(all(c >= 1 for c in self.channels), f"model.channels must be positive (got {self.channels})")
-        _check(
+        NETWORKS.get(self.network, "model.network")
+        check(len(self.channels) >= 1, "model.channels needs at least one level")
+        check(all(c >= 1 for c in self.channels), f"model.channels must be positive (got {self.channels})")
+        check(
             len(self.attention) == len(self.channels),
             f"model.attention has {len(self.attention)} entries but model.channels has "
             f"{len(self.channels)}; give one true/false per level",
         )
-        _check(self.patch_size >= 1, f"model.patch_size must be >= 1, 1 for none (got {self.patch_size})")
-        _check(self.num_res >= 1, f"model.num_res must be >= 1 (got {self.num_res})")
-        _check(self.neck_length >= 0, f"model.neck_length must be >= 0 (got {self.neck_length})")
-        _check(self.time_emb_dim >= 2 and self.time_emb_dim % 2 == 0,
+        check(self.patch_size >= 1, f"model.patch_size must be >= 1, 1 for none (got {self.patch_size})")
+        check(self.num_res >= 1, f"model.num_res must be >= 1 (got {self.num_res})")
+        check(self.neck_length >= 0, f"model.neck_length must be >= 0 (got {self.neck_length})")
+        check(self.time_emb_dim >= 2 and self.time_emb_dim % 2 == 0,
                f"model.time_emb_dim must be an even number >= 2 (got {self.time_emb_dim})")
-        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
-        _check(self.num_classes >= 0, f"model.num_classes must be >= 0, 0 for an unconditional model (got {self.num_classes})")
+        check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
+        check(self.num_classes >= 0, f"model.num_classes must be >= 0, 0 for an unconditional model (got {self.num_classes})")
 
     def check_image_size(self, image_size: int) -> None:
-        """Refuse a size the UNet cannot halve at every level (the skips would not line up)."""
-        factor = self.patch_size * 2 ** (len(self.channels) - 1)
-        if image_size % factor:
-            fits = [s for s in range(factor, 4 * max(image_size, factor), factor)]
-            nearest = min(fits, key=lambda s: abs(s - image_size))
-            raise InputError(
-                f"image size {image_size} is not divisible by {factor}, which a UNet with "
-                f"{len(self.channels)} levels and patch size {self.patch_size} needs; "
-                f"use --image-size {nearest} or fewer levels"
-            )
+        check_unet_size(image_size, len(self.channels), self.patch_size)
+
+
+def check_unet_size(size: int, levels: int, patch_size: int) -> None:
+    """Refuse a size the UNet cannot halve at every level (the skips would not line up)."""
+    factor = patch_size * 2 ** (levels - 1)
+    if size % factor:
+        nearest = min(range(factor, 4 * max(size, factor), factor), key=lambda s: abs(s - size))
+        raise InputError(f"image size {size} is not divisible by {factor}, which a UNet with {levels} levels and "
+                         f"patch size {patch_size} needs; use --image-size {nearest} or fewer levels")
+
+
+class OpenSection:
+    """A section whose keys are its own fields and the options of every spec of one registry: the
+    samplers' for `sample` (eta, variance, ...), the objectives' for `diffusion` (sigma_data, ...).
+    An option applies when the spec that takes it is used: a ddpm run's `sample.eta` is the eta it
+    samples with when asked for ddim. Options live in `options` and read and write as attributes;
+    one never set reads as its default."""
+
+    _registry: typing.ClassVar[OptionRegistry]
+    _selector: typing.ClassVar[str]  # the field that names the spec: "sampler", "objective"
+
+    def __getattr__(self, name: str):  # only reached for names that are not fields
+        if name.startswith("_") or name == "options" or name not in option_fields(self._registry):
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return self.options.get(name, self._default(name))
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in getattr(self, "__dataclass_fields__", {}) or name not in option_fields(self._registry):
+            object.__setattr__(self, name, value)
+        else:
+            self.options[name] = value
+
+    def _default(self, name: str):
+        own = self._registry.get(getattr(self, self._selector))
+        options, field = (own.options, own.options.fields()[name]) if name in own.options.fields() \
+            else option_fields(self._registry)[name]
+        return field.default
+
+    def option_for(self, spec_name: str, name: str):
+        """Option `name` when this run uses spec `spec_name`: the run's value if that spec takes the
+        option, else its default (what every other spec accepts)."""
+        spec = self._registry.get(spec_name)
+        if name in spec.options.fields():
+            return self.options.get(name, spec.options.fields()[name].default)
+        return option_fields(self._registry)[name][1].default
+
+    def options_for(self, spec_name: str, section: str):
+        """The option set of spec `spec_name` with this run's values of its options, checked."""
+        spec = self._registry.get(spec_name, f"{section}.{self._selector}")
+        own = {key: value for key, value in self.options.items() if key in spec.options.fields()}
+        return spec.options.build(own, f"{section}.")
+
+    def _validate_options(self, section: str) -> None:
+        """Each option's type and range, by the option set that declares it, whatever spec is chosen."""
+        declared = option_fields(self._registry)
+        for key in list(self.options):
+            if key not in declared:
+                raise InputError(f"unknown config key {section}.{key}; no {self._registry.kind} takes it")
+            options = declared[key][0]
+            self.options[key] = checked(self.options[key], hints(options)[key], f"{section}.{key}")
+        for spec in self._registry:
+            taken = {k: v for k, v in self.options.items() if k in spec.options.fields()}
+            if taken:
+                spec.options.build(taken, f"{section}.")
 
 
 @dataclass
-class DiffusionConfig:
-    """The forward process and what the network learns to predict."""
+class DiffusionConfig(OpenSection):
+    """The forward process and what the network learns to predict, with that objective's options."""
+
+    _registry = OBJECTIVES
+    _selector = "objective"
 
     timesteps: int = 1000
     schedule: Schedule = "cosine"
@@ -111,25 +171,31 @@ class DiffusionConfig:
     # added to the schedule's log SNR at every step: > 0 less noise, < 0 more (Hoogeboom et al.
     # 2023 shift the cosine by 2 log(64 / d) for d x d images)
     log_snr_shift: float = 0.0
-    objective: Objective = "v"  # FID 46.6 vs 74.3 for eps at equal budget (measured on the 32/64/128 UNet)
+    objective: str = "v"  # a name of ddpm.registry.OBJECTIVES. v: FID 46.6 vs 74.3 for eps at equal budget (32/64/128 UNet)
     loss: Loss = "mse"
     min_snr_gamma: typing.Optional[float] = None  # weight the loss by min(SNR, gamma) (Hang et al. 2023); 5 in the paper
     timestep_sampling: TimestepSampling = "uniform"  # or stratified (VDM's low-discrepancy draws), or lognormal (EDM's noise levels)
+    options: dict = field(default_factory=dict)  # the objectives' own (diffusion.sigma_data, ...): see OpenSection
 
     def validate(self) -> None:
-        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
+        OBJECTIVES.get(self.objective, "diffusion.objective")
+        self._validate_options("diffusion")
+        check(self.objective != "edm" or self.timestep_sampling == "uniform",
+               "the edm objective draws its own noise levels, ln(sigma) ~ N(diffusion.p_mean, diffusion.p_std^2); "
+               "drop diffusion.timestep_sampling")
+        check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
                f"diffusion.min_snr_gamma must be > 0, or null for the unweighted loss (got {self.min_snr_gamma})")
-        _check(self.timesteps >= 1, f"diffusion.timesteps must be >= 1 (got {self.timesteps})")
-        _check(math.isfinite(self.log_snr_shift),
+        check(self.timesteps >= 1, f"diffusion.timesteps must be >= 1 (got {self.timesteps})")
+        check(math.isfinite(self.log_snr_shift),
                f"diffusion.log_snr_shift must be a finite number, 0 for none (got {self.log_snr_shift})")
-        _check(0.0 < self.beta_start < 1.0 and 0.0 < self.beta_end < 1.0,
+        check(0.0 < self.beta_start < 1.0 and 0.0 < self.beta_end < 1.0,
                f"diffusion.beta_start and beta_end must lie in (0, 1) "
                f"(got {self.beta_start}, {self.beta_end})")
-        _check(self.beta_start <= self.beta_end,
+        check(self.beta_start <= self.beta_end,
                f"diffusion.beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end})")
         if self.schedule == "linear":
             scaled_end = self.beta_end * 1000 / self.timesteps
-            _check(scaled_end < 1.0,
+            check(scaled_end < 1.0,
                    f"the linear schedule scaled to T={self.timesteps} reaches beta={scaled_end:g} >= 1; "
                    f"use more timesteps or --schedule cosine")
 
@@ -148,12 +214,13 @@ class DataConfig:
     workers: int = 2  # DataLoader workers for folders too large to hold in memory (datasets.STREAM_ABOVE)
 
     def validate(self) -> None:
-        _check(bool(self.name), "data.name must not be empty")
-        _check(self.image_size is None or self.image_size >= 1,
+        check(bool(self.name), "data.name must not be empty")
+        DATASETS.get(self.name, "data set")
+        check(self.image_size is None or self.image_size >= 1,
                f"data.image_size must be >= 1 (got {self.image_size})")
-        _check(self.channels in (None, 1, 3), f"data.channels must be 1 or 3 (got {self.channels})")
-        _check(self.crop is None or self.crop >= 1, f"data.crop must be >= 1 (got {self.crop})")
-        _check(self.workers >= 0, f"data.workers must be >= 0 (got {self.workers})")
+        check(self.channels in (None, 1, 3), f"data.channels must be 1 or 3 (got {self.channels})")
+        check(self.crop is None or self.crop >= 1, f"data.crop must be >= 1 (got {self.crop})")
+        check(self.workers >= 0, f"data.workers must be >= 0 (got {self.workers})")
 
 
 @dataclass
@@ -192,55 +259,50 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per step: the batch is split, the gradient is the same
 
     def validate(self) -> None:
-        _check(self.batch_size >= 1, f"train.batch_size must be >= 1 (got {self.batch_size})")
-        _check(self.lr > 0, f"train.lr must be > 0 (got {self.lr})")
-        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {self.weight_decay})")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+        check(self.batch_size >= 1, f"train.batch_size must be >= 1 (got {self.batch_size})")
+        check(self.lr > 0, f"train.lr must be > 0 (got {self.lr})")
+        check(self.weight_decay >= 0, f"train.weight_decay must be >= 0 (got {self.weight_decay})")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                f"train.betas must be two numbers in [0, 1) (got {self.betas})")
-        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0 (got {self.warmup_steps})")
-        _check(self.lr_step_size >= 1, f"train.lr_step_size must be >= 1 (got {self.lr_step_size})")
-        _check(0 < self.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1] (got {self.lr_gamma})")
-        _check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (got {self.grad_clip})")
-        _check(0 <= self.label_dropout < 1, f"train.label_dropout must be in [0, 1) (got {self.label_dropout})")
-        _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1) (got {self.ema_decay})")
-        _check(self.max_steps >= 1, f"train.max_steps must be >= 1 (got {self.max_steps})")
-        _check(self.max_minutes is None or self.max_minutes > 0,
+        check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0 (got {self.warmup_steps})")
+        check(self.lr_step_size >= 1, f"train.lr_step_size must be >= 1 (got {self.lr_step_size})")
+        check(0 < self.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1] (got {self.lr_gamma})")
+        check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (got {self.grad_clip})")
+        check(0 <= self.label_dropout < 1, f"train.label_dropout must be in [0, 1) (got {self.label_dropout})")
+        check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1) (got {self.ema_decay})")
+        check(self.max_steps >= 1, f"train.max_steps must be >= 1 (got {self.max_steps})")
+        check(self.max_minutes is None or self.max_minutes > 0,
                f"train.max_minutes must be > 0 (got {self.max_minutes})")
         for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "grid_size"):
             value = getattr(self, name)
-            _check(value >= 1, f"train.{name} must be >= 1 (got {value})")
-        _check(self.grad_accum >= 1, f"train.grad_accum must be >= 1 (got {self.grad_accum})")
-        _check(self.batch_size % self.grad_accum == 0,
+            check(value >= 1, f"train.{name} must be >= 1 (got {value})")
+        check(self.grad_accum >= 1, f"train.grad_accum must be >= 1 (got {self.grad_accum})")
+        check(self.batch_size % self.grad_accum == 0,
                f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum ({self.grad_accum})")
-        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                f"train.device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
 
 
 @dataclass
-class SampleConfig:
-    """The sampler used for grids during training and as `ddpm sample`'s default."""
+class SampleConfig(OpenSection):
+    """The sampler used for grids during training and as `ddpm sample`'s default, with the samplers'
+    own options (sample.eta for ddim, sample.variance for ddpm, ...: see OpenSection)."""
 
-    sampler: Sampler = "ddpm"  # stochastic: forgives a short run's errors that ODE samplers turn into blobs
+    _registry = SAMPLERS
+    _selector = "sampler"
+
+    sampler: str = "ddpm"  # a name of ddpm.registry.SAMPLERS. Stochastic: forgives a short run's errors that ODE samplers turn into blobs
     steps: int = 50
     spacing: Spacing = "uniform"
-    eta: float = 0.0  # ddim only
-    variance: Variance = "small"  # read by ddpm only: beta~_t (small) or beta_t (large), Ho et al. §3.2
     clip_denoised: bool = True
     guidance: float = 1.0  # class-conditional models: 0 unconditional, 1 conditional, > 1 guided
+    options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        _check(self.eta == 0.0 or self.sampler == "ddim", f"sample.eta applies to the ddim sampler only (got {self.sampler})")
-        _check(self.steps >= 1, f"sample.steps must be >= 1 (got {self.steps})")
-        _check(0.0 <= self.eta <= 1.0, f"sample.eta must be in [0, 1] (got {self.eta})")
-        _check(self.guidance >= 0, f"sample.guidance must be >= 0 (got {self.guidance})")
-
-    def eta_for(self, sampler: str) -> float:
-        """DDIM's eta when sampling this run with `sampler`: the run's own for ddim, else 0 (unused)."""
-        return self.eta if sampler == "ddim" else 0.0
-
-    def variance_for(self, sampler: str) -> str:
-        """DDPM's variance when sampling this run with `sampler`: the run's own for ddpm, else small (unused)."""
-        return self.variance if sampler == "ddpm" else "small"
+        SAMPLERS.get(self.sampler, "sample.sampler")
+        self._validate_options("sample")
+        check(self.steps >= 1, f"sample.steps must be >= 1 (got {self.steps})")
+        check(self.guidance >= 0, f"sample.guidance must be >= 0 (got {self.guidance})")
 
 
 @dataclass
@@ -258,10 +320,10 @@ class LatentConfig:
     posterior: typing.Literal["mean", "sample"] = "mean"
 
     def validate(self) -> None:
-        _check(self.autoencoder is None or bool(self.autoencoder),
+        check(self.autoencoder is None or bool(self.autoencoder),
                "latent.autoencoder must name an autoencoder run or diffusers:PATH, or be null")
-        _check(self.scale is None or self.scale > 0, f"latent.scale must be > 0 (got {self.scale})")
-        _check(self.posterior == "mean" or self.autoencoder is not None,
+        check(self.scale is None or self.scale > 0, f"latent.scale must be > 0 (got {self.scale})")
+        check(self.posterior == "mean" or self.autoencoder is not None,
                "latent.posterior=sample draws latents of an autoencoder; name one with --autoencoder RUN")
 
 
@@ -271,11 +333,10 @@ class Sections:
     def validate(self):
         for section_name in self.section_names():
             section = getattr(self, section_name)
-            for key, hint in typing.get_type_hints(type(section)).items():  # types and registry names
-                value = _coerce(getattr(section, key), hint, f"{section_name}.{key}")
-                if typing.get_origin(hint) is typing.Literal:
-                    _check_choice(f"{section_name}.{key}", value, typing.get_args(hint))
-            section.validate()  # ranges
+            for key, hint in hints(type(section)).items():  # types and the names of Literal types
+                if key != "options":
+                    setattr(section, key, checked(getattr(section, key), hint, f"{section_name}.{key}"))
+            section.validate()  # ranges, registry names and options
         return self
 
     @classmethod
@@ -293,7 +354,13 @@ class Sections:
     # ---- serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain nested dicts, as config.yaml holds them: an open section's options are its keys."""
+        values = {}
+        for section_name in self.section_names():
+            section = dataclasses.asdict(getattr(self, section_name))
+            options = section.pop("options", {})
+            values[section_name] = {**section, **options}
+        return values
 
     @classmethod
     def from_dict(cls, values: dict, base=None):
@@ -310,7 +377,10 @@ class Sections:
         return config
 
     def to_yaml(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from .atomic import atomic_write
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
     @classmethod
     def from_yaml(cls, path: Path, base=None):
@@ -354,7 +424,7 @@ class Config(Sections):
 
     def validate(self) -> "Config":
         super().validate()
-        _check(self.sample.steps <= self.diffusion.timesteps,
+        check(self.sample.steps <= self.diffusion.timesteps,
                f"sample.steps ({self.sample.steps}) cannot exceed diffusion.timesteps "
                f"({self.diffusion.timesteps})")
         if self.data.image_size is not None and (self.latent.autoencoder is None or self.latent.factor):
@@ -392,14 +462,14 @@ class AutoencoderConfig:
         return 2 ** (len(self.channels) - 1)
 
     def validate(self) -> None:
-        _check(len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
+        check(len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
                f"autoencoder.channels needs at least one positive width (got {self.channels})")
-        _check(self.z_channels >= 1, f"autoencoder.z_channels must be >= 1 (got {self.z_channels})")
-        _check(self.num_res >= 1, f"autoencoder.num_res must be >= 1 (got {self.num_res})")
-        _check(self.kl_weight >= 0, f"autoencoder.kl_weight must be >= 0 (got {self.kl_weight})")
-        _check(self.disc_weight >= 0, f"autoencoder.disc_weight must be >= 0 (got {self.disc_weight})")
-        _check(self.disc_start >= 0, f"autoencoder.disc_start must be >= 0 (got {self.disc_start})")
-        _check(self.disc_layers >= 1 and self.disc_channels >= 1,
+        check(self.z_channels >= 1, f"autoencoder.z_channels must be >= 1 (got {self.z_channels})")
+        check(self.num_res >= 1, f"autoencoder.num_res must be >= 1 (got {self.num_res})")
+        check(self.kl_weight >= 0, f"autoencoder.kl_weight must be >= 0 (got {self.kl_weight})")
+        check(self.disc_weight >= 0, f"autoencoder.disc_weight must be >= 0 (got {self.disc_weight})")
+        check(self.disc_start >= 0, f"autoencoder.disc_start must be >= 0 (got {self.disc_start})")
+        check(self.disc_layers >= 1 and self.disc_channels >= 1,
                f"autoencoder.disc_layers and disc_channels must be >= 1 (got {self.disc_layers}, {self.disc_channels})")
 
     def check_image_size(self, image_size: int) -> None:
@@ -452,8 +522,8 @@ COLOR_DEFAULTS: dict[str, object] = {
 
 def data_channels(data: DataConfig) -> int:
     """How many channels the data set of `data` holds as the model will see it: data.channels when
-    set, else the named set's own (names.DATASET_CHANNELS), else 3 for a folder (read as RGB)."""
-    return data.channels or DATASET_CHANNELS.get(data.name, 3)
+    set, else the named set's own (its spec in ddpm.registry.DATASETS; 3 for a folder, read as RGB)."""
+    return data.channels or DATASETS.get(data.name, "data set").channels
 
 
 def defaults_for(data: DataConfig) -> Config:
@@ -466,13 +536,6 @@ def defaults_for(data: DataConfig) -> Config:
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise InputError(message)
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    _check(isinstance(value, str) and value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _section(config: Sections, name: str):
@@ -483,47 +546,13 @@ def _section(config: Sections, name: str):
 
 
 def _assign(section, section_name: str, key: str, value: object) -> None:
-    hints = typing.get_type_hints(type(section))
-    if key not in hints:
-        known = ", ".join(hints)
-        raise InputError(f"unknown config key {section_name}.{key}; {section_name} has {known}")
-    setattr(section, key, _coerce(value, hints[key], f"{section_name}.{key}"))
-
-
-def _coerce(value: object, hint: object, name: str) -> object:
-    """Check `value` against a field's type hint, converting where it is lossless (int to float)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:  # a registry of names (ddpm.names): the name itself is checked by validate()
-        hint = str
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), name)
-    if origin is list:
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise InputError(f"{name} must be a list, e.g. [1, 2, 3] (got {value!r})")
-        return [_coerce(item, args[0], name) for item in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if value in (0, 1):
-            return bool(value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    raise InputError(f"{name} must be of type {getattr(hint, '__name__', hint)} (got {value!r})")
+    types = {k: v for k, v in hints(type(section)).items() if k != "options"}
+    if isinstance(section, OpenSection):
+        declared = option_fields(section._registry)
+        if key in declared:
+            section.options[key] = coerce(value, hints(declared[key][0])[key], f"{section_name}.{key}")
+            return
+        types.update({name: None for name in declared})
+    if key not in types:
+        raise InputError(f"unknown config key {section_name}.{key}; {section_name} has {', '.join(types)}")
+    setattr(section, key, coerce(value, types[key], f"{section_name}.{key}"))

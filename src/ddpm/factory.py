@@ -1,27 +1,38 @@
-"""From a config to the objects it describes: the network, the diffusion process, the optimiser.
+"""From a config to the objects it describes: the network, the diffusion process, the optimiser,
+and from a run directory to its trained network or autoencoder.
 
 Training and the pipeline both build through here, so a run is rebuilt for sampling exactly as it
-was built for training (improved-diffusion's `create_model_and_diffusion`, in small pieces).
+was built for training (improved-diffusion's `create_model_and_diffusion`, in small pieces). The
+network comes from its spec in ddpm.registry.NETWORKS, the objective from OBJECTIVES.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .config import Config, TrainConfig
+from .config import AutoencoderRun, Config, TrainConfig
+from .diffusion.objectives import make_objective
 from .diffusion.process import Diffusion
 from .diffusion.schedules import NoiseSchedule, make_schedule
-from .models.unet import UNet
+from .errors import InputError
+from .models.autoencoder import Autoencoder
+from .models.codec import DIFFUSERS, Codec, autoencoder_codec, diffusers_codec, file_sha256
+from .registry import NETWORKS
+from .storage.checkpoint import RunDir, load_into, load_meta, load_weights
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch.optim.AdamW(fused=True) has a kernel
 
 
-def build_network(config: Config) -> UNet:
-    """The UNet that `config` describes, for its images' channels, or its latents' (config.model_input)."""
-    return UNet(config.model_input()[0], **dataclasses.asdict(config.model))  # the fields are UNet's arguments
+def build_network(config: Config) -> nn.Module:
+    """The network `config.model` describes (its spec in NETWORKS), for its images' channels or its
+    latents' (config.model_input)."""
+    return NETWORKS.get(config.model.network, "model.network").make(config)
 
 
 def build_schedule(config: Config) -> NoiseSchedule:
@@ -30,9 +41,14 @@ def build_schedule(config: Config) -> NoiseSchedule:
 
 
 def build_diffusion(config: Config) -> Diffusion:
-    """The forward process, prediction target and loss of `config.diffusion`."""
+    """The forward process, objective and loss of `config.diffusion`. EDM's sigma_data left unset is
+    0.5 for images in [-1, 1] (Karras et al.) and 1 for a latent run's latents, scaled to unit std."""
     d = config.diffusion
-    return Diffusion(build_schedule(config), d.objective, d.loss, d.timestep_sampling, d.min_snr_gamma)
+    options = d.options_for(d.objective, "diffusion")
+    if "sigma_data" in options.fields() and options.sigma_data is None:
+        options = dataclasses.replace(options, sigma_data=1.0 if config.latent.autoencoder else 0.5)
+    return Diffusion(build_schedule(config), make_objective(d.objective, options), d.loss, d.timestep_sampling,
+                     d.min_snr_gamma)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -51,3 +67,84 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
         return Lion(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def autoencoder_from_run(config: AutoencoderRun) -> Autoencoder:
+    """The network an autoencoder run's config describes."""
+    a = config.autoencoder
+    return Autoencoder(config.data.channels or 3, a.channels, a.z_channels, a.num_res, a.norm, a.activation, a.upsample,
+                       discriminator_layers=a.disc_layers if a.disc_weight else 0,
+                       discriminator_channels=a.disc_channels)
+
+
+# ---- trained runs -----------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedRun:
+    """A run's config, the checkpoint folder chosen, its meta.json, and the network with its weights."""
+
+    run: RunDir
+    config: "Config | AutoencoderRun"
+    folder: Path
+    meta: dict
+    network: nn.Module
+
+
+def load_run(path: "str | Path", checkpoint: Optional["str | Path"] = None, weights: str = "ema",
+             kind: type = Config) -> LoadedRun:
+    """The network of a run directory (`kind`: a diffusion run or an autoencoder run) with the weights of
+    its newest checkpoint, or of `checkpoint`: "ema" (the default) or "model". Pipeline.from_run and
+    the latent runs' autoencoders both load through here."""
+    run = RunDir(Path(path))
+    config = run.load_config()
+    if not isinstance(config, kind):
+        if kind is Config:
+            raise InputError(f"{run.path} is an autoencoder run: it encodes and decodes but does not sample; train "
+                             f"latent diffusion on it with 'ddpm train --autoencoder {run.path}'")
+        raise InputError(f"{run.path} is a diffusion run, not an autoencoder run; train one with "
+                         f"'ddpm train-autoencoder'")
+    folder = Path(checkpoint) if checkpoint is not None else run.latest()
+    if folder is None:
+        command = "train" if kind is Config else "train-autoencoder"
+        raise InputError(f"run {run.path} has no checkpoint yet; train it first with 'ddpm {command} --out {run.path}'")
+    network = build_network(config) if kind is Config else autoencoder_from_run(config)
+    load_into(network, load_weights(folder, weights), folder, run.config_path)
+    return LoadedRun(run, config, folder, load_meta(folder), network)
+
+
+def load_codec(reference: str, sha256: Optional[str] = None, device: torch.device = torch.device("cpu")) -> Codec:
+    """The autoencoder `reference` names (an autoencoder run, or diffusers:PATH); with `sha256`, exactly
+    those weights (an autoencoder run may hold several checkpoints: the one with that hash), else its
+    newest. Refuses other weights."""
+    if reference.startswith(DIFFUSERS):
+        codec = diffusers_codec(Path(reference[len(DIFFUSERS):]).expanduser(), reference)
+        if sha256 is not None and codec.sha256 != sha256:
+            raise InputError(f"the autoencoder at {reference} is not the one this run was trained with (its weights "
+                             f"changed: sha256 {codec.sha256[:12]} instead of {sha256[:12]}); restore those weights")
+    else:
+        codec = _run_codec(reference, sha256)
+    codec.module.eval().requires_grad_(False)
+    return codec.to(device)
+
+
+def _run_codec(reference: str, sha256: Optional[str]) -> Codec:
+    run = RunDir(Path(reference))
+    if not run.path.is_dir():
+        raise InputError(f"autoencoder {reference} does not exist; train one with 'ddpm train-autoencoder --out {reference}'"
+                         f" or name a diffusers folder as diffusers:PATH")
+    checkpoints = run.all_checkpoints()[::-1]  # newest first
+    folder = None
+    if sha256 is not None:
+        matching = [folder for folder in checkpoints if file_sha256(folder / "ema.safetensors") == sha256]
+        if not matching:
+            raise InputError(f"autoencoder run {reference} no longer holds the weights this run was trained with "
+                             f"(sha256 {sha256[:12]}); it was retrained or replaced. Sample with the original "
+                             f"autoencoder, or train a new latent run on this one")
+        folder = matching[0]
+    loaded = load_run(reference, folder, kind=AutoencoderRun)
+    if "latent_scale" not in loaded.meta:
+        raise InputError(f"checkpoint {loaded.folder} of autoencoder {reference} has no latent scale; resume the run "
+                         f"for a few steps to write one")
+    return autoencoder_codec(loaded.network, loaded.meta["latent_scale"], sha256 or file_sha256(
+        loaded.folder / "ema.safetensors"), loaded.config.autoencoder.z_channels, reference)

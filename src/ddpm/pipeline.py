@@ -4,16 +4,20 @@
     images = pipe(16)                                           # uint8 [16, C, H, W], the run's own sampler
     images = pipe(16, sampler="dpm++2m", steps=20, seed=0, output="pil")
 
+    plan = pipe.plan(1000, sampler="ddim", steps=20, eta=0.5)  # every choice resolved and checked once
+    images = pipe.draw(plan, seed=0)                            # ... and reused (eval records plan.record())
+
 Every option left out is taken from the run's `config.sample`, here and nowhere else
-(`Pipeline.options`). The command line (sample, eval, sweep, show), the training grids, the
-pictures and the benchmarks all draw through `Pipeline.__call__`.
+(`Pipeline.plan`). The command line (sample, eval, sweep, show), the training grids, the pictures
+and the benchmarks all draw through a plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,43 +28,64 @@ from .config import Config
 from .data.imagedata import to_pil, to_uint8
 from .diffusion import editing
 from .diffusion.process import Denoiser, Diffusion
-from .diffusion.samplers import Callback, get_sampler, network_evaluations, sample_ddim
+from .diffusion.samplers import Callback, sample_ddim, sampler_options
 from .diffusion.schedules import spaced_timesteps
 from .errors import InputError
-from .factory import build_diffusion, build_network
-from .latent import Codec, load_codec
+from .factory import build_diffusion, load_codec, load_run
+from .models.codec import Codec
+from .options import Options
+from .registry import SAMPLERS, SamplerSpec, option_fields
 from .runtime.devices import resolve_device
 from .runtime.distributed import Distributed, init_distributed
-from .storage.checkpoint import RunDir, load_into, load_meta, load_weights
+from .storage.checkpoint import load_into, load_meta, load_weights
 
 OUTPUTS = ("uint8", "float", "pil")
 Classes = Union[None, int, str, Sequence[int]]
 
 
 @dataclass(frozen=True)
-class SamplingOptions:
-    """How images are drawn: every field resolved (none left to a default) and checked."""
+class Plan:
+    """How images are drawn, every choice resolved (none left to a default) and checked: the sampler,
+    its own options, the steps and their spacing, the timesteps they give, the guidance weight,
+    and, for n images of a class-conditional run, their labels."""
 
     sampler: str
     steps: int
     spacing: str
-    eta: float  # DDIM's
-    variance: str  # DDPM's
+    options: Options  # the sampler's own: DDIM's eta, DDPM's variance, ...
     guidance: float  # class-conditional runs
     clip_denoised: bool
+    timesteps: tuple[int, ...]
+    labels: Optional[Tensor] = dataclasses.field(default=None, compare=False)
+    n: Optional[int] = None
+
+    @property
+    def spec(self) -> SamplerSpec:
+        return SAMPLERS.get(self.sampler)
 
     @property
     def nfe(self) -> int:
-        return network_evaluations(self.sampler, self.steps)
+        return self.spec.evaluations(self.steps)
+
+    def function(self) -> Callable[..., Tensor]:
+        """The sampler with its options bound."""
+        return self.spec.bind(self.options)
+
+    def __getattr__(self, name: str) -> Any:
+        """A sampler option by name (plan.eta); one this sampler does not take reads as its default."""
+        if name.startswith("_") or name == "options":
+            raise AttributeError(name)
+        if name in self.options.fields():
+            return getattr(self.options, name)
+        declared = option_fields(SAMPLERS)
+        if name in declared:
+            return declared[name][1].default
+        raise AttributeError(f"a plan has no attribute {name!r}")
 
     def record(self) -> dict:
         """The settings that change the images, by name, as a run's eval.csv records them."""
-        row = {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "nfe": self.nfe}
-        if self.sampler == "ddim":
-            row["eta"] = self.eta
-        if self.sampler == "ddpm":
-            row["variance"] = self.variance
-        return row
+        return {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "nfe": self.nfe,
+                **self.options.values()}
 
 
 class Pipeline:
@@ -85,23 +110,14 @@ class Pipeline:
     def from_run(cls, path: Union[str, Path], checkpoint: Optional[Union[str, Path]] = None, ema: bool = True,
                  device: str = "auto") -> "Pipeline":
         """A run directory's newest checkpoint (or `checkpoint`), its EMA weights unless `ema=False`."""
-        run = RunDir(path)
-        config = run.load_config()
-        if not isinstance(config, Config):
-            raise InputError(f"{run.path} is an autoencoder run: it encodes and decodes but does not sample; train "
-                             f"latent diffusion on it with 'ddpm train --autoencoder {run.path}'")
-        folder = Path(checkpoint) if checkpoint is not None else run.latest()
-        if folder is None:
-            raise InputError(f"run {run.path} has no checkpoint yet; train it first with 'ddpm train --out {run.path}'")
+        loaded = load_run(path, checkpoint, "ema" if ema else "model")
         ranks, device_name = init_distributed(device)  # under torchrun the ranks share the sampling
         device = resolve_device(device_name)
-        network = build_network(config)
-        load_into(network, load_weights(folder, "ema" if ema else "model"), folder, run.config_path)
-        network.to(device).eval()
+        config = loaded.config
         latent = config.latent
         codec = load_codec(latent.autoencoder, latent.sha256, device) if latent.autoencoder else None
-        return cls(network, build_diffusion(config).to(device), config, step=load_meta(folder)["step"], ranks=ranks,
-                   device=device, codec=codec)
+        return cls(loaded.network.to(device).eval(), build_diffusion(config).to(device), config,
+                   step=loaded.meta["step"], ranks=ranks, device=device, codec=codec)
 
     def load_checkpoint(self, folder: Path, ema: bool = True) -> int:
         """Swap in another checkpoint's weights of the same run (the progression picture); returns its step."""
@@ -135,26 +151,36 @@ class Pipeline:
     def num_classes(self) -> int:
         return self.config.model.num_classes
 
-    def options(self, sampler: Optional[str] = None, steps: Optional[int] = None, spacing: Optional[str] = None,
-                eta: Optional[float] = None, variance: Optional[str] = None,
-                guidance: Optional[float] = None) -> SamplingOptions:
-        """The sampling options, each one left out (None) taken from the run's `config.sample`,
-        checked before any work: an unknown sampler, an option the sampler does not take, steps
-        beyond T, guidance for an unconditional run."""
+    def plan(self, n: Optional[int] = None, sampler: Optional[str] = None, steps: Optional[int] = None,
+             spacing: Optional[str] = None, classes: Classes = None, guidance: Optional[float] = None,
+             **options) -> Plan:
+        """Resolve and check how to draw (n) images, before any work. Each choice left out (None) is the
+        run's own (`config.sample`): its sampler, steps and guidance; its values of the sampler's
+        options (a run's eta is its DDIM eta); its spacing for its own sampler, for another sampler
+        the spacing that sampler's spec prefers (Heun: quadratic). Refused: an unknown sampler, an
+        option it does not take, steps beyond T, guidance or classes for an unconditional run."""
         s = self.config.sample
         sampler = sampler or s.sampler
+        spec = SAMPLERS.get(sampler)
         steps = s.steps if steps is None else steps
-        eta = s.eta_for(sampler) if eta is None else eta
-        variance = s.variance_for(sampler) if variance is None else variance
-        get_sampler(sampler, eta, variance)  # refuses an unknown name, or an eta or variance the sampler does not take
+        run_values = {name: s.option_for(sampler, name) for name in spec.options.fields()}
+        resolved = sampler_options(sampler, {k: v for k, v in options.items() if v is not None}, run_values)
         if not 1 <= steps <= self.diffusion.timesteps:
             raise InputError(f"--steps must be between 1 and the model's T = {self.diffusion.timesteps} (got {steps})")
         if guidance is not None and (not self.num_classes or guidance < 0):
             raise InputError(f"--guidance needs a class-conditional run and a weight >= 0 (got {guidance})")
-        spacing = spacing or s.spacing
-        spaced_timesteps(self.diffusion.timesteps, steps, spacing, self.diffusion.schedule)  # checks the spacing
-        return SamplingOptions(sampler, steps, spacing, eta, variance, s.guidance if guidance is None else guidance,
-                               s.clip_denoised)
+        if spacing is None:
+            spacing = s.spacing if sampler == s.sampler else spec.spacing or s.spacing
+        schedule = self.diffusion.schedule
+        timesteps = tuple(spaced_timesteps(schedule.timesteps, steps, spacing, schedule))
+        labels = self.labels(n, classes) if n is not None else self.labels(1, classes) and None
+        return Plan(sampler, steps, spacing, resolved, s.guidance if guidance is None else guidance, s.clip_denoised,
+                    timesteps, labels, n)
+
+    def options(self, sampler: Optional[str] = None, steps: Optional[int] = None, spacing: Optional[str] = None,
+                guidance: Optional[float] = None, **options) -> Plan:
+        """What a call would use, for any number of images: `plan` without labels."""
+        return self.plan(None, sampler, steps, spacing, None, guidance, **options)
 
     def labels(self, n: int, classes: Classes = None) -> Optional[Tensor]:
         """Class labels for n samples, cycling through `classes` (an int, a list, or "all"/None for
@@ -173,32 +199,38 @@ class Pipeline:
                              f"1,4,7 (got {classes})")
         return class_labels(n, classes)
 
-    def denoiser(self, options: SamplingOptions, labels: Optional[Tensor] = None) -> Denoiser:
+    def denoiser(self, plan: Plan, labels: Optional[Tensor] = None) -> Denoiser:
         """What the sampler calls: the network through its objective, clipped as the run samples,
         guided towards `labels` if given."""
-        denoiser = self.diffusion.denoiser(self.network, options.clip_denoised)
-        return denoiser if labels is None else denoiser.conditioned(labels.to(self.device), options.guidance)
+        denoiser = self.diffusion.denoiser(self.network, plan.clip_denoised)
+        return denoiser if labels is None else denoiser.conditioned(labels.to(self.device), plan.guidance)
 
     @torch.no_grad()
     def __call__(self, n: int, sampler: Optional[str] = None, steps: Optional[int] = None, seed: int = 0,
                  classes: Classes = None, guidance: Optional[float] = None, output: str = "uint8",
-                 progress: bool = True, *, spacing: Optional[str] = None, eta: Optional[float] = None,
-                 variance: Optional[str] = None, batch_size: int = 256, callback: Optional[Callback] = None):
-        """Draw n images. Options left out are the run's own (`options`).
-
-        output: "uint8" [n, C, H, W] in 0..255, "float" [n, C, H, W] in [0, 1], or "pil", a list of
-        PIL images. Batch b starts from noise seeded with (seed, b), so the images do not depend on
-        how many ranks share the work. `callback(i, t, x_t, prediction)` sees every sampler step of
-        every batch (the trajectory picture uses it).
-        """
+                 progress: bool = True, *, spacing: Optional[str] = None, batch_size: int = 256,
+                 callback: Optional[Callback] = None, **options):
+        """Draw n images: `draw(plan(n, ...))`. Options left out are the run's own (`plan`); the
+        sampler's own are keywords (eta=0.5, variance="large", churn=10)."""
         _check_output(output)
         if n < 1:
             raise InputError(f"the number of samples must be >= 1 (got {n})")
+        plan = self.plan(n, sampler, steps, spacing, classes, guidance, **options)
+        return self.draw(plan, seed, output, progress, batch_size, callback)
+
+    @torch.no_grad()
+    def draw(self, plan: Plan, seed: int = 0, output: str = "uint8", progress: bool = True, batch_size: int = 256,
+             callback: Optional[Callback] = None):
+        """The plan's n images. output: "uint8" [n, C, H, W] in 0..255, "float" [n, C, H, W] in [0, 1],
+        or "pil", a list of PIL images. Batch b starts from noise seeded with (seed, b), so the images
+        do not depend on how many ranks share the work. `callback(i, t, x_t, prediction)` sees every
+        sampler step of every batch (the trajectory picture uses it)."""
+        _check_output(output)
+        if plan.n is None:
+            raise InputError("this plan was made without a number of images; make it with pipe.plan(n, ...)")
         if batch_size < 1:
             raise InputError(f"the batch size must be >= 1 (got {batch_size})")
-        options = self.options(sampler, steps, spacing, eta, variance, guidance)
-        labels = self.labels(n, classes)
-        return _output(self._sample(n, options, labels, seed, batch_size, progress, callback), output)
+        return _output(self._sample(plan, seed, batch_size, progress, callback), output)
 
     # ---- editing (diffusion/editing.py); images as PIL, uint8 arrays or float tensors in [0, 1] ----
 
@@ -207,22 +239,24 @@ class Pipeline:
                 resample: int = 1, jump: int = 10, seed: int = 0, classes: Classes = None,
                 guidance: Optional[float] = None, output: str = "uint8"):
         """n completions of each image where `mask` is white (>= half): white is filled, black is
-        kept exactly. Runs DDPM steps (or DDIM's with the run's eta, for sampler="ddim") with
-        RePaint's resampling: back `jump` steps, `resample` - 1 times at every jump point."""
-        x0, options, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
-        if options.sampler not in ("ddpm", "ddim"):
-            raise InputError(f"inpainting takes ddpm or ddim steps, not {options.sampler}; use --sampler ddpm")
+        kept exactly. Runs the steps of a sampler that takes DDIM's steps (its spec's `repaint_eta`:
+        DDPM's, eta 1, or DDIM's with the run's eta) with RePaint's resampling: back `jump` steps,
+        `resample` - 1 times at every jump point."""
+        x0, plan, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
+        if plan.spec.repaint_eta is None:
+            takers = [spec.name for spec in SAMPLERS if spec.repaint_eta is not None]
+            raise InputError(f"inpainting takes {' or '.join(takers)} steps, not {plan.sampler}; use --sampler ddpm")
         keep = self.mask_tensor(mask) < 0.5
         if keep.all() or not keep.any():
             raise InputError("the mask must mark some pixels to fill (white) and some to keep (black); "
                              f"this one {'keeps' if keep.all() else 'fills'} every pixel")
-        eta = 1.0 if options.sampler == "ddpm" else options.eta
+        eta = plan.spec.repaint_eta(plan.options)
         keep_model = keep.to(self.device)
         if self.codec is not None:  # a latent is kept only where all the pixels it covers are kept
             f = self.codec.factor
             keep_model = -torch.nn.functional.max_pool2d(-keep_model[None].float(), f)[0] > 0.5
-        x = editing.inpaint(self.denoiser(options, labels), self.to_model(x0), keep_model, self.diffusion.schedule,
-                            self._timesteps(options), eta=eta, resample=resample, jump=jump, generator=generator)
+        x = editing.inpaint(self.denoiser(plan, labels), self.to_model(x0), keep_model, self.diffusion.schedule,
+                            plan.timesteps, eta=eta, resample=resample, jump=jump, generator=generator)
         images = self.to_images(x)
         if self.codec is not None:  # the decoder only approximates the kept pixels: those are the image's own
             images = torch.where(keep.cpu(), x0.cpu(), images)
@@ -233,27 +267,26 @@ class Pipeline:
                 seed: int = 0, classes: Classes = None, guidance: Optional[float] = None, output: str = "uint8"):
         """SDEdit: n versions of each image, noised to the level `strength` selects and sampled back
         (0 returns the image, 1 is plain sampling), with any sampler and guidance."""
-        x0, options, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
-        x = editing.img2img(get_sampler(options.sampler, options.eta, options.variance), self.denoiser(options, labels),
-                            self.to_model(x0), strength, self.diffusion.schedule, self._timesteps(options),
-                            generator=generator)
+        x0, plan, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
+        x = editing.img2img(plan.function(), self.denoiser(plan, labels), self.to_model(x0), strength,
+                            self.diffusion.schedule, plan.timesteps, generator=generator)
         return _output(self.to_images(x), output)
 
     @torch.no_grad()
     def invert(self, image, steps: Optional[int] = None) -> Tensor:
         """DDIM inversion: the x_T [N, C, H, W] from which `reconstruct` (DDIM, eta 0, the same steps)
         returns about `image`. Neither clips x0, which would make the map non-invertible."""
-        x0, options, _, _ = self._edit_setup(image, 1, "ddim", steps, None, None, 0, eta=0.0)
+        x0, plan, _, _ = self._edit_setup(image, 1, "ddim", steps, None, None, 0, eta=0.0)
         denoiser = self.diffusion.denoiser(self.network, clip_denoised=False)
-        return editing.invert(denoiser, self.to_model(x0), self.diffusion.schedule, self._timesteps(options))
+        return editing.invert(denoiser, self.to_model(x0), self.diffusion.schedule, plan.timesteps)
 
     @torch.no_grad()
     def reconstruct(self, x_T: Tensor, steps: Optional[int] = None, output: str = "uint8"):
         """Deterministic DDIM (eta 0, no clipping) from x_T: the inverse of `invert`."""
         _check_output(output)
-        options = self.options("ddim", steps, eta=0.0)
+        plan = self.options("ddim", steps, eta=0.0)
         denoiser = self.diffusion.denoiser(self.network, clip_denoised=False)
-        x = sample_ddim(denoiser, x_T.to(self.device), self.diffusion.schedule, self._timesteps(options))
+        x = sample_ddim(denoiser, x_T.to(self.device), self.diffusion.schedule, plan.timesteps)
         return _output(self.to_images(x), output)
 
     @torch.no_grad()
@@ -299,31 +332,24 @@ class Pipeline:
         _check_output(output)
         if n < 1:
             raise InputError(f"--n must be >= 1 (got {n})")
-        options = self.options(sampler, steps, eta=eta, guidance=guidance)
         x0 = self.image_tensor(image).repeat_interleave(n, dim=0)
-        labels = self.labels(len(x0), classes)
-        return x0, options, labels, torch.Generator(device=self.device).manual_seed(batch_seed(seed, 0))
+        plan = self.plan(len(x0), sampler, steps, None, classes, guidance, eta=eta)
+        return x0, plan, plan.labels, torch.Generator(device=self.device).manual_seed(batch_seed(seed, 0))
 
-    def _timesteps(self, options: SamplingOptions) -> list[int]:
-        schedule = self.diffusion.schedule
-        return spaced_timesteps(schedule.timesteps, options.steps, options.spacing, schedule)
-
-    def _sample(self, n: int, options: SamplingOptions, labels: Optional[Tensor], seed: int, batch_size: int,
-                progress: bool, callback: Optional[Callback]) -> Tensor:
+    def _sample(self, plan: Plan, seed: int, batch_size: int, progress: bool, callback: Optional[Callback]) -> Tensor:
         """The batch loop: float images in [-1, 1] on the CPU, gathered from every rank."""
-        sample = get_sampler(options.sampler, options.eta, options.variance)
-        schedule, timesteps = self.diffusion.schedule, self._timesteps(options)
+        sample, schedule, labels, n = plan.function(), self.diffusion.schedule, plan.labels, plan.n
         ranks = self.ranks
         starts = range(0, n, batch_size)
         batches = []
-        with tqdm(total=n, desc=f"sampling ({options.sampler}, {options.nfe} NFE)", unit="img",
+        with tqdm(total=n, desc=f"sampling ({plan.sampler}, {plan.nfe} NFE)", unit="img",
                   disable=not (progress and ranks.is_main)) as bar:
             for start in starts[ranks.rank :: ranks.world_size]:  # under torchrun, every world_size-th batch
                 count = min(batch_size, n - start)
                 generator = torch.Generator(device=self.device).manual_seed(batch_seed(seed, start // batch_size))
                 x = torch.randn((count, *self.model_shape), generator=generator, device=self.device)
-                denoiser = self.denoiser(options, None if labels is None else labels[start : start + count])
-                x = sample(denoiser, x, schedule, timesteps, generator=generator, callback=callback)
+                denoiser = self.denoiser(plan, None if labels is None else labels[start : start + count])
+                x = sample(denoiser, x, schedule, plan.timesteps, generator=generator, callback=callback)
                 batches.append((start, self.to_images(x)))
                 bar.update(count * ranks.world_size)
         if ranks.enabled:

@@ -20,7 +20,10 @@ from .common import Parser
 
 
 def parser() -> Parser:
+    from .. import __version__
+
     root = Parser(prog="ddpm", description="Train and sample denoising diffusion models.")
+    root.add_argument("--version", action="version", version=f"ddpm {__version__}")
     commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
     for module in (train, sample, edit, show):
         module.add_commands(commands)
@@ -29,10 +32,10 @@ def parser() -> Parser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        args = parser().parse_args(argv)
-    except SystemExit as exit:  # --help, or a usage error already printed on one line
-        return exit.code
-    try:
+        try:
+            args = parser().parse_args(argv)  # the flags read the registries, which load the plugins
+        except SystemExit as exit:  # --help, or a usage error already printed on one line
+            return exit.code
         return args.command(args)
     except (InputError, TrainingDiverged) as error:
         print(f"ddpm: error: {error}", file=sys.stderr)

@@ -9,7 +9,9 @@ from typing import Optional, Sequence
 
 from ..config import COLOR_DEFAULTS, Config
 from ..errors import InputError
-from ..names import SAMPLERS, SPACINGS, VARIANCES
+from ..names import SPACINGS
+from ..options import hints
+from ..registry import SAMPLERS, option_fields, owners
 
 
 class Parser(argparse.ArgumentParser):
@@ -20,7 +22,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_config_flag(parser: argparse.ArgumentParser, key: str, help: str, flag: Optional[str] = None,
-                    schema: type = Config, **extra) -> None:
+                    schema: type = Config, registry=None, **extra) -> None:
     """A flag that sets config key `key` ("section.field") of a `schema` config (a diffusion run's, or
     an autoencoder run's): its type, choices and default come from the field itself. The flag's value
     is None unless given, so it overrides only when used."""
@@ -35,7 +37,9 @@ def add_config_flag(parser: argparse.ArgumentParser, key: str, help: str, flag: 
     if hint is bool:
         parser.add_argument(flag, action="store_true", help=f"{help} (config {key})", **options)
         return
-    if typing.get_origin(hint) is typing.Literal:
+    if registry is not None:  # a name of ddpm.registry: the names registered when the parser is built
+        options.setdefault("choices", registry.names())
+    elif typing.get_origin(hint) is typing.Literal:
         options.setdefault("choices", typing.get_args(hint))
     else:
         options["type"] = str if typing.get_origin(hint) is list else hint  # a list is read as YAML: [64,128]
@@ -57,15 +61,31 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def add_sampler_args(parser: argparse.ArgumentParser) -> None:
+    """--sampler, --steps, --spacing, and a flag for each option of each registered sampler (--eta,
+    --variance, --churn, ...), read from ddpm.registry.SAMPLERS; each left out is the run's own."""
+    parser.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS.names())} (default: the run's)")
+    parser.add_argument("--steps", type=int, help="timesteps to visit (default: the run's); heun and edm evaluate "
+                                                  "the network 2 x steps - 1 times")
+    parser.add_argument("--spacing", choices=SPACINGS, help="how the timesteps are chosen (default: the run's, or "
+                                                            "the sampler's own)")
+    for name, (options, field) in option_fields(SAMPLERS).items():
+        hint = hints(options)[name]
+        kind = {"choices": typing.get_args(hint)} if typing.get_origin(hint) is typing.Literal else {"type": hint}
+        takers = ", ".join(spec.name for spec in owners(SAMPLERS, name))
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, **kind,
+                            help=f"{field.metadata.get('help', name)} ({takers} only; default: the run's, "
+                                 f"else {field.default})")
+
+
+def sampler_option_names() -> list[str]:
+    return list(option_fields(SAMPLERS))
+
+
 def add_sampling_args(parser: argparse.ArgumentParser, n: int) -> None:
     """Flags for drawing samples from a run; each one left out takes the run's own `sample` config."""
     parser.add_argument("--n", type=int, default=n, help=f"number of samples (default {n})")
-    parser.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: the run's)")
-    parser.add_argument("--steps", type=int, help="timesteps to visit (default: the run's); heun evaluates 2 x steps - 1")
-    parser.add_argument("--spacing", choices=SPACINGS, help="how the timesteps are chosen (default: the run's)")
-    parser.add_argument("--eta", type=float, help="DDIM's eta: 0 deterministic, 1 ancestral (default: the run's)")
-    parser.add_argument("--variance", choices=VARIANCES,
-                        help="DDPM's fixed variance: small (the posterior's beta~_t) or large (beta_t) (default: the run's)")
+    add_sampler_args(parser)
     parser.add_argument("--class", dest="classes", metavar="CLASSES",
                         help="class-conditional runs: a class, a list (1,4,7) or all (default all, cycled)")
     parser.add_argument("--guidance", type=float,
@@ -79,8 +99,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, n: int) -> None:
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     """The pipeline's keyword arguments for the sampling flags that were given."""
-    given = {name: getattr(args, name, None) for name in ("sampler", "steps", "spacing", "eta", "variance",
-                                                          "guidance", "batch_size")}
+    given = {name: getattr(args, name, None) for name in ("sampler", "steps", "spacing", "guidance", "batch_size",
+                                                          *sampler_option_names())}
     return {name: value for name, value in given.items() if value is not None}
 
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ..names import DATASETS, SPACINGS, known_dataset
+from ..names import SPACINGS
+from ..registry import DATASETS, SAMPLERS
 from .common import (
     add_sampling_args,
     parse_classes,
@@ -47,7 +48,7 @@ def add_commands(commands) -> None:
                                 description="Sample a run with every sampler at every step count; write sweep.csv and "
                                             "sweep.png (FID against network evaluations) into the run or --out.")
     sweep.add_argument("--run", required=True)
-    sweep.add_argument("--samplers", default="ddpm,ddim,dpm++2m,heun", help="comma-separated (default ddpm,ddim,dpm++2m,heun)")
+    sweep.add_argument("--samplers", help=f"comma-separated (default all: {','.join(SAMPLERS.names())})")
     sweep.add_argument("--steps", default="5,10,20,50,100,1000", help="comma-separated step counts (default 5,10,20,50,100,1000)")
     sweep.add_argument("--n", type=int, default=1000, help="samples per pair (default 1000)")
     sweep.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the run's)")
@@ -86,8 +87,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if sum(map(bool, (args.samples, args.run, args.reconstruct))) != 1:
         raise InputError("give one of --samples PATH (.npz or folder of images), --run RUN or --reconstruct AUTOENCODER")
     data = args.data
-    if data is not None and not known_dataset(data):  # before minutes of sampling
-        raise InputError(f"unknown data set {data!r}; known data sets: {', '.join(DATASETS)}")
+    if data is not None:  # before minutes of sampling
+        DATASETS.get(data, "data set")
     extra = {}
     if args.reconstruct:
         images, source, extra = _reconstruct(args)
@@ -122,7 +123,8 @@ def _reconstruct(args: argparse.Namespace):
     from ..config import AutoencoderRun, DataConfig
     from ..data.datasets import load_data
     from ..evaluation.reconstruct import psnr, reconstruct
-    from ..latent import DIFFUSERS, load_codec
+    from ..factory import load_codec
+    from ..models.codec import DIFFUSERS
     from ..runtime.devices import resolve_device
     from ..storage.checkpoint import RunDir
 
@@ -139,7 +141,7 @@ def _reconstruct(args: argparse.Namespace):
         d = config.data if args.data is None else DataConfig(name=args.data, root=args.data_root,
                                                              image_size=config.data.image_size)
     codec = load_codec(args.reconstruct, device=device)
-    data = load_data(d.name, d.root, d.image_size, d.crop, d.channels)
+    data = load_data(d)
     originals, rebuilt = reconstruct(codec, data, min(args.n, len(data)), device)
     source = {"reconstruct": args.reconstruct, "sha256": codec.sha256, "data": d.name}
     return rebuilt, source, {"psnr": round(psnr(originals, rebuilt), 3), "metric": "rFID"}
@@ -152,14 +154,14 @@ def run_sweep(args: argparse.Namespace) -> int:
     from ..runtime.devices import resolve_device
     from ..storage.files import plot_sweep
 
-    samplers = split_names(args.samplers)
+    samplers = split_names(args.samplers) if args.samplers else list(SAMPLERS.names())
     steps = parse_ints(args.steps, "--steps", "5,10,20")
     if not samplers or min(steps) < 1:
         raise InputError("--samplers and --steps need at least one entry each, and steps must be >= 1")
     positive(args.n, "--n", 2)
     pipe = Pipeline.from_run(args.run, device=args.device)
     for name in samplers:
-        pipe.options(name)  # before the reference features, which can take minutes
+        SAMPLERS.get(name)  # before the reference features, which can take minutes
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
     evaluator = Evaluator(args.data or pipe.config.data.name, args.data_root, pipe.config.data.image_size, args.ref_n,
@@ -180,12 +182,11 @@ def _draw(args: argparse.Namespace):
     positive(args.n, "--n")
     pipe = Pipeline.from_run(args.run, checkpoint=args.checkpoint, ema=not args.no_ema, device=args.device)
     kwargs = sampling_kwargs(args)
-    classes = parse_classes(args.classes)
-    options = pipe.options(**{k: v for k, v in kwargs.items() if k != "batch_size"})
-    labels = pipe.labels(args.n, classes)
-    images = pipe(args.n, seed=args.seed, classes=classes, **kwargs)
+    batch_size = kwargs.pop("batch_size", 256)
+    plan = pipe.plan(args.n, classes=parse_classes(args.classes), **kwargs)
+    images = pipe.draw(plan, seed=args.seed, batch_size=batch_size)
     source = {"run": str(args.run), "step": pipe.step, "weights": "model" if args.no_ema else "ema",
-              **options.record(), "seed": args.seed, "data": pipe.config.data.name, "writes": pipe.ranks.is_main}
-    if labels is not None:
-        source.update(classes=args.classes or "all", guidance=options.guidance)
-    return images, labels, source
+              **plan.record(), "seed": args.seed, "data": pipe.config.data.name, "writes": pipe.ranks.is_main}
+    if plan.labels is not None:
+        source.update(classes=args.classes or "all", guidance=plan.guidance)
+    return images, plan.labels, source

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from ..names import SAMPLERS, SPACINGS
-from .common import parse_ints, picture_out, positive, sampling_kwargs
+from .common import add_sampler_args, parse_ints, picture_out, positive, sampling_kwargs
 
 
 def add_commands(commands) -> None:
@@ -28,9 +27,7 @@ def add_commands(commands) -> None:
     show.add_argument("--run", help="trajectory, progression: the run directory")
     show.add_argument("--n", type=int, help="samples (default 4 for trajectory, 8 for progression)")
     show.add_argument("--frames", type=int, default=10, help="trajectory: steps shown and GIF frames (default 10)")
-    show.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: the run's)")
-    show.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
-    show.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the run's)")
+    add_sampler_args(show)
     show.add_argument("--seed", type=int, default=0)
     show.add_argument("--device", default="auto")
     show.set_defaults(command=run_show)
@@ -72,12 +69,10 @@ def run_show(args: argparse.Namespace) -> int:
     if args.picture == "edits":
         from ..data.datasets import load_data
 
-        d = pipe.config.data
-        data = load_data(d.name, d.root, d.image_size, d.crop, d.channels)
+        data = load_data(pipe.config.data)
         print(f"edits written to {save_picture(stages.edits_picture(pipe, data, args.seed, args.steps), out)}")
         return 0
     options = sampling_kwargs(args)
-    pipe.options(**options)  # a bad --sampler or --steps is refused before any work
     if args.picture == "trajectory":
         picture, frames = stages.trajectory(pipe, n, args.frames, args.seed, **options)
         save_picture(picture, out)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from ..config import AutoencoderRun, Config
 from ..errors import InputError
-from ..names import DATASETS
+from ..registry import DATASETS, OBJECTIVES
 from .common import add_config_flag, config_overrides
 
 # The named flags of `ddpm train`: the config key each sets, and its help. Type, choices and
 # default come from the config field itself (common.add_config_flag).
 FLAGS = [
-    ("data.name", ", ".join(DATASETS), "--data", {"metavar": "NAME"}),
+    ("data.name", lambda: ", ".join(DATASETS.names()), "--data", {"metavar": "NAME"}),
     ("data.root", "where data sets live and are downloaded to", "--data-root", {}),
     ("data.image_size", "resize images to N x N (default: the data set's size)", None, {"metavar": "N"}),
     ("data.crop", "center-crop to N x N before resizing", None, {"metavar": "N"}),
@@ -26,7 +26,7 @@ FLAGS = [
     ("train.optimizer", "the optimiser", None, {}),
     ("diffusion.timesteps", "T, the number of diffusion steps", None, {}),
     ("diffusion.schedule", "noise schedule", None, {}),
-    ("diffusion.objective", "what the network predicts", None, {}),
+    ("diffusion.objective", "what the network predicts", None, {"registry": OBJECTIVES}),
     ("diffusion.loss", "how the error is measured", None, {}),
     ("latent.autoencoder", "latent diffusion: denoise the latents of this autoencoder (a run of ddpm "
                            "train-autoencoder, or diffusers:PATH)", "--autoencoder", {"metavar": "RUN"}),
@@ -69,7 +69,7 @@ def add_commands(commands) -> None:
     parser.add_argument("--out", help="run directory to create (default runs/DATA-DATE-TIME)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest checkpoint")
     for key, help, flag, extra in FLAGS:
-        add_config_flag(parser, key, help, flag, **extra)
+        add_config_flag(parser, key, help() if callable(help) else help, flag, **extra)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="any config key, e.g. train.ema_decay=0.9995 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,7 +83,7 @@ def add_commands(commands) -> None:
     parser.add_argument("--out", help="run directory to create (default runs/autoencoder-DATA-DATE-TIME)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest checkpoint")
     for key, help, flag, extra in AUTOENCODER_FLAGS:
-        add_config_flag(parser, key, help, flag, schema=AutoencoderRun, **extra)
+        add_config_flag(parser, key, help() if callable(help) else help, flag, schema=AutoencoderRun, **extra)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="any config key, e.g. autoencoder.kl_weight=1e-5 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

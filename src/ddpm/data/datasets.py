@@ -3,7 +3,8 @@
 Every loader returns an `ImageData` (uint8 [N, C, H, W] in memory, plus labels when the data set
 has them). Two ship inside PyPI packages and work offline (mnist5k, digits); the others are read
 from `--data-root` in their real on-disk formats, downloaded by torchvision where it still can.
-Without a network the error says which files to put where.
+Without a network the error says which files to put where. Each data set's spec (its name,
+channels, size, and which loader below reads it) is in ddpm.registry.DATASETS.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import DataConfig
 from ..errors import InputError
-from ..names import DATASETS, check_registry
-from .emoji import load_emoji
+from ..registry import DATASETS
 from .imagedata import ImageData
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -52,20 +53,24 @@ def load_digits(root: Path) -> ImageData:
 # ---- torchvision's data sets -----------------------------------------------------------------
 
 
-def _idx_loader(name: str, dataset_class: str) -> Callable[[Path], ImageData]:
+def _load_idx(root: Path, name: str, dataset_class: str) -> ImageData:
     """MNIST or Fashion-MNIST: the 60,000 training images of torchvision's idx files, 28x28."""
+    import torchvision.datasets
 
-    def load(root: Path) -> ImageData:
-        import torchvision.datasets
+    cls = getattr(torchvision.datasets, dataset_class)
+    raw = root / dataset_class / "raw"
+    files = [Path(url).stem for url, _ in cls.resources]  # the idx files, without .gz
+    dataset = _download(lambda download: cls(str(root), train=True, download=download), name,
+                        f"{', '.join(files)} (unzipped) into {raw}/")
+    return ImageData(name, dataset.data[:, None].contiguous(), dataset.targets.long())
 
-        cls = getattr(torchvision.datasets, dataset_class)
-        raw = root / dataset_class / "raw"
-        files = [Path(url).stem for url, _ in cls.resources]  # the idx files, without .gz
-        dataset = _download(lambda download: cls(str(root), train=True, download=download), name,
-                            f"{', '.join(files)} (unzipped) into {raw}/")
-        return ImageData(name, dataset.data[:, None].contiguous(), dataset.targets.long())
 
-    return load
+def load_mnist(root: Path) -> ImageData:
+    return _load_idx(root, "mnist", "MNIST")
+
+
+def load_fashion_mnist(root: Path) -> ImageData:
+    return _load_idx(root, "fashion-mnist", "FashionMNIST")
 
 
 def load_cifar10(root: Path) -> ImageData:
@@ -223,27 +228,19 @@ def load_stanford_cars(root: Path, image_size: Optional[int] = None, crop: Optio
 
 # ---- by name ---------------------------------------------------------------------------------
 
-IN_MEMORY: dict[str, Callable[[Path], ImageData]] = {
-    "mnist5k": load_mnist5k,
-    "digits": load_digits,
-    "mnist": _idx_loader("mnist", "MNIST"),
-    "fashion-mnist": _idx_loader("fashion-mnist", "FashionMNIST"),
-    "cifar10": load_cifar10,
-}
-SIZED = {"celeba": load_celeba, "stanford-cars": load_stanford_cars, "emoji": load_emoji}  # decoded at the asked size
-check_registry("data sets", [*IN_MEMORY, *SIZED, "folder:PATH"], DATASETS)
 
-
-def load_data(name: str, root: str = "data", image_size: Optional[int] = None, crop: Optional[int] = None,
-              channels: Optional[int] = None) -> ImageData:
-    """The data set called `name` at `image_size` (None: its own size) with `channels` (None: its own)."""
-    root = Path(root)
-    if name.startswith("folder:"):
-        data = load_folder(name, Path(name[len("folder:"):]).expanduser(), None, channels or 3, image_size, crop)
-    elif name in SIZED:
-        data = SIZED[name](root, image_size, crop)
-    elif name in IN_MEMORY:
-        data = IN_MEMORY[name](root).cropped(crop)
+def load_data(data: "str | DataConfig", root: str = "data", image_size: Optional[int] = None,
+              crop: Optional[int] = None, channels: Optional[int] = None) -> ImageData:
+    """The data set a run's `config.data` describes, or the one called `data` at `image_size` (None:
+    its own size) with `channels` (None: its own). Its spec (ddpm.registry.DATASETS) says how it loads."""
+    if isinstance(data, DataConfig):
+        data, root, image_size, crop, channels = data.name, data.root, data.image_size, data.crop, data.channels
+    spec = DATASETS.get(data, "data set")
+    if spec.prefix:  # folder:PATH
+        path = Path(data.split(":", 1)[1]).expanduser()
+        loaded = spec.loader()(data, path, channels=channels or spec.channels, image_size=image_size, crop=crop)
+    elif spec.sized:
+        loaded = spec.loader()(Path(root), image_size, crop)
     else:
-        raise InputError(f"unknown data set {name!r}; known data sets: {', '.join(DATASETS)}")
-    return data.resized(image_size).with_channels(channels)
+        loaded = spec.loader()(Path(root)).cropped(crop)
+    return loaded.resized(image_size).with_channels(channels)

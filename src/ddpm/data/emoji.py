@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write
 from ..config import cache_dir
 from ..errors import InputError
 from .imagedata import ImageData
@@ -92,9 +93,11 @@ def load_emoji(root: Path, image_size: int | None = None, crop: int | None = Non
     else:
         images, kept = render(sequences, size, font)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            np.savez(handle, images=images, kept=np.array(kept))
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, images=images, kept=np.array(kept))
+
+        atomic_write(path, write)
     labels = torch.tensor([names.index(groups[i]) for i in kept])
     return ImageData("emoji", torch.from_numpy(images), labels)

@@ -76,6 +76,12 @@ class ImageData:
         return ImageData(self.name, images, self.labels)
 
 
+def fixed_subset(size: int, n: int) -> Tensor:
+    """Indices of n images of a data set of `size`: the first n of one fixed random order (seed 0),
+    so that every measure (FID's reference, the latent scale, reconstructions) takes the same ones."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(0))[:n]
+
+
 def to_model_range(images: Tensor) -> Tensor:
     """uint8 [0, 255] -> float [-1, 1], the range the diffusion process assumes."""
     return images.float() / 127.5 - 1.0

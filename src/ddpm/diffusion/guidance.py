@@ -10,9 +10,10 @@ so w = 0 is the unconditional model, w = 1 the conditional one, and w > 1 trades
 samples that look more like their class. (Ho & Salimans write the same mix as (1 + w') eps_cond -
 w' eps_uncond, with w' = w - 1.)
 
-The mix is an affine combination (its weights 1 - w and w sum to one), and x0 and v are affine in
-eps for fixed x_t and t. So mixing the network's own outputs, whatever it predicts, gives
-exactly the mixed eps: guidance works the same for eps, x0 and v models.
+The mix is an affine combination (its weights 1 - w and w sum to one), and every objective's
+denoised image is affine in the network's output for fixed x_t and t (D = c_skip x~ + c_out F,
+objectives.py), as is the eps that goes with it. So mixing the network's own outputs, whatever it
+predicts, gives exactly the mixed eps and x0: guidance works the same for eps, x0, v and EDM models.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def drop_labels(labels: Tensor, p: float, null_class: int, generator: torch.Gene
 
 def guided_output(network: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor, guidance: float) -> Tensor:
     """The network's output for `labels`, guided with weight w = `guidance` (Ho & Salimans eq. 6).
+    x_t and t are what the network is given (its objective's input and noise label).
 
     w = 1 and w = 0 need one pass (conditional, resp. null labels); any other w runs the
     conditional and unconditional halves as one batch of twice the size.

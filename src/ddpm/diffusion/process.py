@@ -1,27 +1,30 @@
-"""The forward process q(x_t | x_0), the network's prediction targets, and the training loss.
+"""The forward process q(x_t | x_0), the training loss, and the denoiser every sampler calls.
 
-The network can be trained to predict the noise eps (Ho et al. 2020), the clean image x0, or the
-velocity v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, §4). Whatever it
-predicts, `Denoiser` turns its output into the pair (eps, x0) that every sampler reads.
+What the network predicts is an objective (objectives.py): eps (Ho et al. 2020), x0, the velocity v
+(Salimans & Ho 2022), or EDM's preconditioned output (Karras et al. 2022). Whatever it is,
+`Denoiser` turns the network's output into the pair (eps, x0) that every sampler reads, and the
+loss trains the output on the objective's target.
 
-`Diffusion` holds one schedule and one prediction target together, with the loss configured once
-(as EDM's loss objects are): `diffusion.loss(network, x0)` is Ho et al.'s Algorithm 1 for that
-setting. The functions below it are the same mathematics, one formula each, for readers and tests.
+`Diffusion` holds one schedule and one objective together, with the loss configured once (as
+EDM's loss objects are): `diffusion.loss(network, x0)` is Ho et al.'s Algorithm 1 for that
+setting. The functions above it are the same mathematics, one formula each, for readers and tests.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..names import OBJECTIVES, TIMESTEP_SAMPLING
+from ..names import TIMESTEP_SAMPLING, element_loss
 from .guidance import guided_output
+from .objectives import Objective, Prediction, make_objective
 from .schedules import NoiseSchedule
 
+__all__ = ["Denoiser", "Diffusion", "Prediction", "q_posterior", "q_sample", "target", "to_prediction",
+           "training_loss"]
 
 def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
     """Draw x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)   (Ho et al. eq. 4)."""
@@ -34,36 +37,31 @@ def q_posterior(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Tensor) -> 
     return mean, schedule.at("posterior_variance", t, x_t)
 
 
-def target(objective: str, schedule: NoiseSchedule, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+def levels(schedule: NoiseSchedule, t: Tensor, like: Tensor, sigmas: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(alpha, s, sigma) = (sqrt(alpha_bar), sqrt(1 - alpha_bar), s / alpha) at timesteps t (integer or
+    fractional), or with `sigmas` at the noise levels t themselves (a continuous objective's
+    training draws), shaped and typed to broadcast against `like`."""
+    if sigmas:
+        sigma = t.to(like.device, torch.float64)
+        alpha = (1 + sigma**2).rsqrt()
+        found = alpha, sigma * alpha, sigma
+    else:
+        found = schedule.levels(t)
+    shape = (-1, *([1] * (like.ndim - 1)))
+    return tuple(value.to(like.device, like.dtype).reshape(shape) for value in found)
+
+
+def target(objective: "str | Objective", schedule: NoiseSchedule, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     """What a network trained with `objective` should output for x_t = q_sample(x0, t, noise)."""
-    if objective == "eps":
-        return noise
-    if objective == "x0":
-        return x0
-    if objective == "v":  # Salimans & Ho 2022 §4: v = alpha_t eps - sigma_t x
-        return schedule.at("sqrt_alpha_bar", t, x0) * noise - schedule.at("sqrt_one_minus_alpha_bar", t, x0) * x0
-    raise InputError(f"unknown objective {objective!r}; choose eps, x0 or v")
+    objective = make_objective(objective)
+    return objective.target(x0, noise, *levels(schedule, t, x0))
 
 
-class Prediction(NamedTuple):
-    """The network's guess of the noise in x_t and of the clean image, always consistent:
-    x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps."""
-
-    eps: Tensor
-    x0: Tensor
-
-
-def to_prediction(objective: str, schedule: NoiseSchedule, output: Tensor, x_t: Tensor, t: Tensor) -> Prediction:
+def to_prediction(objective: "str | Objective", schedule: NoiseSchedule, output: Tensor, x_t: Tensor,
+                  t: Tensor) -> Prediction:
     """Turn a network output for `objective` into (eps, x0), inverting x_t = a x0 + s eps."""
-    a = schedule.at("sqrt_alpha_bar", t, x_t)
-    s = schedule.at("sqrt_one_minus_alpha_bar", t, x_t)
-    if objective == "eps":
-        return Prediction(eps=output, x0=(x_t - s * output) / a)
-    if objective == "x0":
-        return Prediction(eps=(x_t - a * output) / s, x0=output)
-    if objective == "v":  # a^2 + s^2 = 1, so x0 = a x_t - s v and eps = s x_t + a v
-        return Prediction(eps=s * x_t + a * output, x0=a * x_t - s * output)
-    raise InputError(f"unknown objective {objective!r}; choose eps, x0 or v")
+    objective = make_objective(objective)
+    return objective.prediction(output, x_t, *levels(schedule, t, x_t))
 
 
 EDM_P_MEAN, EDM_P_STD = -1.2, 1.2  # Karras et al. 2022, Table 1: ln(sigma) ~ N(P_mean, P_std^2) in training
@@ -82,6 +80,7 @@ def sample_timesteps(schedule: NoiseSchedule, n: int, distribution: str = "unifo
       sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) is drawn with ln(sigma) ~ N(-1.2, 1.2^2) and
       rounded to the nearest timestep, so training concentrates on the middle noise levels where
       an image's shape is decided, instead of spending a third of its steps on near-pure noise.
+      (The edm objective draws the same sigmas without rounding.)
     """
     if distribution == "uniform":
         return torch.randint(0, schedule.timesteps, (n,), device=device, generator=generator)
@@ -97,26 +96,19 @@ def sample_timesteps(schedule: NoiseSchedule, n: int, distribution: str = "unifo
     raise InputError(f"unknown timestep sampling {distribution!r}; choose {' or '.join(TIMESTEP_SAMPLING)}")
 
 
-def min_snr_weight(objective: str, schedule: NoiseSchedule, t: Tensor, gamma: float) -> Tensor:
+def min_snr_weight(objective: Objective, sigma: Tensor, gamma: float) -> Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 7-9): every objective's loss becomes
-    min(SNR_t, gamma) ||x0 - x0_hat||^2, so the low-noise steps, whose SNR is huge, stop dominating
-    the gradient. ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2."""
-    snr = schedule.log_snr.to(t.device)[t].exp()
-    clipped = snr.clamp(max=gamma)
-    if objective == "eps":
-        return clipped / snr
-    if objective == "x0":
-        return clipped
-    if objective == "v":
-        return clipped / (snr + 1)
-    raise InputError(f"unknown objective {objective!r}; choose eps, x0 or v")
+    min(SNR, gamma) ||x0 - x0_hat||^2, so the low-noise levels, whose SNR = 1 / sigma^2 is huge, stop
+    dominating the gradient. The loss on the output is ||x0 - x0_hat||^2 / c_out^2, so its weight is
+    min(SNR, gamma) c_out^2: min(SNR, gamma) / SNR for eps, / (SNR + 1) for v, itself for x0."""
+    return (sigma**-2).clamp(max=gamma) * objective.c_out(sigma) ** 2
 
 
 def training_loss(
     network: Callable[[Tensor, Tensor], Tensor],
     schedule: NoiseSchedule,
     x0: Tensor,
-    objective: str = "eps",
+    objective: "str | Objective" = "eps",
     loss: str = "mse",
     generator: torch.Generator | None = None,
     labels: Tensor | None = None,
@@ -124,50 +116,55 @@ def training_loss(
     noise: Tensor | None = None,
     min_snr_gamma: float | None = None,
 ) -> Tensor:
-    """The simple denoising loss (Ho et al. eq. 14, Algorithm 1), for any prediction target,
-    optionally weighted per timestep by min-SNR-gamma (`min_snr_weight`).
+    """The simple denoising loss (Ho et al. eq. 14, Algorithm 1) for any objective, on its target
+    with unit weight (for EDM that is its lambda(sigma), eq. 8), optionally weighted per noise
+    level by min-SNR-gamma (`min_snr_weight`).
 
-    t is drawn uniformly from {0, ..., T-1} and the noise from N(0, I), both from `generator`
-    so that a run can be replayed exactly; the training loop may pass them in instead (it draws
-    them for the whole batch, then splits it across processes and micro-batches). A
-    class-conditional network also gets `labels`.
+    t are timesteps drawn uniformly from {0, ..., T-1} (for a continuous objective, EDM's, they are
+    noise levels sigma drawn log-normally) and the noise is N(0, I), both from `generator` so that
+    a run can be replayed exactly; the training loop may pass them in instead (it draws them for
+    the whole batch, then splits it across processes and micro-batches). A class-conditional
+    network also gets `labels`.
     """
+    objective = make_objective(objective)
     if t is None:
-        t = sample_timesteps(schedule, x0.shape[0], "uniform", generator, x0.device)
+        t = (objective.sample_sigma(x0.shape[0], generator, x0.device) if objective.continuous
+             else sample_timesteps(schedule, x0.shape[0], "uniform", generator, x0.device))
     if noise is None:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    x_t = q_sample(schedule, x0, t, noise)
-    output = network(x_t, t) if labels is None else network(x_t, t, labels)
-    wanted = target(objective, schedule, x0, noise, t)
-    if loss == "mse":
-        per_image = F.mse_loss(output.float(), wanted.float(), reduction="none")
-    elif loss == "l1":
-        per_image = F.l1_loss(output.float(), wanted.float(), reduction="none")
-    else:
-        raise InputError(f"unknown loss {loss!r}; choose mse or l1")
-    per_image = per_image.flatten(1).mean(1)
+    alpha, s, sigma = levels(schedule, t, x0, sigmas=objective.continuous)
+    x_t = alpha * x0 + s * noise  # q(x_t | x_0), Ho et al. eq. 4
+    inputs, noise_label = objective.network_input(x_t, alpha, sigma), objective.c_noise(sigma.flatten(), t)
+    output = network(inputs, noise_label) if labels is None else network(inputs, noise_label, labels)
+    wanted = objective.target(x0, noise, alpha, s, sigma)
+    per_image = element_loss(loss)(output.float(), wanted.float(), reduction="none").flatten(1).mean(1)
     if min_snr_gamma is not None:
-        per_image = per_image * min_snr_weight(objective, schedule, t, min_snr_gamma)
+        per_image = per_image * min_snr_weight(objective, sigma.flatten().double(), min_snr_gamma)
     return per_image.mean()
+
+
+def clip(prediction: Prediction, x_t: Tensor, alpha: Tensor, s: Tensor) -> Prediction:
+    """x0 clamped to the data range [-1, 1] (Ho et al. §3.3), eps recomputed from it so the pair stays
+    consistent with x_t."""
+    x0 = prediction.x0.clamp(-1, 1)
+    return Prediction(eps=(x_t - alpha * x0) / s, x0=x0)
 
 
 class Denoiser(nn.Module):
     """A trained network seen through its objective: denoiser(x_t, t) -> Prediction(eps, x0).
 
-    With `clip_denoised`, x0 is clamped to the data range [-1, 1] (Ho et al. §3.3) and eps is
-    recomputed from the clamped x0, so the pair stays consistent with x_t.
-
-    A class-conditional network is asked for `labels` (one per image of the batch), mixed with
-    its unconditional prediction by classifier-free guidance of weight `guidance`; see
-    `conditioned` and guidance.py.
+    Three pieces, each its own function: the network's output, guided towards `labels` when given
+    (classifier-free guidance of weight `guidance`, guidance.py); that output seen through the
+    objective (objectives.py); and, with `clip_denoised`, x0 clamped to [-1, 1] (`clip`). Timesteps
+    may be fractional (a float tensor): they lie between the schedule's, linearly in log sigma.
     """
 
-    def __init__(self, network: nn.Module, schedule: NoiseSchedule, objective: str = "eps", clip_denoised: bool = True,
-                 labels: Tensor | None = None, guidance: float = 1.0):
+    def __init__(self, network: nn.Module, schedule: NoiseSchedule, objective: "str | Objective" = "eps",
+                 clip_denoised: bool = True, labels: Tensor | None = None, guidance: float = 1.0):
         super().__init__()
         self.network = network
         self.schedule = schedule
-        self.objective = objective
+        self.objective = make_objective(objective)
         self.clip_denoised = clip_denoised
         self.labels = labels
         self.guidance = guidance
@@ -177,36 +174,37 @@ class Denoiser(nn.Module):
         return Denoiser(self.network, self.schedule, self.objective, self.clip_denoised, labels, guidance)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Prediction:
+        alpha, s, sigma = levels(self.schedule, t, x_t)
+        inputs = self.objective.network_input(x_t, alpha, sigma)
+        noise_label = self.objective.c_noise(sigma.flatten(), t)
         if self.labels is None:
-            output = self.network(x_t, t)
+            output = self.network(inputs, noise_label)
         else:
-            output = guided_output(self.network, x_t, t, self.labels, self.guidance)
-        prediction = to_prediction(self.objective, self.schedule, output, x_t, t)
-        if not self.clip_denoised:
-            return prediction
-        return to_prediction("x0", self.schedule, prediction.x0.clamp(-1, 1), x_t, t)
+            output = guided_output(self.network, inputs, noise_label, self.labels, self.guidance)
+        prediction = self.objective.prediction(output, x_t, alpha, s, sigma)
+        return clip(prediction, x_t, alpha, s) if self.clip_denoised else prediction
 
 
 class Diffusion:
-    """One forward process seen through one prediction target, with its training loss configured once.
+    """One forward process seen through one objective, with its training loss configured once.
 
         diffusion = Diffusion(make_schedule("cosine", 1000), objective="v")
-        loss = diffusion.loss(network, x0)          # Ho et al. Algorithm 1, for any target
+        loss = diffusion.loss(network, x0)          # Ho et al. Algorithm 1, for any objective
         denoiser = diffusion.denoiser(network)      # what every sampler calls
 
-    `timestep_sampling` chooses the training timesteps (`sample_timesteps`) and `min_snr_gamma`
-    weights the loss per timestep (`min_snr_weight`); `loss` is "mse" or "l1".
+    `objective` is a name of ddpm.registry.OBJECTIVES or an `Objective` (EDM(sigma_data=1.0)).
+    `timestep_sampling` chooses the training timesteps (`sample_timesteps`; a continuous objective
+    draws its own sigmas) and `min_snr_gamma` weights the loss (`min_snr_weight`); `loss` is "mse" or "l1".
     """
 
-    def __init__(self, schedule: NoiseSchedule, objective: str = "eps", loss: str = "mse",
+    def __init__(self, schedule: NoiseSchedule, objective: "str | Objective" = "eps", loss: str = "mse",
                  timestep_sampling: str = "uniform", min_snr_gamma: float | None = None):
-        if objective not in OBJECTIVES:
-            raise InputError(f"unknown objective {objective!r}; choose {', '.join(OBJECTIVES)}")
         if timestep_sampling not in TIMESTEP_SAMPLING:
             raise InputError(f"unknown timestep sampling {timestep_sampling!r}; choose {' or '.join(TIMESTEP_SAMPLING)}")
         self.schedule = schedule
-        self.objective = objective
+        self.objective = make_objective(objective)
         self.loss_type = loss
+        element_loss(loss)
         self.timestep_sampling = timestep_sampling
         self.min_snr_gamma = min_snr_gamma
 
@@ -228,8 +226,11 @@ class Diffusion:
     def prediction(self, output: Tensor, x_t: Tensor, t: Tensor) -> Prediction:
         return to_prediction(self.objective, self.schedule, output, x_t, t)
 
-    def sample_timesteps(self, n: int, generator: torch.Generator | None = None,
-                         device: torch.device | str = "cpu") -> Tensor:
+    def noise_levels(self, n: int, generator: Optional[torch.Generator] = None,
+                     device: torch.device | str = "cpu") -> Tensor:
+        """A batch's training noise levels: timesteps, or for a continuous objective sigmas."""
+        if self.objective.continuous:
+            return self.objective.sample_sigma(n, generator, device)
         return sample_timesteps(self.schedule, n, self.timestep_sampling, generator, device)
 
     def loss(self, network: Callable[..., Tensor], x0: Tensor, labels: Tensor | None = None, *,
@@ -237,7 +238,7 @@ class Diffusion:
         """The configured denoising loss of `network` on a batch x0; t and noise are drawn from
         `generator` unless given (the training loop draws them for the whole batch)."""
         if t is None:
-            t = self.sample_timesteps(x0.shape[0], generator, x0.device)
+            t = self.noise_levels(x0.shape[0], generator, x0.device)
         return training_loss(network, self.schedule, x0, self.objective, self.loss_type, generator, labels, t, noise,
                              self.min_snr_gamma)
 

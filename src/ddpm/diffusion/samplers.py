@@ -11,12 +11,13 @@ Every sampler is a plain function with one signature:
 - callback(i, t, x_t, prediction) is called at every step (pictures of the trajectory use it).
 
 A sampler may add keyword-only options of its own, with defaults (DDIM's `eta`), so that any
-caller that uses only the shared part can call any sampler. `SAMPLERS` maps names to samplers.
+caller that uses only the shared part can call any sampler. Each sampler's spec (its name, its
+options as a dataclass, how many network evaluations K steps take, whether it draws noise) is in
+ddpm.registry.SAMPLERS: adding a sampler is its function and one `SAMPLERS.register` call.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Optional, Sequence
 
@@ -25,8 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..names import SAMPLERS as NAMES
-from ..names import VARIANCES, check_registry
+from ..registry import SAMPLERS, DDIMOptions, DDPMOptions, owners
 from .process import Prediction, q_posterior
 from .schedules import NoiseSchedule
 
@@ -55,7 +55,7 @@ def sample_ddpm(
     On a subsequence of timesteps the same update runs on the respaced chain, whose betas join the
     visited steps (`NoiseSchedule.respace`).
     """
-    _check_variance(variance)
+    DDPMOptions.build({"variance": variance})  # checked as the registry's spec checks it
     timesteps = check_timesteps(timesteps, schedule)
     chain = schedule.respace(timesteps)  # chain step i <-> original timestep ascending[i]
     for i, t in enumerate(_progress(timesteps, progress, "ddpm")):
@@ -90,7 +90,7 @@ def sample_ddim(
     sigma = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) sqrt(1 - alpha_bar / alpha_bar_prev)  (eq. 16).
     eta = 0 is deterministic; eta = 1 over all T steps is DDPM's ancestral sampler.
     """
-    _check_eta(eta)
+    DDIMOptions.build({"eta": eta})
     timesteps = check_timesteps(timesteps, schedule)
     alpha_bar = schedule.alpha_bar.tolist()
     for i, t in enumerate(_progress(timesteps, progress, "ddim")):
@@ -206,32 +206,104 @@ def sample_heun(
     return x
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm++2m": sample_dpmpp_2m,
-                                              "heun": sample_heun}
-check_registry("samplers", SAMPLERS, NAMES)
+@torch.no_grad()
+def sample_edm(
+    denoiser: PredictFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    timesteps: Sequence[int],
+    *,
+    rho: float = 7.0, sigma_min: float = 0.002, sigma_max: float = 80.0,  # the noise levels (eq. 5)
+    churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,  # Algorithm 2's S_*
+    generator: Optional[torch.Generator] = None,
+    callback: Optional[Callback] = None,
+    progress: bool = False,
+) -> Tensor:
+    """EDM's sampler, Karras et al. 2022 Algorithm 2 (Algorithm 1 when churn = 0), on any model.
+
+    It integrates the probability-flow ODE in the variance-exploding view x~ = x_t / sqrt(alpha_bar),
+    dx~/dsigma = (x~ - D(x~; sigma)) / sigma (eq. 3-4), with Heun's method over its own K = len(timesteps)
+    noise levels, evenly spaced in sigma^(1/rho) (eq. 5), then sigma_K = 0:
+
+        sigma_i = (sigma_max^(1/rho) + i / (K - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
+
+    The levels lie between those of the first and last timestep given, within [sigma_min,
+    sigma_max]; for a model of the discrete VP schedule the denoiser is asked at fractional
+    timesteps (schedules.NoiseSchedule.levels). With churn > 0, each step first adds noise to go
+    from sigma_i up to sigma^_i = (1 + gamma) sigma_i, gamma = min(churn / K, sqrt(2) - 1) where
+    s_tmin <= sigma_i <= s_tmax, with noise of scale s_noise (Algorithm 2, lines 4-6). The step onto
+    sigma = 0 is Euler's (line 7). x and the callback's x_t are in the VP view, like every sampler's.
+    2K - 1 network evaluations.
+    """
+    timesteps = check_timesteps(timesteps, schedule)
+    sigmas = edm_sigmas(len(timesteps), schedule, timesteps, rho, sigma_min, sigma_max)
+    alpha = (1 + sigmas[0] ** 2) ** -0.5
+    x = x / alpha  # x~: the VP input scaled to the VE view at its level
+
+    def denoise(x_ve: Tensor, sigma: float) -> Prediction:
+        a = (1 + sigma**2) ** -0.5
+        t = schedule.timestep(torch.tensor([sigma], dtype=torch.float64)).item()
+        return denoiser(x_ve * a, torch.full((x_ve.shape[0],), t, dtype=torch.float64, device=x_ve.device))
+
+    gamma = min(churn / len(timesteps), math.sqrt(2) - 1)
+    for i in _progress(range(len(timesteps)), progress, "edm"):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        if gamma > 0 and s_tmin <= sigma <= s_tmax:  # lines 4-6: raise the noise level to sigma_hat
+            sigma_hat = sigma * (1 + gamma)
+            x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * noise_like(x, generator)
+            sigma = sigma_hat
+        prediction = denoise(x, sigma)
+        slope = (x - prediction.x0) / sigma  # line 7: d_i = (x - D(x; sigma)) / sigma
+        x_next = x + (sigma_next - sigma) * slope
+        if sigma_next > 0:  # lines 9-11: the second-order correction
+            corrected = (x_next - denoise(x_next, sigma_next).x0) / sigma_next
+            x_next = x + (sigma_next - sigma) * (slope + corrected) / 2
+        x = x_next
+        if callback is not None:
+            callback(i, schedule.timestep(torch.tensor([sigma], dtype=torch.float64)).item(),
+                     x * (1 + sigma_next**2) ** -0.5, prediction)
+    return x
 
 
-def get_sampler(name: str, eta: float = 0.0, variance: str = "small") -> Callable[..., Tensor]:
-    """The sampler called `name`, with its own option bound: DDIM's eta or DDPM's variance."""
-    if name not in SAMPLERS:
-        raise InputError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    if eta and name != "ddim":
-        raise InputError(f"eta applies to the ddim sampler only, not {name}")
-    if variance != "small" and name != "ddpm":
-        raise InputError(f"the variance applies to the ddpm sampler only, not {name}")
-    # checked now, not at the first step of a long job
-    if name == "ddim":
-        _check_eta(eta)
-        return functools.partial(sample_ddim, eta=eta)
-    if name == "ddpm":
-        _check_variance(variance)
-        return functools.partial(sample_ddpm, variance=variance)
-    return SAMPLERS[name]
+def edm_sigmas(count: int, schedule: NoiseSchedule, timesteps: Sequence[int], rho: float = 7.0,
+               sigma_min: float = 0.002, sigma_max: float = 80.0) -> list[float]:
+    """EDM's K noise levels (Karras et al. eq. 5) and a final 0, within the range of `timesteps`."""
+    high = min(sigma_max, schedule.sigma[timesteps[0]].item())
+    low = min(max(sigma_min, schedule.sigma[timesteps[-1]].item()), high)
+    if count == 1:
+        return [high, 0.0]
+    return [(high ** (1 / rho) + i / (count - 1) * (low ** (1 / rho) - high ** (1 / rho))) ** rho
+            for i in range(count)] + [0.0]
+
+
+def sampler_options(name: str, given: dict, base: Optional[dict] = None):
+    """The option set of sampler `name` (ddpm.registry.SAMPLERS): `base` (a run's values) overridden by
+    the options `given`, checked. An option that only other samplers take is refused, unless it has
+    its default (the value every sampler accepts, so a caller may always pass it)."""
+    spec = SAMPLERS.get(name)
+    own = dict(base or {})
+    for option, value in given.items():
+        if option in spec.options.fields():
+            own[option] = value
+            continue
+        takers = owners(SAMPLERS, option)
+        if not takers:
+            raise InputError(f"no sampler takes an option {option!r}")
+        if value != takers[0].options.fields()[option].default:
+            raise InputError(f"{takers[0].options.what(option)} applies to the {', '.join(t.name for t in takers)} "
+                             f"sampler only, not {name}")
+    return spec.options.build(own)
+
+
+def get_sampler(name: str, **options) -> Callable[..., Tensor]:
+    """The sampler called `name` with its options bound (DDIM's eta, DDPM's variance, EDM's churn),
+    checked now, not at the first step of a long job (`sampler_options`)."""
+    return SAMPLERS.get(name).bind(sampler_options(name, options))
 
 
 def network_evaluations(name: str, steps: int) -> int:
     """How many times sampler `name` calls the network for `steps` timesteps (NFE)."""
-    return 2 * steps - 1 if name == "heun" else steps
+    return SAMPLERS.get(name).evaluations(steps)
 
 
 # ---- helpers shared by the samplers and editing.py -----------------------------------------
@@ -270,16 +342,6 @@ def _angle(alpha_bar: float) -> float:
 def _velocity(prediction: Prediction, alpha_bar: float) -> Tensor:
     """v_hat = cos(phi) eps_hat - sin(phi) x0_hat = dx/dphi, the slope of the probability-flow ODE in phi."""
     return math.sqrt(alpha_bar) * prediction.eps - math.sqrt(1 - alpha_bar) * prediction.x0
-
-
-def _check_eta(eta: float) -> None:
-    if not 0.0 <= eta <= 1.0:
-        raise InputError(f"DDIM's eta must lie in [0, 1] (got {eta})")
-
-
-def _check_variance(variance: str) -> None:
-    if variance not in VARIANCES:
-        raise InputError(f"unknown DDPM variance {variance!r}; choose {' or '.join(VARIANCES)}")
 
 
 def timestep_batch(t: int, x: Tensor) -> Tensor:

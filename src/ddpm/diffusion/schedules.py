@@ -2,6 +2,12 @@
 
 Timesteps are 0-based in code: index t here is step t + 1 of the papers, so `alpha_bar[0]` is the
 papers' alpha_bar_1 and `alpha_bar_prev[0]` is alpha_bar_0 = 1.
+
+Each timestep is also a noise level sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), the noise of the
+variance-exploding view x_t / sqrt(alpha_bar_t) = x0 + sigma_t eps of the same path (Karras et al.
+2022, §2). A fractional timestep lies between two of the grid's, linearly in log sigma (as
+k-diffusion's discrete schedules interpolate), so that samplers that choose their own noise levels
+(EDM's) can ask any model.
 """
 
 from __future__ import annotations
@@ -101,6 +107,8 @@ class NoiseSchedule:
         self.posterior_mean_coef_xt = (1 - self.alpha_bar_prev) * self.alphas.sqrt() / (1 - self.alpha_bar)
         # log SNR_t = log(alpha_bar / (1 - alpha_bar)) (Kingma et al. 2021), for plots and loss weights
         self.log_snr = self.alpha_bar.log() - (1 - self.alpha_bar).log()
+        # the VE noise level sigma_t = sqrt((1 - alpha_bar) / alpha_bar) = exp(-log SNR / 2) (Karras et al. §2)
+        self.sigma = self.sqrt_one_minus_alpha_bar / self.sqrt_alpha_bar
 
     @property
     def timesteps(self) -> int:
@@ -116,6 +124,33 @@ class NoiseSchedule:
         """Quantity `name` at timesteps t (shape [B]), shaped [B, 1, 1, ...] to broadcast against x."""
         values = getattr(self, name).to(t.device)[t]
         return values.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+    def levels(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(sqrt(alpha_bar), sqrt(1 - alpha_bar), sigma) at timesteps t [B], as float64 [B].
+
+        Integer timesteps read the tables. Fractional ones (a float tensor) interpolate log sigma
+        linearly between the two neighbouring timesteps, and alpha_bar = 1 / (1 + sigma^2) follows."""
+        if not t.is_floating_point():
+            index = t.to(self.betas.device)
+            return self.sqrt_alpha_bar[index], self.sqrt_one_minus_alpha_bar[index], self.sigma[index]
+        position = t.to(self.betas.device, torch.float64).clamp(0, self.timesteps - 1)
+        low = position.floor().long().clamp(max=max(self.timesteps - 2, 0))
+        high = (low + 1).clamp(max=self.timesteps - 1)
+        weight = position - low
+        log_sigma = self.sigma.log()
+        sigma = torch.exp((1 - weight) * log_sigma[low] + weight * log_sigma[high])
+        alpha = (1 + sigma**2).rsqrt()
+        return alpha, sigma * alpha, sigma
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        """The fractional timestep whose noise level is `sigma` (float64), inverse of `levels`;
+        clamped to [0, T - 1]."""
+        log_sigma = self.sigma.log()
+        wanted = sigma.to(self.betas.device, torch.float64).log().clamp(log_sigma[0], log_sigma[-1])
+        high = torch.searchsorted(log_sigma, wanted).clamp(1, max(self.timesteps - 1, 1))
+        low = high - 1
+        span = (log_sigma[high] - log_sigma[low]).clamp(min=1e-300)
+        return (low + (wanted - log_sigma[low]) / span).clamp(0, self.timesteps - 1)
 
     def respace(self, timesteps: Sequence[int]) -> "NoiseSchedule":
         """The schedule of the shorter chain that visits only `timesteps` (Nichol & Dhariwal §4).

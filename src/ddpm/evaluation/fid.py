@@ -8,15 +8,17 @@ resolution, so that both sets go through the same resize to 299 x 299.
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..config import cache_dir
 from ..data.datasets import load_data, load_folder
+from ..data.imagedata import fixed_subset
 from ..errors import InputError
 from .inception import InceptionFeatures
 from .metrics import fid_from_features, kernel_inception_distance
@@ -53,15 +55,18 @@ def reference_features(data: str, root: str, image_size: int, count: Optional[in
     path = cache_dir() / f"reference-{data}-{image_size}px-{count}.npy"
     if path.is_file():
         return np.load(path).astype(np.float64)
-    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:count]
+    chosen = fixed_subset(len(dataset), count)
     images = dataset.subset(chosen, progress=True).images  # decodes only these, if streamed
     features = extractor.features(images, progress=progress, desc=f"reference features ({data}, {count} images)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, features.astype(np.float32))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(_npy_bytes(features.astype(np.float32))))
     return features
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 class Evaluator:

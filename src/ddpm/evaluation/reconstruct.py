@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..data.imagedata import ImageData, to_model_range, to_uint8
-from ..latent import Codec
+from ..data.imagedata import ImageData, fixed_subset, to_model_range, to_uint8
+from ..models.codec import Codec
 
 
 @torch.no_grad()
@@ -17,7 +17,7 @@ def reconstruct(codec: Codec, data: ImageData, n: int, device: torch.device, bat
                 progress: bool = True) -> tuple[Tensor, Tensor]:
     """(originals, reconstructions), uint8 [n, C, H, W]: a fixed random n of the data set (seed 0),
     each encoded to its posterior mean and decoded."""
-    indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
+    indices = fixed_subset(len(data), n)
     originals = data.images[indices]
     rebuilt = []
     for start in tqdm(range(0, len(originals), batch_size), desc="reconstructing", unit="batch", disable=not progress):

@@ -22,24 +22,21 @@ def sweep(pipe: Pipeline, samplers: Sequence[str], steps: Sequence[int], n: int,
     they finish, so a long sweep that is stopped keeps what it measured. Step counts above the
     model's T are left out.
     """
-    pairs = [(name, k) for name in samplers for k in steps if k <= pipe.diffusion.timesteps]
-    for name, k in pairs:
-        pipe.options(name, k, spacing)  # refuse an unknown name before hours of work
-    if out_csv is not None:
+    plans = [pipe.plan(n, name, k, spacing) for name in samplers for k in steps if k <= pipe.diffusion.timesteps]
+    if out_csv is not None:  # every plan was checked above: an unknown name fails before hours of work
         with open(out_csv, "w", newline="") as handle:
             csv.DictWriter(handle, FIELDS).writeheader()
     rows = []
-    for name, k in pairs:
+    for plan in plans:
         started = time.perf_counter()
-        images = pipe(n, name, k, seed, spacing=spacing, batch_size=batch_size)
+        images = pipe.draw(plan, seed, batch_size=batch_size)
         seconds = time.perf_counter() - started
         scores = evaluator(images)
-        nfe = pipe.options(name, k, spacing).nfe
-        row = {"sampler": name, "steps": k, "nfe": nfe, "fid": round(scores["fid"], 4),
+        row = {"sampler": plan.sampler, "steps": plan.steps, "nfe": plan.nfe, "fid": round(scores["fid"], 4),
                "kid": round(scores["kid"], 6), "seconds": round(seconds, 2), "samples": n}
         rows.append(row)
-        print(f"{name:>8} {k:>5} steps ({nfe:>5} NFE): FID {row['fid']:8.3f}  KID {row['kid']:.5f}  "
-              f"{seconds:7.1f} s", flush=True)
+        print(f"{plan.sampler:>8} {plan.steps:>5} steps ({plan.nfe:>5} NFE): FID {row['fid']:8.3f}  "
+              f"KID {row['kid']:.5f}  {seconds:7.1f} s", flush=True)
         if out_csv is not None:
             with open(out_csv, "a", newline="") as handle:
                 csv.DictWriter(handle, FIELDS).writerow(row)

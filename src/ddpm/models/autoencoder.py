@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..names import element_loss
 from .unet import ACTIVATIONS, ResidualBlock, group_norm, make_norm, make_upsample
 
 
@@ -164,8 +165,7 @@ def autoencoder_loss(model: nn.Module, x: Tensor, noise: Tensor, kl_weight: floa
     its two terms: adversarial_terms() below.
     """
     reconstructed, posterior = model(x, noise)
-    error = F.l1_loss(reconstructed, x, reduction="none") if reconstruction == "l1" else \
-        F.mse_loss(reconstructed, x, reduction="none")
+    error = element_loss(reconstruction)(reconstructed, x, reduction="none")
     numel = x[0].numel()
     rec = error.flatten(1).sum(1).mean() / numel
     loss = rec + kl_weight * posterior.kl().mean() / numel

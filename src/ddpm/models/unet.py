@@ -26,6 +26,7 @@ upsampling followed by a 3x3 convolution, or a transposed convolution.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional, Sequence
 
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import check_unet_size
 from ..errors import InputError
 from ..names import ACTIVATIONS as ACTIVATION_NAMES
 from ..names import NORMS, SKIPS, UPSAMPLES, check_registry
@@ -269,12 +271,8 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(width, in_channels * patch_size**2, 3, padding=1)
 
     def check_size(self, height: int, width: int) -> None:
-        factor = self.patch_size * 2 ** (self.levels - 1)
-        if height % factor or width % factor:
-            raise InputError(
-                f"image size {height}x{width} is not divisible by {factor}, which a UNet with "
-                f"{self.levels} levels and patch size {self.patch_size} needs; resize the images or use fewer levels"
-            )
+        for side in (height, width):
+            check_unet_size(side, self.levels, self.patch_size)
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         self.check_size(x.shape[-2], x.shape[-1])
@@ -296,3 +294,11 @@ class UNet(nn.Module):
             h = block(h, skips, time)
         out = self.head(self.act(self.head_norm(h)))
         return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
+
+
+def unet_from_config(config) -> UNet:
+    """The UNet a run's config describes (its model section's keys are UNet's arguments), for the
+    channels it denoises: its images', or a latent run's latents' (config.model_input)."""
+    kwargs = dataclasses.asdict(config.model)
+    kwargs.pop("network")
+    return UNet(config.model_input()[0], **kwargs)

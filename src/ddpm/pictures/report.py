@@ -26,7 +26,8 @@ from typing import Optional
 from ..config import AutoencoderRun
 from ..errors import InputError
 from ..storage.checkpoint import RunDir
-from ..storage.files import atomic_write, plot_loss
+from ..atomic import atomic_write
+from ..storage.files import plot_loss
 
 MIN_WIDTH = 400  # pixels: narrower images are shown at an integer multiple of their size
 SECTIONS = ("config", "loss", "grid", "autoencoder", "progression", "trajectory", "edits", "fid", "sweep")

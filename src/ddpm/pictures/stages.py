@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from ..data.imagedata import ImageData, to_model_range, to_pil, to_uint8
-from ..diffusion.process import q_sample
+from ..diffusion.process import levels, q_sample
 from ..diffusion.schedules import make_schedule
 from ..errors import InputError
 from ..names import SCHEDULES
@@ -116,7 +116,8 @@ def trajectory(pipe: Pipeline, n: int, frames: int, seed: int = 0, **options) ->
 
     The noise is that of `ddpm sample --seed` (batch 0), and a class-conditional run draws classes
     0, 1, 2, ... with its own guidance."""
-    steps = pipe.options(**options).steps
+    plan = pipe.plan(n, **options)
+    steps = plan.steps
     if not 2 <= frames <= steps:
         raise InputError(f"--frames must be between 2 and the number of steps, {steps} (got {frames})")
     chosen = {round(k * (steps - 1) / (frames - 1)) for k in range(frames)}
@@ -124,11 +125,12 @@ def trajectory(pipe: Pipeline, n: int, frames: int, seed: int = 0, **options) ->
 
     def record(i, t, x_next, prediction):
         if i in chosen:  # the step's input x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps: a Prediction is consistent
-            x_t = pipe.diffusion.q_sample(prediction.x0, torch.full((n,), t, device=pipe.device), prediction.eps)
+            alpha, s, _ = levels(pipe.diffusion.schedule, torch.full((n,), t, device=pipe.device), prediction.x0)
+            x_t = alpha * prediction.x0 + s * prediction.eps
             recorded.append((t, to_uint8(pipe.to_images(x_t)), to_uint8(pipe.to_images(prediction.x0))))  # a latent run decodes both
 
-    pipe(n, seed=seed, progress=False, batch_size=n, callback=record, **options)
-    columns = [f"t={t}" for t, _, _ in recorded]
+    pipe.draw(plan, seed, progress=False, batch_size=n, callback=record)
+    columns = [f"t={t:.0f}" for t, _, _ in recorded]  # EDM's sampler visits fractional timesteps
     rows, row_labels = [], []
     for k in range(n):
         rows += [torch.stack([x_t[k] for _, x_t, _ in recorded]), torch.stack([x0[k] for _, _, x0 in recorded])]
@@ -149,10 +151,11 @@ def progression(pipe: Pipeline, run_dir: Path, n: int, seed: int = 0, **options)
     folders = run.all_checkpoints()
     if not folders:
         raise InputError(f"run {run.path} has no checkpoint yet; train it first")
+    plan = pipe.plan(n, **options)
     rows, row_labels = [], []
     for folder in folders:
         step = pipe.load_checkpoint(folder)
-        rows.append(pipe(n, seed=seed, progress=False, **options))
+        rows.append(pipe.draw(plan, seed, progress=False))
         row_labels.append(f"step {step}")
     return labelled_grid(rows, row_labels)
 

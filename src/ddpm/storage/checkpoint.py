@@ -31,13 +31,13 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import TMP_PREFIX, atomic_write, fsync
 from ..config import AutoencoderRun, Config, read_config
 from ..errors import InputError
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
-TMP_PREFIX = ".tmp-"  # a checkpoint being written
 TRASH_PREFIX = ".trash-"  # a checkpoint being deleted
 
 
@@ -132,10 +132,10 @@ def save_checkpoint(run: RunDir, step: int, tensors: dict[str, dict[str, torch.T
             torch.save(state, tmp / "state.pt")
             (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
             for file in tmp.iterdir():
-                _fsync(file)
+                fsync(file)
             os.replace(tmp, final)
-            _fsync(run.checkpoints)
-        _write_atomic(run.checkpoints / LATEST, name)
+            fsync(run.checkpoints)
+        atomic_write(run.checkpoints / LATEST, lambda path: path.write_text(name), durable=True)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"could not write checkpoint {final}: {error.strerror or error}; "
@@ -203,20 +203,3 @@ def _remove(folder: Path) -> None:
     os.replace(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

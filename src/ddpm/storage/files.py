@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..atomic import atomic_write
+from ..data.imagedata import to_pil
+from ..errors import InputError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -75,6 +78,33 @@ def save_npz(path: Path, images: Tensor, labels: Optional[Tensor] = None) -> Pat
             np.savez(handle, *arrays)
 
     atomic_write(path, write)
+    return path
+
+
+RESULT_KINDS = ".npz (arr_0 uint8 [N, H, W, C], as ddpm sample writes), .png (a grid), or a folder (one PNG per image)"
+
+
+def check_results_path(path: Path) -> Path:
+    """Where `save_results` can write: a .npz, a .png, or a folder (no suffix, or one that exists)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".npz", ".png") and path.suffix and not path.is_dir():
+        raise InputError(f"--out must name a {RESULT_KINDS} (got {path})")
+    if path.suffix.lower() in (".npz", ".png") and path.is_dir():
+        raise InputError(f"--out {path} is a folder; name a file, or a folder without a suffix")
+    return path
+
+
+def save_results(images: Tensor, path: Path, labels: Optional[Tensor] = None) -> Path:
+    """uint8 images [N, C, H, W] as `check_results_path` allows: an .npz that the next command can read
+    (ddpm edit --image, ddpm eval --samples), a PNG grid, or PATH/000000.png, ... one per image."""
+    path = check_results_path(path)
+    if path.suffix.lower() == ".npz":
+        return save_npz(path, images, labels)
+    if path.suffix.lower() == ".png":
+        return save_grid(images, path)
+    path.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        save_picture(to_pil(image), path / f"{i:06d}.png")
     return path
 
 
@@ -144,9 +174,3 @@ def figure_to_image(figure) -> Image.Image:
 
     return Image.open(io.BytesIO(figure_png(figure))).convert("RGB")
 
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import AutoencoderRun, Config
@@ -58,6 +60,32 @@ def train(config: "Config | AutoencoderRun", out: Path, *, resume: bool = False,
         lock.release()  # the operating system also drops it when the process dies
 
 
+@dataclass
+class Trainer:
+    """Everything a step changes and a checkpoint keeps: the network, its EMA, the optimiser and its
+    LR schedule, the gradient scaler, the generator of the loss's random numbers, the clock, the step."""
+
+    network: nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+    clock: Clock
+    step: int = 0
+    skipped: int = 0  # non-finite steps in a row
+
+    @classmethod
+    def build(cls, network: nn.Module, tc, device: torch.device) -> "Trainer":
+        memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+        network = network.to(device, memory_format=memory_format)
+        optimizer = build_optimizer(network, tc)
+        clock = Clock(tc.max_minutes)  # training time over the run's life; cosine decays to zero with it
+        return cls(network, EMA(network, tc.ema_decay, tc.ema_warmup), optimizer,
+                   make_lr_scheduler(optimizer, tc, clock.fraction), make_scaler(tc.precision, device),
+                   torch.Generator(device=device).manual_seed(tc.seed), clock)
+
+
 def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume: bool, progress: bool) -> RunDir:
     """The loop itself, top to bottom."""
     config.validate()
@@ -67,121 +95,104 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
     _check_batch_split(tc, ranks.world_size)
     seed_everything(tc.seed)
 
-    # The data, and the config resolved against it (image size, channels; a latent run's autoencoder).
-    d = config.data
-    data = load_data(d.name, d.root, d.image_size, d.crop, d.channels)
-    config.data.image_size, config.data.channels = data.image_size, data.channels
-    task = make_task(config, data, device, resume, progress and ranks.is_main)
-
-    # The network, its EMA and the optimiser.
-    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-    network = task.network.to(device, memory_format=memory_format)
-    ema = EMA(network, tc.ema_decay, tc.ema_warmup)
-    optimizer = build_optimizer(network, tc)
-    clock = Clock(tc.max_minutes)  # training time over the run's life; cosine decays to zero with it
-    lr_schedule = make_lr_scheduler(optimizer, tc, clock.fraction)
-    scaler = make_scaler(tc.precision, device)
-    generator = torch.Generator(device=device).manual_seed(tc.seed)  # labels, timesteps and noise of the loss
-    step, seconds_trained = 0, 0.0
-
-    if resume:
-        _take_lock(lock, ranks, device)
-        step, seconds_trained = _restore(run, network, ema, optimizer, lr_schedule, scaler, generator)
-        if ranks.is_main:  # from here on this process writes the run
-            lock.announce()
-            run.remove_grids_after(step)  # drawn after the checkpoint by the process that stopped
-    else:
-        _refuse_existing_run(run)
-        ranks.barrier()  # every rank has looked before rank 0 creates the run directory
-        if ranks.is_main:
-            run.path.mkdir(parents=True, exist_ok=True)
-        _take_lock(lock, ranks, device, then=lambda: _refuse_existing_run(run))  # it may have appeared meanwhile
-        if ranks.is_main:
-            lock.announce()
-            config.to_yaml(run.config_path)
-    ranks.barrier()
-    model = ranks.wrap(network, device)  # what the loss calls: DDP averages the gradients across ranks
+    # The data, the task (diffusion or autoencoder) with the config resolved against the data, and
+    # the trainable state, fresh or restored from the newest checkpoint.
+    task = make_task(config, load_data(config.data), device, resume, progress and ranks.is_main)
+    trainer = Trainer.build(task.network, tc, device)
+    seconds_trained = _start(run, lock, ranks, device, task.config, trainer, resume)
+    model = ranks.wrap(trainer.network, device)  # what the loss calls: DDP averages the gradients across ranks
     if tc.compile:
         model = torch.compile(model)
 
-    log = Log(run.log_path, step, run.tensorboard if tc.tensorboard else None) if ranks.is_main else None
+    log = Log(run.log_path, trainer.step, run.tensorboard if tc.tensorboard else None) if ranks.is_main else None
     # uint8 batches in the order of (seed, step); small data sets live on the device, large ones stream.
-    batches = iterate_batches(task.data, tc.batch_size, tc.seed, step, device, config.data.workers)
-    clock.start(seconds_trained)
-    started, images_seen, skipped = time.monotonic(), 0, 0
+    batches = iterate_batches(task.data, tc.batch_size, tc.seed, trainer.step, device, task.config.data.workers)
+    trainer.clock.start(seconds_trained)
+    started, images_seen = time.monotonic(), 0
     budget = f"training (stops at step {tc.max_steps}" + (f" or after {tc.max_minutes:g} min)" if tc.max_minutes else ")")
-    bar = tqdm(total=tc.max_steps, initial=step, desc=budget, unit="step", disable=not (progress and ranks.is_main),
-               dynamic_ncols=True)
+    bar = tqdm(total=tc.max_steps, initial=trainer.step, desc=budget, unit="step",
+               disable=not (progress and ranks.is_main), dynamic_ncols=True)
     with stop_on_signal() as stop:
-        while step < tc.max_steps and not clock.tick(ranks, device, stop.requested is not None):
-            # The global batch with its flips, labels, timesteps and noise: the same draws on every rank.
+        while trainer.step < tc.max_steps and not trainer.clock.tick(ranks, device, stop.requested is not None):
             images, classes = next(batches)
-            x0 = task.batch(images, generator)
-            draws = task.draws(x0, classes, generator, step)
-
-            # This rank's share, in grad_accum micro-batches; the gradient is that of the mean loss.
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.zeros((), device=device)
-            for i, (x0_i, *draws_i) in enumerate(_micro_batches(ranks, tc.grad_accum, x0, *draws)):
-                with _accumulating(model, i < tc.grad_accum - 1), autocast(tc.precision, device):
-                    x0_i = x0_i.contiguous(memory_format=memory_format)
-                    micro_loss = task.loss(model, x0_i, *draws_i) / tc.grad_accum
-                scaler.scale(micro_loss).backward()
-                loss += micro_loss.detach()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), tc.grad_clip or math.inf)
-            loss = ranks.mean(loss)
-
-            # The update, unless the loss or gradient is not finite (fp16's scaler skips overflows itself).
-            if torch.isfinite(loss) and (torch.isfinite(grad_norm) or scaler.is_enabled()):
-                scaler.step(optimizer)
-                scaler.update()
-                ema.update(network)
-                if log:
-                    log.add(loss, grad_norm)
-                skipped = 0
-            elif tc.nonfinite == "skip" and skipped < MAX_SKIPPED:
-                skipped += 1  # no update: the weights, optimiser and EMA stay as they were
-                if ranks.is_main:
-                    tqdm.write(f"step {step + 1}: the loss became {loss.item()}; step skipped ({skipped} in a row)")
-            else:
-                raise TrainingDiverged(
-                    f"the loss became {loss.item()} at step {step + 1}"
-                    + (f" after {skipped} skipped steps in a row" if skipped else "")
-                    + f"; the last checkpoint ({run.latest() or 'none'}) is intact; try a lower --lr or "
-                    f"train.grad_clip, or --set train.nonfinite=skip"
-                )
-            lr_schedule.step()
-            step += 1
-            images_seen += len(x0)
+            loss, grad_norm = _step(task, model, trainer, images, classes, ranks, tc, device)
+            _update(trainer, loss, grad_norm, tc, run, ranks, log)
+            images_seen += len(images)
             bar.update(1)
-
-            if not ranks.is_main:
-                continue
-            if step % tc.log_every == 0 and log.count:
-                elapsed = time.monotonic() - started
-                row = log.write(step, lr_schedule.get_last_lr()[0], images_seen / elapsed, elapsed / 60)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2g}")
-            if step % tc.sample_every == 0:
-                log.images(step, task.picture(run, ema.model, step))
-            if step % tc.checkpoint_every == 0:
-                _checkpoint(run, step, task, network, ema, optimizer, lr_schedule, scaler, generator, clock,
-                            tc.keep_checkpoints)
+            if ranks.is_main:
+                _every(trainer, task, run, log, bar, tc, images_seen / (time.monotonic() - started),
+                       (time.monotonic() - started) / 60)
     bar.close()
 
     if ranks.is_main:
-        log.flush(step, lr_schedule.get_last_lr()[0], images_seen / max(time.monotonic() - started, 1e-9),
-                  (time.monotonic() - started) / 60)
-        _checkpoint(run, step, task, network, ema, optimizer, lr_schedule, scaler, generator, clock, tc.keep_checkpoints)
-        if step % tc.sample_every:
-            log.images(step, task.picture(run, ema.model, step))
+        elapsed = time.monotonic() - started
+        log.flush(trainer.step, trainer.lr_schedule.get_last_lr()[0], images_seen / max(elapsed, 1e-9), elapsed / 60)
+        _checkpoint(run, task, trainer, tc.keep_checkpoints)
+        if trainer.step % tc.sample_every:
+            log.images(trainer.step, task.picture(run, trainer.ema.model, trainer.step))
         log.close()
         plot_loss(run.log_path, run.loss_plot_path)
         if stop.requested:
-            tqdm.write(f"stopped by {stop.requested} at step {step}; checkpoint written. "
+            tqdm.write(f"stopped by {stop.requested} at step {trainer.step}; checkpoint written. "
                        f"Continue with: ddpm train --resume {run.path}")
     ranks.barrier()  # the final checkpoint exists before any rank returns
     return run
+
+
+def _step(task, model, trainer: Trainer, images, classes, ranks, tc, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gradient step's forward and backward passes: the global batch with its flips, labels,
+    timesteps and noise (the same draws on every rank), this rank's share of it in grad_accum
+    micro-batches. Returns the mean loss over the ranks and the clipped gradient's norm."""
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    x0 = task.batch(images, trainer.generator)
+    draws = task.draws(x0, classes, trainer.generator, trainer.step)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss = torch.zeros((), device=device)
+    for i, (x0_i, *draws_i) in enumerate(_micro_batches(ranks, tc.grad_accum, x0, *draws)):
+        with _accumulating(model, i < tc.grad_accum - 1), autocast(tc.precision, device):
+            micro_loss = task.loss(model, x0_i.contiguous(memory_format=memory_format), *draws_i) / tc.grad_accum
+        trainer.scaler.scale(micro_loss).backward()
+        loss += micro_loss.detach()
+    trainer.scaler.unscale_(trainer.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), tc.grad_clip or math.inf)
+    return ranks.mean(loss), grad_norm
+
+
+def _update(trainer: Trainer, loss, grad_norm, tc, run: RunDir, ranks, log) -> None:
+    """The update, unless the loss or gradient is not finite (fp16's scaler skips overflows itself)."""
+    if torch.isfinite(loss) and (torch.isfinite(grad_norm) or trainer.scaler.is_enabled()):
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        trainer.ema.update(trainer.network)
+        if log:
+            log.add(loss, grad_norm)
+        trainer.skipped = 0
+    elif tc.nonfinite == "skip" and trainer.skipped < MAX_SKIPPED:
+        trainer.skipped += 1  # no update: the weights, optimiser and EMA stay as they were
+        if ranks.is_main:
+            tqdm.write(f"step {trainer.step + 1}: the loss became {loss.item()}; step skipped "
+                       f"({trainer.skipped} in a row)")
+    else:
+        raise TrainingDiverged(
+            f"the loss became {loss.item()} at step {trainer.step + 1}"
+            + (f" after {trainer.skipped} skipped steps in a row" if trainer.skipped else "")
+            + f"; the last checkpoint ({run.latest() or 'none'}) is intact; try a lower --lr or "
+            f"train.grad_clip, or --set train.nonfinite=skip"
+        )
+    trainer.lr_schedule.step()
+    trainer.step += 1
+
+
+def _every(trainer: Trainer, task, run: RunDir, log, bar, tc, images_per_s: float, minutes: float) -> None:
+    """Rank 0's periodic work: the log row, the sample grid, the checkpoint."""
+    step = trainer.step
+    if step % tc.log_every == 0 and log.count:
+        row = log.write(step, trainer.lr_schedule.get_last_lr()[0], images_per_s, minutes)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2g}")
+    if step % tc.sample_every == 0:
+        log.images(step, task.picture(run, trainer.ema.model, step))
+    if step % tc.checkpoint_every == 0:
+        _checkpoint(run, task, trainer, tc.keep_checkpoints)
 
 
 def _check_batch_split(tc, world_size: int) -> None:
@@ -206,6 +217,29 @@ def _accumulating(model: torch.nn.Module, still: bool):
 # ---- starting, checkpointing and resuming ----------------------------------------------------
 
 
+def _start(run: RunDir, lock: RunLock, ranks, device: torch.device, config, trainer: Trainer, resume: bool) -> float:
+    """Take the run for this process: restore its newest checkpoint, or create it and write its
+    resolved config. Returns the seconds the run has trained before."""
+    seconds = 0.0
+    if resume:
+        _take_lock(lock, ranks, device)
+        seconds = _restore(run, trainer)
+        if ranks.is_main:  # from here on this process writes the run
+            lock.announce()
+            run.remove_grids_after(trainer.step)  # drawn after the checkpoint by the process that stopped
+    else:
+        _refuse_existing_run(run)
+        ranks.barrier()  # every rank has looked before rank 0 creates the run directory
+        if ranks.is_main:
+            run.path.mkdir(parents=True, exist_ok=True)
+        _take_lock(lock, ranks, device, then=lambda: _refuse_existing_run(run))  # it may have appeared meanwhile
+        if ranks.is_main:
+            lock.announce()
+            config.to_yaml(run.config_path)
+    ranks.barrier()
+    return seconds
+
+
 def _take_lock(lock: RunLock, ranks, device: torch.device, then=None) -> None:
     """Rank 0 takes the run's lock for every rank (and runs `then` holding it); if it cannot, every
     rank stops, rank 0 with the message that names the holder."""
@@ -228,31 +262,33 @@ def _refuse_existing_run(run: RunDir) -> None:
                          f"or choose another --out")
 
 
-def _checkpoint(run, step, task, network, ema, optimizer, lr_schedule, scaler, generator, clock, keep) -> None:
+def _checkpoint(run: RunDir, task, trainer: Trainer, keep: int) -> None:
     state = {
-        "optimizer": optimizer.state_dict(),
-        "lr_schedule": lr_schedule.state_dict(),
-        "grad_scaler": scaler.state_dict(),
-        "rng": rng_state(generator),
+        "optimizer": trainer.optimizer.state_dict(),
+        "lr_schedule": trainer.lr_schedule.state_dict(),
+        "grad_scaler": trainer.scaler.state_dict(),
+        "rng": rng_state(trainer.generator),
     }
-    tensors = {"model": network.state_dict(), "ema": ema.model.state_dict()}
-    meta = {"ema_updates": ema.updates, "train_seconds": round(clock.seconds, 3), **task.meta(ema.model)}
-    save_checkpoint(run, step, tensors, state, meta, keep=keep)
+    tensors = {"model": trainer.network.state_dict(), "ema": trainer.ema.model.state_dict()}
+    meta = {"ema_updates": trainer.ema.updates, "train_seconds": round(trainer.clock.seconds, 3),
+            **task.meta(trainer.ema.model)}
+    save_checkpoint(run, trainer.step, tensors, state, meta, keep=keep)
 
 
-def _restore(run, network, ema, optimizer, lr_schedule, scaler, generator) -> tuple[int, float]:
-    """Load the newest checkpoint into the training state; returns its step and training seconds."""
+def _restore(run: RunDir, trainer: Trainer) -> float:
+    """Load the newest checkpoint into the training state; returns its training seconds."""
     folder = run.latest()
     if folder is None:
         raise InputError(f"cannot resume {run.path}: it has no complete checkpoint")
     state = load_state(folder)
-    load_into(network, load_weights(folder, "model"), folder, run.config_path)
-    load_into(ema.model, load_weights(folder, "ema"), folder, run.config_path)
+    load_into(trainer.network, load_weights(folder, "model"), folder, run.config_path)
+    load_into(trainer.ema.model, load_weights(folder, "ema"), folder, run.config_path)
     meta = load_meta(folder)
-    ema.updates = meta["ema_updates"]
-    optimizer.load_state_dict(state["optimizer"])
-    lr_schedule.load_state_dict(state["lr_schedule"])
-    if state.get("grad_scaler") and scaler.is_enabled():  # empty unless the run trained in fp16
-        scaler.load_state_dict(state["grad_scaler"])
-    set_rng_state(state["rng"], generator)
-    return meta["step"], meta.get("train_seconds", 0.0)  # runs from before the clock have none
+    trainer.ema.updates = meta["ema_updates"]
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.lr_schedule.load_state_dict(state["lr_schedule"])
+    if state.get("grad_scaler") and trainer.scaler.is_enabled():  # empty unless the run trained in fp16
+        trainer.scaler.load_state_dict(state["grad_scaler"])
+    set_rng_state(state["rng"], trainer.generator)
+    trainer.step = meta["step"]
+    return meta.get("train_seconds", 0.0)  # runs from before the clock have none

