@@ -39,8 +39,8 @@ class GaussianDenoiser:
         self.schedule, self.mu, self.sigma = schedule, mu, sigma
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
-        a = self.schedule.at("sqrt_alpha_bar", t, x_t)
-        s = self.schedule.at("sqrt_one_minus_alpha_bar", t, x_t)
+        # at the schedule's timesteps, or between them (fractional t: EDM's sampler)
+        a, s, _ = (level.to(x_t.dtype).view(-1, *[1] * (x_t.ndim - 1)) for level in self.schedule.levels(t))
         eps = s * (x_t - a * self.mu) / (a**2 * self.sigma**2 + s**2)
         return Prediction(eps=eps, x0=(x_t - s * eps) / a)
 

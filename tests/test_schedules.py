@@ -126,3 +126,19 @@ def test_schedule_refuses_bad_betas():
         NoiseSchedule(torch.tensor([0.1, 1.0]))
     with pytest.raises(InputError):
         make_schedule("quadratic", 10)
+
+
+def test_fractional_timesteps_lie_between_the_grids_in_log_sigma_and_invert():
+    """EDM's sampler asks a model at noise levels between its timesteps: t(sigma) and sigma(t) are
+    inverse, linear in log sigma between neighbours, and exact at the grid (sigma_t^2 = (1 - a) / a)."""
+    s = make_schedule("cosine", 1000)
+    sigma = torch.logspace(-2, 2.5, 60, dtype=torch.float64)
+    alpha, noise, back = s.levels(s.timestep(sigma))
+    torch.testing.assert_close(back, sigma)
+    torch.testing.assert_close(alpha**2 + noise**2, torch.ones_like(sigma))
+    middle = s.levels(torch.tensor([10.5, 500.25], dtype=torch.float64))[2]
+    torch.testing.assert_close(middle[0], (s.sigma[10] * s.sigma[11]).sqrt())
+    torch.testing.assert_close(middle[1], s.sigma[500] ** 0.75 * s.sigma[501] ** 0.25)
+    grid = torch.tensor([0, 1, 999])
+    torch.testing.assert_close(s.levels(grid.double())[2], ((1 - s.alpha_bar[grid]) / s.alpha_bar[grid]).sqrt())
+    assert s.timestep(torch.tensor([1e-9, 1e9], dtype=torch.float64)).tolist() == [0.0, 999.0]  # clamped to the range

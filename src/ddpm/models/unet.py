@@ -278,7 +278,8 @@ class UNet(nn.Module):
         self.check_size(x.shape[-2], x.shape[-1])
         time = self.time_mlp(sinusoidal_embedding(t, self.time_emb_dim))
         if self.class_embedding is not None:
-            time = time + self.class_embedding(torch.full_like(t, self.num_classes) if y is None else y)
+            null = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device)  # t may be a float label
+            time = time + self.class_embedding(null if y is None else y)
         elif y is not None:
             raise InputError("this UNet was built without classes (num_classes=0); it takes no labels")
         h = self.stem(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
