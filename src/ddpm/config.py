@@ -24,6 +24,7 @@ import yaml
 from .errors import InputError
 from .names import (
     Activation,
+    DownsamplePadding,
     Loss,
     LRSchedule,
     NonFinite,
@@ -71,6 +72,13 @@ class ModelConfig:
     skips: Skips = "level"  # one skip per level; or block: one per residual block, as in Ho et al.'s UNet
     neck_attention: bool = False  # self-attention between the first two neck blocks (Ho et al.'s middle)
     patch_size: int = 1  # > 1: fold p x p pixels into channels first, so every level runs at 1/p resolution
+    # What Ho et al.'s converted models need (storage/diffusers.py); the defaults are ddpm's own.
+    time_freq_shift: int = 0  # the time embedding's frequencies are 10000^(-k / (dim/2 - shift)); theirs: 1
+    time_cos_first: bool = False  # cosines before sines in the time embedding (diffusers' flip_sin_to_cos)
+    downsample_padding: DownsamplePadding = "both"  # or "after": one row and column after, as TensorFlow's SAME
+    norm_groups: typing.Optional[int] = None  # every GroupNorm's groups; null: up to 32 of >= 4 channels, per layer
+    norm_eps: float = 1e-5  # every norm's epsilon; theirs: 1e-6
+    attention_head_dim: typing.Optional[int] = 64  # channels per attention head; null: one head
 
     def validate(self) -> None:
         NETWORKS.get(self.network, "model.network")
@@ -87,6 +95,12 @@ class ModelConfig:
         check(self.time_emb_dim >= 2 and self.time_emb_dim % 2 == 0,
                f"model.time_emb_dim must be an even number >= 2 (got {self.time_emb_dim})")
         check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
+        check(self.norm_groups is None or self.norm_groups >= 1, f"model.norm_groups must be >= 1 (got {self.norm_groups})")
+        check(self.norm_eps > 0, f"model.norm_eps must be > 0 (got {self.norm_eps})")
+        check(self.attention_head_dim is None or self.attention_head_dim >= 1,
+              f"model.attention_head_dim must be >= 1, or null for one head (got {self.attention_head_dim})")
+        check(0 <= self.time_freq_shift < self.time_emb_dim // 2,
+              f"model.time_freq_shift must be in [0, time_emb_dim / 2) (got {self.time_freq_shift})")
         check(self.num_classes >= 0, f"model.num_classes must be >= 0, 0 for an unconditional model (got {self.num_classes})")
 
     def check_image_size(self, image_size: int) -> None:

@@ -116,8 +116,26 @@ class Pipeline:
         config = loaded.config
         latent = config.latent
         codec = load_codec(latent.autoencoder, latent.sha256, device) if latent.autoencoder else None
-        return cls(loaded.network.to(device).eval(), build_diffusion(config).to(device), config,
-                   step=loaded.meta["step"], ranks=ranks, device=device, codec=codec)
+        # the run's memory format: channels_last convolutions sample 1.5-1.8x faster on 2 CPU cores (docs/cpu-default.md)
+        memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+        network = loaded.network.to(device, memory_format=memory_format).eval()
+        return cls(network, build_diffusion(config).to(device), config, step=loaded.meta["step"], ranks=ranks,
+                   device=device, codec=codec)
+
+    @classmethod
+    def from_diffusers(cls, folder: Union[str, Path], data: str = "cifar10", device: str = "auto") -> "Pipeline":
+        """A diffusers DDPM folder (UNet2DModel and DDPMScheduler, as google/ddpm-cifar10-32 is saved),
+        converted to ddpm's UNet and process (storage/diffusers.py); `data` names the data set it
+        models, for evaluation. `ddpm import` writes the same as a run directory."""
+        from .models.unet import unet_from_config
+        from .storage.diffusers import import_config
+
+        config, weights = import_config(Path(folder), data)
+        network = unet_from_config(config)
+        load_into(network, weights, Path(folder), Path(folder) / "unet" / "config.json")
+        device = resolve_device(device)
+        network = network.to(device, memory_format=torch.channels_last).eval()
+        return cls(network, build_diffusion(config).to(device), config, step=0, device=device)
 
     def load_checkpoint(self, folder: Path, ema: bool = True) -> int:
         """Swap in another checkpoint's weights of the same run (the progression picture); returns its step."""

@@ -15,7 +15,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import InputError, TrainingDiverged
-from . import edit, sample, show, train
+from . import edit, interop, sample, show, train
 from .common import Parser
 
 
@@ -25,7 +25,7 @@ def parser() -> Parser:
     root = Parser(prog="ddpm", description="Train and sample denoising diffusion models.")
     root.add_argument("--version", action="version", version=f"ddpm {__version__}")
     commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for module in (train, sample, edit, show):
+    for module in (train, sample, edit, show, interop):
         module.add_commands(commands)
     return root
 

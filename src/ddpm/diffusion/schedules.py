@@ -190,6 +190,8 @@ def spaced_timesteps(timesteps: int, steps: int, spacing: str = "uniform",
     - uniform: evenly over [0, T - 1], both ends included;
     - trailing: T - 1, T - 1 - T/K, ..., ending at T/K - 1 (Lin et al. 2024, Table 2), so the
       first step always starts from pure noise and the gaps are equal;
+    - leading: (K - 1) c, ..., c, 0 with c = floor(T / K) (Song et al.'s selection, diffusers' default):
+      the gaps are equal and the last step lands on t = 0, but the first starts below T - 1;
     - quadratic: t_i = (T - 1) (i / (K - 1))^2, dense near t = 0 where the image's details form
       (Song et al. 2021 use a quadratic selection for CIFAR-10);
     - logsnr: evenly in log SNR between the first and last timestep of `schedule`, the spacing Lu
@@ -201,6 +203,8 @@ def spaced_timesteps(timesteps: int, steps: int, spacing: str = "uniform",
         raise InputError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if steps == 1:
         return [timesteps - 1]
+    if spacing == "leading":
+        return [(steps - 1 - i) * (timesteps // steps) for i in range(steps)]
     if spacing == "trailing":
         chosen = torch.round(timesteps - torch.arange(steps, dtype=torch.float64) * timesteps / steps).long() - 1
         return chosen.tolist()

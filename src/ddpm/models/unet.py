@@ -21,7 +21,10 @@ p^2 channels per position are unfolded back into pixels (pixel shuffle). Every l
 at 1/p of the resolution, for about 1/p^2 of the convolution cost at the same widths.
 
 The seeds' variants choose GroupNorm or BatchNorm, SiLU or ReLU, and nearest or bilinear
-upsampling followed by a 3x3 convolution, or a transposed convolution.
+upsampling followed by a 3x3 convolution, or a transposed convolution. Ho et al.'s converted
+models (diffusers' UNet2DModel, storage/diffusers.py) also need: the time embedding's frequency
+shift and order, the downsampling convolution's padding, one GroupNorm size and epsilon for every
+norm, and one attention head dimension.
 """
 
 from __future__ import annotations
@@ -37,32 +40,51 @@ from torch import Tensor, nn
 from ..config import check_unet_size
 from ..errors import InputError
 from ..names import ACTIVATIONS as ACTIVATION_NAMES
-from ..names import NORMS, SKIPS, UPSAMPLES, check_registry
+from ..names import DOWNSAMPLE_PADDINGS, NORMS, SKIPS, UPSAMPLES, check_registry
 
 ACTIVATIONS = {"silu": F.silu, "relu": F.relu}
 check_registry("activations", ACTIVATIONS, ACTIVATION_NAMES)
 
 
-def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Transformer position encoding of the (integer) timesteps t: [B] -> [B, dim]."""
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0, shift: int = 0,
+                         cos_first: bool = False) -> Tensor:
+    """Transformer position encoding of the timesteps (or noise labels) t: [B] -> [B, dim], sines then
+    cosines (or cosines first) of t at the frequencies max_period^(-k / (dim/2 - shift)), k < dim/2.
+    Ho et al.'s code divides by dim/2 - 1 (shift 1), Vaswani et al. by dim/2 (shift 0)."""
     half = dim // 2
-    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * frequencies[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
+    k = torch.arange(half, device=t.device, dtype=torch.float32)
+    angles = t.float()[:, None] * torch.exp(-math.log(max_period) * k / (half - shift))[None, :]
+    waves = [angles.cos(), angles.sin()] if cos_first else [angles.sin(), angles.cos()]
+    return torch.cat(waves, dim=1)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm (Wu & He 2018) with up to 32 groups of at least 4 channels each.
+def group_norm(channels: int, groups: Optional[int] = None, eps: float = 1e-5) -> nn.GroupNorm:
+    """GroupNorm (Wu & He 2018): `groups` groups, or by default up to 32 groups of at least 4 channels each.
 
     At least 4, because the time embedding is added as a per-channel shift just before a norm:
     a group of one channel would subtract that shift right away and leave the block blind to t.
     """
-    return nn.GroupNorm(math.gcd(32, max(channels // 4, 1)), channels)
+    if groups is not None and channels % groups:
+        raise InputError(f"GroupNorm of {groups} groups needs channels divisible by it (got {channels})")
+    return nn.GroupNorm(groups or math.gcd(32, max(channels // 4, 1)), channels, eps=eps)
 
 
-def make_norm(kind: str, channels: int) -> nn.Module:
+def make_norm(kind: str, channels: int, groups: Optional[int] = None, eps: float = 1e-5) -> nn.Module:
     """GroupNorm, or BatchNorm (the fourth seed's choice; its statistics are shared across the batch)."""
-    return group_norm(channels) if kind == "group" else nn.BatchNorm2d(channels)
+    return group_norm(channels, groups, eps) if kind == "group" else nn.BatchNorm2d(channels, eps=eps)
+
+
+class Downsample(nn.Conv2d):
+    """Halve the resolution with a strided 3x3 convolution, zero-padded by one on every side ("both"),
+    or by one row and column after the image only ("after": TensorFlow's SAME padding at stride 2,
+    which Ho et al.'s models were trained with)."""
+
+    def __init__(self, channels: int, padding: str = "both"):
+        super().__init__(channels, channels, 3, stride=2, padding=1 if padding == "both" else 0)
+        self.pad_after = padding == "after"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, (0, 1, 0, 1)) if self.pad_after else x)
 
 
 def make_upsample(kind: str, channels: int) -> nn.Module:
@@ -77,13 +99,13 @@ class ResidualBlock(nn.Module):
     (time_channels 0: none, the autoencoder's block)."""
 
     def __init__(self, in_channels: int, out_channels: int, time_channels: int, dropout: float = 0.0,
-                 norm: str = "group", activation: str = "silu"):
+                 norm: str = "group", activation: str = "silu", groups: Optional[int] = None, eps: float = 1e-5):
         super().__init__()
         self.act = ACTIVATIONS[activation]
-        self.norm1 = make_norm(norm, in_channels)
+        self.norm1 = make_norm(norm, in_channels, groups, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.time = nn.Linear(time_channels, out_channels) if time_channels else None
-        self.norm2 = make_norm(norm, out_channels)
+        self.norm2 = make_norm(norm, out_channels, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: a stable deep net at step 0
@@ -99,14 +121,16 @@ class ResidualBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over the pixels of a feature map, with a residual connection."""
+    """Multi-head self-attention over the pixels of a feature map, with a residual connection:
+    channels // head_dim heads (at least one), or one head for head_dim None."""
 
-    def __init__(self, channels: int, head_dim: int = 64, norm: str = "group"):
+    def __init__(self, channels: int, head_dim: Optional[int] = 64, norm: str = "group", groups: Optional[int] = None,
+                 eps: float = 1e-5):
         super().__init__()
-        self.heads = max(1, channels // head_dim)
+        self.heads = max(1, channels // head_dim) if head_dim else 1
         if channels % self.heads:
             raise InputError(f"attention needs channels divisible by its {self.heads} heads (got {channels})")
-        self.norm = make_norm(norm, channels)
+        self.norm = make_norm(norm, channels, groups, eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
@@ -121,17 +145,26 @@ class SelfAttention(nn.Module):
 
 
 class _Options:
-    """What every block of one UNet shares: time width, dropout, norm, activation, upsampling."""
+    """What every block of one UNet shares: time width, dropout, norm (kind, groups, epsilon), activation,
+    upsampling and downsampling, attention's head size."""
 
-    def __init__(self, time_channels: int, dropout: float, norm: str, activation: str, upsample: str):
+    def __init__(self, time_channels: int, dropout: float, norm: str, activation: str, upsample: str,
+                 norm_groups: Optional[int] = None, norm_eps: float = 1e-5, attention_head_dim: Optional[int] = 64,
+                 downsample_padding: str = "both"):
         self.time_channels, self.dropout = time_channels, dropout
         self.norm, self.activation, self.upsample = norm, activation, upsample
+        self.groups, self.eps, self.head_dim, self.downsample_padding = norm_groups, norm_eps, attention_head_dim, \
+            downsample_padding
 
     def res(self, in_channels: int, out_channels: int) -> ResidualBlock:
-        return ResidualBlock(in_channels, out_channels, self.time_channels, self.dropout, self.norm, self.activation)
+        return ResidualBlock(in_channels, out_channels, self.time_channels, self.dropout, self.norm, self.activation,
+                             self.groups, self.eps)
 
     def attention(self, channels: int, wanted: bool) -> nn.Module:
-        return SelfAttention(channels, norm=self.norm) if wanted else nn.Identity()
+        return SelfAttention(channels, self.head_dim, self.norm, self.groups, self.eps) if wanted else nn.Identity()
+
+    def norm_layer(self, channels: int) -> nn.Module:
+        return make_norm(self.norm, channels, self.groups, self.eps)
 
 
 class DownBlock(nn.Module):
@@ -144,7 +177,7 @@ class DownBlock(nn.Module):
         self.per_block = per_block
         self.res = nn.ModuleList(o.res(in_channels if i == 0 else out_channels, out_channels) for i in range(num_res))
         self.attention = nn.ModuleList(o.attention(out_channels, attention) for _ in range(num_res))
-        self.downsample = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) if downsample else None
+        self.downsample = Downsample(out_channels, o.downsample_padding) if downsample else None
 
     def skip_count(self) -> int:
         return len(self.res) + (self.downsample is not None) if self.per_block else 1
@@ -224,6 +257,12 @@ class UNet(nn.Module):
         skips: str = "level",
         neck_attention: bool = False,
         patch_size: int = 1,
+        time_freq_shift: int = 0,
+        time_cos_first: bool = False,
+        downsample_padding: str = "both",
+        norm_groups: Optional[int] = None,
+        norm_eps: float = 1e-5,
+        attention_head_dim: Optional[int] = 64,
     ):
         super().__init__()
         if patch_size < 1:
@@ -231,13 +270,14 @@ class UNet(nn.Module):
         if len(attention) != len(channels):
             raise InputError(f"attention has {len(attention)} entries but channels has {len(channels)}; give one per level")
         for name, value, choices in [("norm", norm, NORMS), ("activation", activation, tuple(ACTIVATIONS)),
-                                     ("upsample", upsample, UPSAMPLES), ("skips", skips, SKIPS)]:
+                                     ("upsample", upsample, UPSAMPLES), ("skips", skips, SKIPS),
+                                     ("downsample_padding", downsample_padding, DOWNSAMPLE_PADDINGS)]:
             if value not in choices:
                 raise InputError(f"unknown UNet {name} {value!r}; choose one of {', '.join(choices)}")
         self.in_channels = in_channels
         self.patch_size = patch_size
         self.levels = len(channels)
-        self.time_emb_dim = time_emb_dim
+        self.time_emb_dim, self.time_freq_shift, self.time_cos_first = time_emb_dim, time_freq_shift, time_cos_first
         self.act = ACTIVATIONS[activation]
         time_channels = 4 * time_emb_dim  # Ho et al. widen the embedding 4x in its MLP
         self.time_mlp = nn.Sequential(
@@ -245,7 +285,8 @@ class UNet(nn.Module):
         )
         self.num_classes = num_classes
         self.class_embedding = nn.Embedding(num_classes + 1, time_channels) if num_classes else None
-        o = _Options(time_channels, dropout, norm, activation, upsample)
+        o = _Options(time_channels, dropout, norm, activation, upsample, norm_groups, norm_eps, attention_head_dim,
+                     downsample_padding)
         per_block = skips == "block"
         self.stem = nn.Conv2d(in_channels * patch_size**2, channels[0], 3, padding=1)
 
@@ -267,7 +308,7 @@ class UNet(nn.Module):
             self.up.append(UpBlock(width, taken, channels[i], num_res, attention[i], i > 0 if per_block else i < last,
                                    per_block, o))
             width = channels[i]
-        self.head_norm = make_norm(norm, width)
+        self.head_norm = o.norm_layer(width)
         self.head = nn.Conv2d(width, in_channels * patch_size**2, 3, padding=1)
 
     def check_size(self, height: int, width: int) -> None:
@@ -276,7 +317,8 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         self.check_size(x.shape[-2], x.shape[-1])
-        time = self.time_mlp(sinusoidal_embedding(t, self.time_emb_dim))
+        time = self.time_mlp(sinusoidal_embedding(t, self.time_emb_dim, shift=self.time_freq_shift,
+                                                  cos_first=self.time_cos_first))
         if self.class_embedding is not None:
             null = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device)  # t may be a float label
             time = time + self.class_embedding(null if y is None else y)

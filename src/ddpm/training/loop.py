@@ -285,10 +285,14 @@ def _restore(run: RunDir, trainer: Trainer) -> float:
     load_into(trainer.ema.model, load_weights(folder, "ema"), folder, run.config_path)
     meta = load_meta(folder)
     trainer.ema.updates = meta["ema_updates"]
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.lr_schedule.load_state_dict(state["lr_schedule"])
-    if state.get("grad_scaler") and trainer.scaler.is_enabled():  # empty unless the run trained in fp16
-        trainer.scaler.load_state_dict(state["grad_scaler"])
-    set_rng_state(state["rng"], trainer.generator)
+    if "optimizer" not in state:  # an imported model (ddpm import): fine-tuning starts its optimiser afresh
+        tqdm.write(f"{folder} holds weights only (imported from {meta.get('imported_from', 'elsewhere')}); "
+                   f"training starts a fresh optimiser from them")
+    else:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.lr_schedule.load_state_dict(state["lr_schedule"])
+        if state.get("grad_scaler") and trainer.scaler.is_enabled():  # empty unless the run trained in fp16
+            trainer.scaler.load_state_dict(state["grad_scaler"])
+        set_rng_state(state["rng"], trainer.generator)
     trainer.step = meta["step"]
     return meta.get("train_seconds", 0.0)  # runs from before the clock have none

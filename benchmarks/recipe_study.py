@@ -1,0 +1,100 @@
+"""The recipe study for color data: every lever measured by the same script, one run per point.
+
+Each point is `benchmarks/cpu_budget.py` (train, sample with the run's own sampler, FID and KID
+against the whole folder, the matmul rate, the sampling time) with one change from the color
+default, on the emoji groups it is chosen on (`benchmarks/emoji_groups.py`: A) or confirmed on (B).
+Screening points compare at equal steps, or at equal images seen where the change alters the
+batch (on a CPU a step's cost is nearly proportional to its images); the machine's wandering speed
+cannot move them. Points that compare model sizes or a whole recipe run at equal minutes and need
+the machine to themselves.
+
+    python benchmarks/emoji_groups.py                       # once: runs/emoji-groups/A and B
+    python benchmarks/recipe_study.py --list                # the points
+    python benchmarks/recipe_study.py screen-                # every point whose name starts so
+    python benchmarks/recipe_study.py --table                # docs/cpu-default.md's rows, from runs/study/*/budget.json
+
+A point already measured (its budget.json exists) is skipped, so the study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+A, B = "folder:runs/emoji-groups/A", "folder:runs/emoji-groups/B"
+STEPS = 1500  # about what the color default trains in 10 minutes here (1,546 at 173 GFLOP/s)
+OUT = Path("runs/study")
+
+# name: (data, budget flags, train options, what it asks)
+POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
+    "screen-base": (A, ["--max-steps", str(STEPS)], [], "the color default: v, 32/64/128, lr 1.5e-3, batch 32"),
+    "screen-edm": (A, ["--max-steps", str(STEPS)], ["--objective", "edm"], "EDM's formulation"),
+    "screen-eps": (A, ["--max-steps", str(STEPS)], ["--objective", "eps"], "Ho et al.'s eps"),
+    "screen-lr0.75e-3": (A, ["--max-steps", str(STEPS)], ["--lr", "7.5e-4"], "half the learning rate"),
+    "screen-lr3e-3": (A, ["--max-steps", str(STEPS)], ["--lr", "3e-3"], "twice the learning rate"),
+    "screen-lr6e-3": (A, ["--max-steps", str(STEPS)], ["--lr", "6e-3"], "four times the learning rate"),
+    "screen-batch16": (A, ["--max-steps", str(2 * STEPS)], ["--batch-size", "16"], "batch 16, equal images"),
+    "screen-batch64": (A, ["--max-steps", str(STEPS // 2)], ["--batch-size", "64"], "batch 64, equal images"),
+    "screen-batch128": (A, ["--max-steps", str(STEPS // 4)], ["--batch-size", "128"], "batch 128, equal images"),
+    "screen-flip": (A, ["--max-steps", str(STEPS)], ["--flip"], "random horizontal flips"),
+    "screen-ema0.99": (A, ["--max-steps", str(STEPS)], ["--set", "train.ema_decay=0.99"], "a shorter EMA"),
+    "screen-ema0.9995": (A, ["--max-steps", str(STEPS)], ["--set", "train.ema_decay=0.9995", "--set",
+                                                           "train.ema_warmup=false"], "a longer EMA, no warm-up"),
+    "screen-attn16": (A, ["--max-steps", str(STEPS)], ["--set", "model.attention=[false,true,true]"],
+                      "attention at 16x16 as well as 8x8"),
+    "screen-noattn": (A, ["--max-steps", str(STEPS)], ["--set", "model.attention=[false,false,false]"], "no attention"),
+    "screen-dropout0.1": (A, ["--max-steps", str(STEPS)], ["--set", "model.dropout=0.1"], "dropout 0.1"),
+    "screen-minsnr5": (A, ["--max-steps", str(STEPS)], ["--set", "diffusion.min_snr_gamma=5"], "min-SNR-5 weighting"),
+}
+
+
+def run_point(name: str, n: int) -> None:
+    data, budget, train_options, _ = POINTS[name]
+    out = OUT / name
+    if (out / "budget.json").is_file():
+        print(f"{name}: measured already", flush=True)
+        return
+    shutil.rmtree(out, ignore_errors=True)  # a point that was stopped half-way starts again
+    argv = [sys.executable, "benchmarks/cpu_budget.py", "--data", data, *budget, "--n", str(n), "--out", str(out)]
+    print("$ " + " ".join(argv + ["--", *train_options]), flush=True)
+    subprocess.run(argv + ["--", *train_options], check=True)
+
+
+def table() -> None:
+    """One markdown row per measured point."""
+    print("| point | data | budget | steps | images/s (GFLOP/s) | sample s | FID | KID | floor |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for path in sorted(OUT.glob("*/budget.json")):
+        r = json.loads(path.read_text())
+        name = path.parent.name
+        what = POINTS.get(name, ("", [], [], ""))[3]
+        print(f"| {name}: {what} (`{' '.join(r['train_options'])}`) | {Path(r['data']).name} | {' '.join(r['budget'])} | "
+              f"{r['steps']:,} | {r['images_per_s']} ({r['cpu_gflops']}) | {r['sample_seconds']} | {r['fid']} | "
+              f"{r['kid']:.4f} | {r['data_floor_fid']} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("points", nargs="*", help="names or prefixes of points to run")
+    parser.add_argument("--n", type=int, default=500, help="samples for FID (default 500)")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    if args.list:
+        for name, (data, budget, options, what) in POINTS.items():
+            print(f"{name:<22} {Path(data).name} {' '.join(budget):<18} {' '.join(options):<50} {what}")
+        return
+    if args.table:
+        table()
+        return
+    chosen = [name for name in POINTS if any(name.startswith(p) for p in args.points)]
+    for name in chosen:
+        run_point(name, args.n)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,411 @@
+"""A run in diffusers' format, both ways: export a run as a DDPMPipeline folder, and import one.
+
+    ddpm export --run RUN --out DIR                       # DDPMPipeline / DDIMPipeline.from_pretrained(DIR)
+    ddpm import --from DIR --out RUN --data cifar10       # google/ddpm-cifar10-32 as a ddpm run
+
+The folder is diffusers' own: model_index.json, unet/config.json with a UNet2DModel's config and
+unet/diffusion_pytorch_model.safetensors, scheduler/scheduler_config.json with a DDPMScheduler's.
+Neither direction needs diffusers installed: it is JSON and safetensors (a .bin is read with
+torch.load(weights_only=True)).
+
+ddpm's UNet with per-block skips (`model.skips: block`, Ho et al.'s layout) is UNet2DModel's
+network, key for key (`to_diffusers_key`):
+
+    stem, time_mlp.0 / .2           conv_in, time_embedding.linear_1 / linear_2
+    down.i.res.j (norm1, conv1,     down_blocks.i.resnets.j (norm1, conv1, time_emb_proj, norm2,
+      time, norm2, conv2, skip)       conv2, conv_shortcut)
+    down.i.attention.j (norm,       down_blocks.i.attentions.j (group_norm, to_q | to_k | to_v
+      qkv, out: 1x1 convs)            stacked in qkv, to_out.0: linear layers)
+    down.i.downsample               down_blocks.i.downsamplers.0.conv
+    neck.0, neck_attention, neck.1  mid_block.resnets.0, mid_block.attentions.0, mid_block.resnets.1
+    up.i.res.j / attention.j        up_blocks.i.resnets.j / attentions.j (i = 0 is the lowest level)
+    up.i.upsample.1                 up_blocks.i.upsamplers.0.conv
+    head_norm, head                 conv_norm_out, conv_out
+
+Whatever either side can express and the other cannot is refused with one line that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..atomic import TMP_PREFIX, atomic_write
+from ..config import Config
+from ..diffusion.schedules import NoiseSchedule, make_schedule
+from ..errors import InputError
+
+UNET, SCHEDULER, WEIGHTS = "unet", "scheduler", "diffusion_pytorch_model.safetensors"
+DIFFUSERS_VERSION = "0.27.0"  # the oldest version the folder is written for (our optional extra's floor)
+PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+VARIANCE = {"small": "fixed_small", "large": "fixed_large"}
+SPACING = {"uniform": "linspace", "trailing": "trailing", "leading": "leading"}
+PADDING = {"after": 0, "both": 1}
+
+
+def _refuse(what: str, fix: str = "") -> None:
+    raise InputError(f"{what} has no diffusers counterpart" + (f"; {fix}" if fix else ""))
+
+
+# ---- the network's config ----------------------------------------------------------------------
+
+
+def unet2d_config(config: Config) -> dict:
+    """UNet2DModel's config for the run's UNet, or one line naming what it cannot express."""
+    m = config.model
+    if m.network != "unet":
+        _refuse(f"model.network {m.network}")
+    if config.latent.autoencoder:
+        _refuse("a latent run (its UNet denoises an autoencoder's latents)")
+    for key, value, wanted, fix in [
+        ("model.skips", m.skips, "block", "UNet2DModel keeps a skip per residual block: train with --set model.skips=block"),
+        ("model.norm", m.norm, "group", ""), ("model.activation", m.activation, "silu", ""),
+        ("model.upsample", m.upsample, "nearest", ""), ("model.patch_size", m.patch_size, 1, ""),
+        ("model.num_classes", m.num_classes, 0, "DDPMPipeline draws without labels"),
+        ("model.time_emb_dim", m.time_emb_dim, m.channels[0],
+         f"UNet2DModel's time embedding is as wide as its first level: set model.time_emb_dim={m.channels[0]}"),
+    ]:
+        if value != wanted:
+            _refuse(f"{key} {value}", fix)
+    if m.neck_length not in (0, 2) or (m.neck_length == 0 and m.neck_attention):
+        _refuse(f"model.neck_length {m.neck_length}", "UNet2DModel's middle is two residual blocks (or none)")
+    groups = _uniform_groups(config)
+    head_dim = m.attention_head_dim
+    attended = [c for c, a in zip(m.channels, m.attention) if a] + ([m.channels[-1]] if m.neck_attention else [])
+    if head_dim is not None and any(c % head_dim for c in attended):
+        _refuse(f"model.attention_head_dim {head_dim} with attention at {attended} channels",
+                "UNet2DModel's heads split every attention layer into that many channels")
+    return {
+        "_class_name": "UNet2DModel", "_diffusers_version": DIFFUSERS_VERSION,
+        "sample_size": config.data.image_size, "in_channels": config.data.channels or 1,
+        "out_channels": config.data.channels or 1, "center_input_sample": False,
+        "time_embedding_type": "positional", "time_embedding_dim": 4 * m.time_emb_dim,
+        "freq_shift": m.time_freq_shift, "flip_sin_to_cos": m.time_cos_first,
+        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in m.attention],
+        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(m.attention)],
+        "mid_block_type": "UNetMidBlock2D" if m.neck_length else None, "add_attention": m.neck_attention,
+        "block_out_channels": list(m.channels), "layers_per_block": m.num_res, "mid_block_scale_factor": 1,
+        "downsample_padding": PADDING[m.downsample_padding], "downsample_type": "conv", "upsample_type": "conv",
+        "dropout": m.dropout, "act_fn": "silu", "attention_head_dim": head_dim, "norm_num_groups": groups,
+        "attn_norm_num_groups": None, "norm_eps": m.norm_eps, "resnet_time_scale_shift": "default",
+        "class_embed_type": None, "num_class_embeds": None,
+    }
+
+
+def _uniform_groups(config: Config) -> int:
+    """The one GroupNorm size of every norm of the run's UNet (UNet2DModel has one), or a refusal."""
+    from ..models.unet import unet_from_config
+
+    sizes = {module.num_groups for module in unet_from_config(config).modules()
+             if isinstance(module, torch.nn.GroupNorm)}
+    if len(sizes) != 1:
+        _refuse(f"GroupNorms of {sorted(sizes)} groups in one network",
+                f"UNet2DModel has one size: set model.norm_groups to one of {sorted(sizes)}")
+    return sizes.pop()
+
+
+def model_options(unet: dict) -> dict:
+    """The run config's keys for a UNet2DModel config, or one line naming what ddpm cannot express."""
+    get = unet.get
+    down, up = list(get("down_block_types", ())), list(get("up_block_types", ()))
+    attention = [kind == "AttnDownBlock2D" for kind in down]
+    for key, value, allowed in [
+        ("time_embedding_type", get("time_embedding_type", "positional"), ("positional",)),
+        ("center_input_sample", get("center_input_sample", False), (False,)),
+        ("act_fn", get("act_fn", "silu"), ("silu",)),
+        ("resnet_time_scale_shift", get("resnet_time_scale_shift", "default"), ("default",)),
+        ("downsample_type", get("downsample_type", "conv"), ("conv",)),
+        ("upsample_type", get("upsample_type", "conv"), ("conv",)),
+        ("mid_block_scale_factor", get("mid_block_scale_factor", 1), (1,)),
+        ("mid_block_type", get("mid_block_type", "UNetMidBlock2D"), ("UNetMidBlock2D", None)),
+        ("downsample_padding", get("downsample_padding", 1), tuple(PADDING.values())),
+        ("class_embed_type", get("class_embed_type"), (None,)), ("num_class_embeds", get("num_class_embeds"), (None,)),
+        ("time_embedding_dim", get("time_embedding_dim"), (None, 4 * get("block_out_channels", [0])[0])),
+        ("attn_norm_num_groups", get("attn_norm_num_groups"), (None, get("norm_num_groups", 32))),
+        ("in_channels", get("in_channels", 3), (1, 3)), ("out_channels", get("out_channels", 3), (get("in_channels", 3),)),
+        ("down_block_types", all(kind in ("DownBlock2D", "AttnDownBlock2D") for kind in down), (True,)),
+        ("up_block_types", up == ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)], (True,)),
+    ]:
+        if value not in allowed:
+            raise InputError(f"the UNet2DModel's {key} {value!r} has no counterpart in ddpm's UNet (it takes "
+                             f"{' or '.join(map(repr, allowed))})")
+    channels = list(get("block_out_channels"))
+    middle = get("mid_block_type", "UNetMidBlock2D") is not None
+    return {
+        "model.channels": channels, "model.attention": attention, "model.num_res": get("layers_per_block", 2),
+        "model.neck_length": 2 if middle else 0, "model.neck_attention": middle and get("add_attention", True),
+        "model.time_emb_dim": channels[0], "model.dropout": float(get("dropout", 0.0)), "model.skips": "block",
+        "model.norm": "group", "model.activation": "silu", "model.upsample": "nearest",
+        "model.norm_groups": get("norm_num_groups", 32), "model.norm_eps": float(get("norm_eps", 1e-5)),
+        "model.attention_head_dim": get("attention_head_dim", 8), "model.time_freq_shift": get("freq_shift", 0),
+        "model.time_cos_first": bool(get("flip_sin_to_cos", True)),
+        "model.downsample_padding": {v: k for k, v in PADDING.items()}[get("downsample_padding", 1)],
+        "data.channels": get("in_channels", 3), "data.image_size": _size(get("sample_size")),
+    }
+
+
+def _size(size) -> int:
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise InputError(f"the UNet2DModel's sample_size {size} is not square; ddpm's images are")
+        size = size[0]
+    if not isinstance(size, int):
+        raise InputError(f"the UNet2DModel's sample_size {size!r} is not a size in pixels")
+    return size
+
+
+# ---- the scheduler's config ---------------------------------------------------------------------
+
+
+def scheduler_config(config: Config) -> dict:
+    """DDPMScheduler's config for the run's schedule, objective, variance, clipping and spacing."""
+    d, s = config.diffusion, config.sample
+    if d.objective not in PREDICTION:
+        _refuse(f"diffusion.objective {d.objective}", f"DDPMScheduler predicts {', '.join(PREDICTION.values())}")
+    if s.spacing not in SPACING:
+        _refuse(f"sample.spacing {s.spacing}", f"export takes {', '.join(SPACING)}: --spacing trailing")
+    named = {"beta_schedule": "linear", "beta_start": d.beta_start * 1000 / d.timesteps,
+             "beta_end": d.beta_end * 1000 / d.timesteps, "trained_betas": None}
+    if d.schedule == "cosine":
+        named = {"beta_schedule": "squaredcos_cap_v2", "trained_betas": None}
+    if d.schedule == "sigmoid" or d.log_snr_shift:  # no named diffusers schedule: its betas, exactly
+        named = {"beta_schedule": "linear", "trained_betas": _schedule(config).betas.tolist()}
+    return {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
+            "num_train_timesteps": d.timesteps, **named, "variance_type": VARIANCE[s.variance],
+            "clip_sample": s.clip_denoised, "clip_sample_range": 1.0, "prediction_type": PREDICTION[d.objective],
+            "timestep_spacing": SPACING[s.spacing], "steps_offset": 0, "thresholding": False}
+
+
+def diffusion_options(scheduler: dict) -> dict:
+    """The run config's keys for a DDPM or DDIM scheduler config, or one line naming what ddpm lacks."""
+    get = scheduler.get
+    variance = get("variance_type", "fixed_small")
+    if get("_class_name", "DDPMScheduler") == "DDIMScheduler":
+        variance = "fixed_small"
+    allowed = [("prediction_type", get("prediction_type", "epsilon"), tuple(PREDICTION.values())),
+               ("variance_type", variance, tuple(VARIANCE.values())),
+               ("timestep_spacing", get("timestep_spacing", "leading"), tuple(SPACING.values())),
+               ("thresholding", get("thresholding", False), (False,)),
+               ("steps_offset", get("steps_offset", 0), (0,)),
+               ("clip_sample_range", float(get("clip_sample_range", 1.0)), (1.0,)),
+               ("beta_schedule", get("beta_schedule", "linear"), ("linear", "squaredcos_cap_v2"))]
+    for key, value, choices in allowed:
+        if value not in choices:
+            raise InputError(f"the scheduler's {key} {value!r} has no counterpart in ddpm (it takes "
+                             f"{' or '.join(map(repr, choices))})")
+    steps = get("num_train_timesteps", 1000)
+    options = {"diffusion.timesteps": steps,
+               "diffusion.objective": {v: k for k, v in PREDICTION.items()}[get("prediction_type", "epsilon")],
+               "sample.variance": {v: k for k, v in VARIANCE.items()}[variance],
+               "sample.clip_denoised": bool(get("clip_sample", True)),
+               "sample.spacing": {v: k for k, v in SPACING.items()}[get("timestep_spacing", "leading")]}
+    if get("beta_schedule", "linear") == "squaredcos_cap_v2":
+        options["diffusion.schedule"] = "cosine"
+    else:  # ddpm's linear schedule scales its ends by 1000 / T
+        options.update({"diffusion.schedule": "linear", "diffusion.beta_start": get("beta_start", 1e-4) * steps / 1000,
+                        "diffusion.beta_end": get("beta_end", 0.02) * steps / 1000})
+    if get("trained_betas") is not None:
+        _refuse_unnamed_betas(get("trained_betas"), options)
+    return options
+
+
+def _refuse_unnamed_betas(betas: list, options: dict) -> None:
+    """A scheduler's own betas import when they are a named schedule's; ddpm has no schedule of
+    arbitrary betas in its config."""
+    for schedule in ("linear", "cosine"):
+        candidate = _schedule(Config().override({**options, "diffusion.schedule": schedule}))
+        if torch.allclose(candidate.betas, torch.tensor(betas, dtype=torch.float64), rtol=1e-6, atol=1e-9):
+            options["diffusion.schedule"] = schedule
+            return
+    raise InputError("the scheduler's trained_betas are neither the linear nor the cosine schedule; ddpm's config "
+                     "names its schedule")
+
+
+def _schedule(config: Config) -> NoiseSchedule:
+    d = config.diffusion
+    return make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end, d.log_snr_shift)
+
+
+# ---- the weights ---------------------------------------------------------------------------------
+
+
+RULES = [(r"^stem\.", "conv_in."), (r"^time_mlp\.0\.", "time_embedding.linear_1."),
+         (r"^time_mlp\.2\.", "time_embedding.linear_2."), (r"^down\.(\d+)\.res\.(\d+)\.", r"down_blocks.\1.resnets.\2."),
+         (r"^down\.(\d+)\.attention\.(\d+)\.", r"down_blocks.\1.attentions.\2."),
+         (r"^down\.(\d+)\.downsample\.", r"down_blocks.\1.downsamplers.0.conv."),
+         (r"^neck\.(\d+)\.", r"mid_block.resnets.\1."), (r"^neck_attention\.", "mid_block.attentions.0."),
+         (r"^up\.(\d+)\.res\.(\d+)\.", r"up_blocks.\1.resnets.\2."),
+         (r"^up\.(\d+)\.attention\.(\d+)\.", r"up_blocks.\1.attentions.\2."),
+         (r"^up\.(\d+)\.upsample\.1\.", r"up_blocks.\1.upsamplers.0.conv."),
+         (r"^head_norm\.", "conv_norm_out."), (r"^head\.", "conv_out.")]
+INSIDE = [(r"resnets\.(\d+)\.time\.", r"resnets.\1.time_emb_proj."), (r"resnets\.(\d+)\.skip\.", r"resnets.\1.conv_shortcut."),
+          (r"attentions\.(\d+)\.norm\.", r"attentions.\1.group_norm."), (r"attentions\.(\d+)\.out\.", r"attentions.\1.to_out.0.")]
+QKV = ("to_q", "to_k", "to_v")  # stacked in that order in ddpm's qkv convolution
+
+
+def to_diffusers_key(key: str) -> str:
+    """The UNet2DModel key of one of ddpm's UNet keys; an attention's qkv names its to_q (see QKV)."""
+    for pattern, replacement in RULES:
+        if re.match(pattern, key):
+            key = re.sub(pattern, replacement, key)
+            break
+    else:
+        raise InputError(f"the UNet's weight {key} has no UNet2DModel counterpart")
+    for pattern, replacement in INSIDE:
+        key = re.sub(pattern, replacement, key)
+    return re.sub(r"\.qkv\.", ".to_q.", key)
+
+
+def to_diffusers(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """ddpm's UNet weights as UNet2DModel's: qkv split into to_q, to_k, to_v, 1x1 convolutions of the
+    attention as linear layers."""
+    out = {}
+    for key, value in state.items():
+        theirs = to_diffusers_key(key)
+        if ".attentions." in theirs and value.ndim == 4:  # a 1x1 convolution: a linear layer
+            value = value[:, :, 0, 0]
+        if ".to_q." in theirs:
+            for name, part in zip(QKV, value.chunk(3)):
+                out[theirs.replace(".to_q.", f".{name}.")] = part.contiguous()
+        else:
+            out[theirs] = value.contiguous()
+    return out
+
+
+def from_diffusers(theirs: dict[str, Tensor], ours: dict[str, Tensor]) -> dict[str, Tensor]:
+    """UNet2DModel's weights as ddpm's UNet's, shaped as `ours` (its state_dict), key for key."""
+    out = {}
+    for key, like in ours.items():
+        name = to_diffusers_key(key)
+        if ".to_q." in name:
+            value = torch.cat([_weight(theirs, name.replace(".to_q.", f".{part}.")) for part in QKV])
+        else:
+            value = _weight(theirs, name)
+        out[key] = value.reshape(like.shape).to(like.dtype)
+    unused = sorted(set(theirs) - {to for key in ours for to in _names(to_diffusers_key(key))})
+    if unused:
+        raise InputError(f"the UNet2DModel's weight {unused[0]} (and {len(unused) - 1} more) has no place in ddpm's UNet")
+    return out
+
+
+def _names(key: str) -> list[str]:
+    return [key.replace(".to_q.", f".{part}.") for part in QKV] if ".to_q." in key else [key]
+
+
+def _weight(theirs: dict[str, Tensor], name: str) -> Tensor:
+    if name not in theirs:
+        raise InputError(f"the diffusers weights have no {name}; is the folder a UNet2DModel of this config?")
+    return theirs[name]
+
+
+# ---- folders --------------------------------------------------------------------------------------
+
+
+def read_folder(folder: Path) -> tuple[dict, dict, dict[str, Tensor]]:
+    """A diffusers pipeline folder (model_index.json, unet/, scheduler/), or a UNet2DModel folder with
+    a scheduler folder beside it: (UNet2DModel config, scheduler config, weights)."""
+    folder = Path(folder)
+    unet = folder / UNET if (folder / UNET).is_dir() else folder
+    scheduler = folder / SCHEDULER / "scheduler_config.json"
+    for path, what in ((unet / "config.json", "a UNet2DModel's config.json"), (scheduler, "a scheduler_config.json")):
+        if not path.is_file():
+            raise InputError(f"{folder} is not a diffusers DDPM folder: it has no {path.relative_to(folder)} "
+                             f"({what}); save one with DDPMPipeline.save_pretrained(DIR)")
+    configs = [_json(unet / "config.json"), _json(scheduler)]
+    if configs[0].get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise InputError(f"{unet / 'config.json'} is a {configs[0].get('_class_name')}, not a UNet2DModel")
+    weights = sorted(unet.glob("diffusion_pytorch_model*.safetensors")) or sorted(unet.glob("diffusion_pytorch_model*.bin"))
+    if not weights:
+        raise InputError(f"{unet} holds no diffusion_pytorch_model.safetensors (or .bin)")
+    return configs[0], configs[1], _load_weights(weights)
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{path} is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path} holds no JSON object")
+    return value
+
+
+def _load_weights(files: list[Path]) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for file in files:
+        try:
+            part = load_file(file) if file.suffix == ".safetensors" else torch.load(file, map_location="cpu",
+                                                                                   weights_only=True)
+        except Exception as error:
+            raise InputError(f"cannot read the weights {file} ({type(error).__name__}: {error})") from None
+        weights.update(part)
+    return weights
+
+
+def import_config(folder: Path, data: str, base: Optional[Config] = None) -> tuple[Config, dict[str, Tensor]]:
+    """The ddpm config of a diffusers DDPM folder (its network, schedule, objective, variance, clipping and
+    spacing; `data` names the data set it models) and its weights, converted to ddpm's UNet's keys."""
+    from ..models.unet import unet_from_config
+
+    unet, scheduler, theirs = read_folder(folder)
+    config = (base or Config()).override({**model_options(unet), **diffusion_options(scheduler), "data.name": data,
+                                          "sample.sampler": "ddpm", "sample.steps": scheduler.get("num_train_timesteps", 1000)})
+    config.validate()
+    return config, from_diffusers(theirs, unet_from_config(config).state_dict())
+
+
+def export_run(config: Config, weights: dict[str, Tensor], out: Path, spacing: Optional[str] = None) -> Path:
+    """Write a DDPMPipeline folder for a run: checked whole before anything is written, then written
+    into a temporary folder renamed into place, so a refusal or a crash leaves nothing behind."""
+    from safetensors.torch import save_file
+
+    if spacing is not None:
+        config = config.override({"sample.spacing": spacing})
+    unet, scheduler = unet2d_config(config), scheduler_config(config)
+    converted = to_diffusers(weights)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} exists; export into a new folder")
+    tmp = out.with_name(f"{TMP_PREFIX}{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / UNET).mkdir(parents=True)
+        (tmp / SCHEDULER).mkdir()
+        index = {"_class_name": "DDPMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
+                 "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
+        for path, value in ((tmp / "model_index.json", index), (tmp / UNET / "config.json", unet),
+                            (tmp / SCHEDULER / "scheduler_config.json", scheduler)):
+            atomic_write(path, lambda file, value=value: file.write_text(json.dumps(value, indent=2) + "\n"))
+        save_file(converted, str(tmp / UNET / WEIGHTS), metadata={"format": "pt"})
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+
+def write_imported_run(config: Config, weights: dict[str, Tensor], out: Path, source: Path) -> Path:
+    """A run directory of an imported model: its config and one checkpoint (step 0) whose model and EMA
+    weights are the model's. It samples, evaluates, edits and distils like any run; resumed, it
+    fine-tunes from a fresh optimiser (the folder carries none)."""
+    from .checkpoint import RunDir, save_checkpoint
+
+    run = RunDir(Path(out))
+    if run.path.exists() and any(run.path.iterdir()):
+        raise InputError(f"{run.path} exists; import into a new folder")
+    run.path.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(run.config_path)
+    save_checkpoint(run, 0, {"model": weights, "ema": weights}, {},
+                    {"ema_updates": 0, "train_seconds": 0.0, "imported_from": str(source)})
+    return run.path

@@ -1,0 +1,170 @@
+"""Both ways with diffusers: UNet2DModels built with the exact configs of google/ddpm-cifar10-32 and
+google/ddpm-celebahq-256 (random weights, saved here; nothing is downloaded) give ddpm's network
+the same outputs and ddpm's samplers the same samples as DDPMPipeline and DDIMPipeline; a ddpm run
+exports to a folder they load, and comes back bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_cli import TINY
+
+from ddpm import Pipeline
+from ddpm.cli import main
+from ddpm.pipeline import batch_seed
+from ddpm.storage.checkpoint import RunDir, load_weights
+
+diffusers = pytest.importorskip("diffusers")  # the test extra installs it; the package itself does not need it
+
+# The configs of the converted checkpoints of Ho et al. (2020), as published with their weights.
+CIFAR10_32 = {"act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
+              "center_input_sample": False, "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+              "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "layers_per_block": 2,
+              "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
+              "time_embedding_type": "positional", "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}
+CELEBAHQ_256 = {**CIFAR10_32, "block_out_channels": [128, 128, 256, 256, 512, 512], "sample_size": 256,
+                "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"]}
+SCHEDULER = {"beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": True,
+             "num_train_timesteps": 1000, "trained_betas": None, "variance_type": "fixed_large"}
+
+
+def _save(config: dict, folder, seed: int = 0):
+    """A UNet2DModel of `config` with random weights (none left at zero), saved as a DDPMPipeline folder."""
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DModel(**config)
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(**SCHEDULER)).save_pretrained(folder)
+    return unet.eval()
+
+
+@pytest.fixture(scope="module")
+def cifar10(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddpm-cifar10-32")
+    return folder, _save(CIFAR10_32, folder)
+
+
+@pytest.mark.parametrize("size", [32])
+def test_the_imported_network_gives_diffusers_outputs(cifar10, size):
+    folder, unet = cifar10
+    pipe = Pipeline.from_diffusers(folder, device="cpu")
+    assert sum(p.numel() for p in pipe.network.parameters()) == sum(p.numel() for p in unet.parameters()) == 35_746_307
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for t in (0, 10, 500, 999):
+            timesteps = torch.full((2,), t)
+            ours, theirs = pipe.network(x, timesteps), unet(x, timesteps).sample
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_the_celebahq_256_network_too(tmp_path):
+    unet = _save(CELEBAHQ_256, tmp_path, seed=1)
+    pipe = Pipeline.from_diffusers(tmp_path, data="celeba", device="cpu")
+    assert pipe.config.data.image_size == 256 and pipe.config.model.attention == [False, False, False, False, True, False]
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))  # the same network; a smaller input
+    with torch.no_grad():
+        for t in (3, 700):
+            torch.testing.assert_close(pipe.network(x, torch.tensor([t])), unet(x, torch.tensor([t])).sample,
+                                       rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, steps", [("ddpm", 10), ("ddim", 10)])
+def test_the_imported_run_samples_as_diffusers_pipelines_do(cifar10, tmp_path, kind, steps):
+    """Same initial noise and per-step noise (one generator, drawn in the same order): the same images.
+    On diffusers' default "leading" grid, which ends at t = 0: on a "trailing" one, which ends at t = 99,
+    DDPMScheduler still adds noise at the last step (it asks t > 0), where Algorithm 2 adds none."""
+    folder, unet = cifar10
+    assert main(["import", "--from", str(folder), "--out", str(tmp_path / "run")]) == 0
+    pipe = Pipeline.from_run(tmp_path / "run", device="cpu")
+    scheduler = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler}[kind].from_pretrained(
+        folder / "scheduler", timestep_spacing="leading")
+    pipeline = {"ddpm": diffusers.DDPMPipeline, "ddim": diffusers.DDIMPipeline}[kind](unet=unet, scheduler=scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    options = {"eta": 0.0, "use_clipped_model_output": True} if kind == "ddim" else {}
+    theirs = pipeline(batch_size=2, generator=torch.Generator().manual_seed(batch_seed(7, 0)), num_inference_steps=steps,
+                      output_type="np", **options).images
+    ours = pipe(2, kind, steps, seed=7, spacing="leading", output="float", progress=False).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_export_then_import_is_bit_exact_and_diffusers_samples_ddpm_runs_ddim(tmp_path, capsys):
+    """A run whose network maps (per-block skips, a time embedding as wide as its first level, one
+    GroupNorm size, a two-block middle) exports; DDIMPipeline then draws ddpm's own DDIM samples."""
+    run = tmp_path / "run"
+    mappable = ["--set", "model.skips=block", "--set", "model.time_emb_dim=8", "--set", "model.neck_length=2",
+                "--set", "model.neck_attention=true", "--set", "model.norm_groups=4", "--set", "model.attention_head_dim=8",
+                "--set", "sample.spacing=trailing"]
+    assert main(["train", "--out", str(run), "--max-steps", "3", *TINY, *mappable]) == 0
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "exported")]) == 0
+    index = json.loads((tmp_path / "exported" / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    pipeline = diffusers.DDIMPipeline.from_pretrained(tmp_path / "exported")
+    pipeline.set_progress_bar_config(disable=True)
+    theirs = pipeline(batch_size=3, generator=torch.Generator().manual_seed(batch_seed(2, 0)), num_inference_steps=5,
+                      eta=0.0, use_clipped_model_output=True, output_type="np").images
+    ours = Pipeline.from_run(run, device="cpu")(3, "ddim", 5, seed=2, output="float", progress=False)
+    np.testing.assert_allclose(ours.permute(0, 2, 3, 1).numpy().squeeze(-1), theirs.squeeze(-1), atol=1e-4, rtol=0)
+    assert diffusers.DDPMPipeline.from_pretrained(tmp_path / "exported").scheduler.config.prediction_type == "v_prediction"
+    # ... and back: the same weights, bit for bit, and the same process
+    assert main(["import", "--from", str(tmp_path / "exported"), "--out", str(tmp_path / "back"), "--data", "mnist5k"]) == 0
+    back, original = RunDir(tmp_path / "back"), RunDir(run)
+    a, b = load_weights(original.latest(), "ema"), load_weights(back.latest(), "ema")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c, d = original.load_config(), back.load_config()
+    assert (c.model, c.diffusion, c.sample.spacing, c.sample.clip_denoised) == (d.model, d.diffusion, d.sample.spacing,
+                                                                                 d.sample.clip_denoised)
+    torch.testing.assert_close(Pipeline.from_run(tmp_path / "back", device="cpu")(2, "ddim", 4, output="float", progress=False),
+                               Pipeline.from_run(run, device="cpu")(2, "ddim", 4, output="float", progress=False))
+    # an imported run trains on, from a fresh optimiser
+    assert main(["train", "--resume", str(tmp_path / "back"), "--max-steps", "2", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "fresh optimiser" in captured.out + captured.err
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "model.skips level has no diffusers counterpart"),
+    (["--set", "model.skips=block"], "model.time_emb_dim 16 has no diffusers counterpart"),
+    (["--set", "model.skips=block", "--set", "model.time_emb_dim=8"], "model.neck_length 1 has no diffusers counterpart"),
+    (["--set", "model.skips=block", "--set", "model.time_emb_dim=8", "--set", "model.neck_length=2", "--set",
+      "model.attention_head_dim=8"], "GroupNorms of [2, 4, 8] groups in one network has no diffusers counterpart"),
+    (["--set", "model.skips=block", "--set", "model.time_emb_dim=8", "--set", "model.neck_length=2", "--set",
+      "model.norm_groups=4", "--set", "model.attention_head_dim=8", "--objective", "edm"], "diffusion.objective edm has no diffusers counterpart"),
+    (["--set", "model.skips=block", "--set", "model.time_emb_dim=8", "--set", "model.neck_length=2", "--set",
+      "model.norm_groups=4", "--set", "model.attention_head_dim=8", "--set", "sample.spacing=quadratic"], "sample.spacing quadratic has no diffusers counterpart"),
+    (["--set", "model.skips=block", "--set", "model.time_emb_dim=8", "--set", "model.neck_length=2", "--set",
+      "model.norm_groups=4", "--set", "model.attention_head_dim=8", "--classes", "10"], "model.num_classes 10 has no diffusers counterpart"),
+])
+def test_what_diffusers_cannot_express_is_one_line_and_writes_nothing(flags, message, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--max-steps", "1", *TINY, *flags]) == 0
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "exported")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+    assert not (tmp_path / "exported").exists() and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"unet": {"act_fn": "gelu"}}, "the UNet2DModel's act_fn 'gelu' has no counterpart"),
+    ({"unet": {"class_embed_type": "timestep"}}, "class_embed_type 'timestep'"),
+    ({"scheduler": {"prediction_type": "epsilon", "variance_type": "learned_range"}}, "variance_type 'learned_range'"),
+    ({"scheduler": {"beta_schedule": "scaled_linear"}}, "beta_schedule 'scaled_linear'"),
+    ({"scheduler": {"thresholding": True}}, "thresholding True"),
+])
+def test_what_ddpm_cannot_express_is_one_line_and_writes_nothing(cifar10, change, message, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(cifar10[0], folder)
+    for part, values in change.items():
+        path = folder / part / ("config.json" if part == "unet" else "scheduler_config.json")
+        path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+    assert main(["import", "--from", str(folder), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+    assert not (tmp_path / "run").exists()
