@@ -3,6 +3,7 @@ last checkpoint, and never runs code hidden in a checkpoint."""
 
 import errno
 import importlib
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,8 @@ import torch
 
 from conftest import tiny_config
 from ddpm import InputError, Pipeline, train
-from ddpm.storage.checkpoint import TMP_PREFIX, RunDir, load_meta, load_state, load_weights
+from ddpm.atomic import file_sha256
+from ddpm.storage.checkpoint import TMP_PREFIX, RunDir, _sealed, load_meta, load_state, load_weights
 from ddpm.cli import main
 from ddpm.errors import TrainingDiverged
 
@@ -114,6 +116,13 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     with pytest.raises(InputError, match="refusing to load .*state.pt"):
         load_state(run.latest())
     assert main(["train", "--resume", str(run.path), "--max-steps", "4", "--no-progress"]) == 2
+    # refused before it is ever unpickled: its bytes are not those its checkpoint recorded ...
+    assert "state.pt is damaged (its bytes changed after it was written" in capsys.readouterr().err
+    # ... and one who rewrote the checksum too meets the refusal to unpickle objects
+    meta = json.loads((run.latest() / "meta.json").read_text())
+    meta["sha256"]["state.pt"] = file_sha256(state)
+    (run.latest() / "meta.json").write_text(json.dumps(_sealed(meta)))
+    assert main(["train", "--resume", str(run.path), "--max-steps", "4", "--no-progress"]) == 2
     assert "refusing to load" in capsys.readouterr().err
     assert not marker.exists()
     # The file is really hostile: a plain unpickling runs its code.
@@ -129,9 +138,10 @@ def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr("ddpm.storage.checkpoint.save_file", disk_full)
-    assert main(["train", "--resume", str(run.path), "--max-steps", "4", "--no-progress"]) == 2
+    assert main(["train", "--resume", str(run.path), "--max-steps", "4", "--no-progress"]) == 4  # errors.WriteFailed
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "No space left on device" in err and "previous checkpoint is intact" in err
+    assert err.count("\n") == 0 and "No space left on device" in err and "newest intact checkpoint is" in err
+    assert err.endswith("make room and run the same command again") and "step_000002" in err
     assert _files(run.checkpoints) == checkpoints
     assert _assert_resumable(run) == 2
 

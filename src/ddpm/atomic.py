@@ -1,4 +1,5 @@
-"""Writing a file so that no reader, and no crash, ever sees half of it.
+"""Writing a file so that no reader, and no crash, ever sees half of it; and its checksum, so that a
+reader can tell a file that changed after it was written.
 
 Everything ddpm writes (checkpoints, config.yaml, sample archives, pictures, caches of reference
 features, rendered data sets and latents, eval.csv) goes through `atomic_write`: the content is
@@ -9,6 +10,7 @@ interrupt), the temporary file is removed and the target is as it was.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -48,3 +50,13 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_sha256(*files: Path) -> str:
+    """The sha256 of the files' bytes, one after the other, in hex."""
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

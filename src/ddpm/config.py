@@ -365,6 +365,22 @@ class Sections:
                              f"(only the budget, e.g. --max-steps or --max-minutes)")
         return self.override(overrides)
 
+    def requeued(self, given, run: str):
+        """This run's config for a command that would start it anew with `given` (a requeued job's
+        `--resume-if-exists`): the two must agree, but in the budget (RESUMABLE, which `given` sets)
+        and in what training resolved where `given` left it unset (sizes, the autoencoder's hash)."""
+        mine, theirs = _flat(self.to_dict()), _flat(given.to_dict())
+        latent = bool(getattr(getattr(self, "latent", None), "autoencoder", None))
+        differ = [key for key in sorted(mine.keys() | theirs.keys())
+                  if mine.get(key) != theirs.get(key) and key not in RESUMABLE
+                  and not (key in RESOLVED and theirs.get(key) is None)
+                  and not (key == "sample.clip_denoised" and latent)]
+        if differ:
+            raise InputError(f"{run} holds a run whose config differs from this command's in {', '.join(differ[:4])}"
+                             + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+                             + "; give the run's settings (only the budget may change), or another --out")
+        return self.override({key: theirs[key] for key in RESUMABLE if key in theirs})
+
     # ---- serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict:
@@ -548,6 +564,15 @@ def defaults_for(data: DataConfig) -> Config:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
+
+# What training resolves and writes into the run's config (from the data and the autoencoder).
+RESOLVED = ("data.image_size", "data.channels", "latent.sha256", "latent.scale", "latent.channels", "latent.factor")
+
+
+def _flat(values: dict) -> dict:
+    """{"section.key": value} of a config's nested dicts."""
+    return {f"{section}.{key}": value for section, keys in values.items() for key, value in keys.items()}
 
 
 

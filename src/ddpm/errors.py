@@ -1,4 +1,11 @@
-"""The errors the command line turns into one line on stderr and an exit status, without a traceback."""
+"""The errors the command line turns into one line on stderr and an exit status, without a traceback.
+
+    0    done (also after Ctrl-C or SIGTERM, which checkpoint the step reached)
+    2    bad input: a setting, a path, a hostile or damaged file; nothing was written
+    3    training diverged (NaN or inf); the message names the intact checkpoint
+    4    a write failed (a full disk, a file-size limit, a quota); the previous checkpoint is intact
+    130  interrupted twice
+"""
 
 
 class InputError(ValueError):
@@ -11,6 +18,12 @@ class InputError(ValueError):
     exit_code = 2
 
 
+class CheckpointDamaged(InputError):
+    """A checkpoint whose files changed after they were written (their sha256 does not match the one its
+    meta.json recorded), or that cannot be read. Resuming falls back to an older intact checkpoint;
+    a command asked for this one refuses it (exit status 2)."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN or infinite; the message names the intact checkpoint.
 
@@ -18,3 +31,14 @@ class TrainingDiverged(RuntimeError):
     """
 
     exit_code = 3
+
+
+class WriteFailed(RuntimeError):
+    """A write failed: the disk is full, a file-size limit or a quota was reached. What was being written
+    is removed, the previous checkpoint and `latest` are as they were, and `ddpm train` exits with
+    status 4; run the same command again once there is room."""
+
+    exit_code = 4
+
+
+FAILURES = (InputError, TrainingDiverged, WriteFailed)  # what the command line reports in one line

@@ -9,6 +9,7 @@ network comes from its spec in ddpm.registry.NETWORKS, the objective from OBJECT
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,11 +21,12 @@ from .config import AutoencoderRun, Config, TrainConfig
 from .diffusion.objectives import make_objective
 from .diffusion.process import Diffusion
 from .diffusion.schedules import NoiseSchedule, make_schedule
-from .errors import InputError
+from .errors import CheckpointDamaged, InputError
 from .models.autoencoder import Autoencoder
-from .models.codec import DIFFUSERS, Codec, autoencoder_codec, diffusers_codec, file_sha256
+from .atomic import file_sha256
+from .models.codec import DIFFUSERS, Codec, autoencoder_codec, diffusers_codec
 from .registry import NETWORKS
-from .storage.checkpoint import RunDir, load_into, load_meta, load_weights
+from .storage.checkpoint import RunDir, load_into, load_meta, load_weights, verify
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch.optim.AdamW(fused=True) has a kernel
 
@@ -104,13 +106,29 @@ def load_run(path: "str | Path", checkpoint: Optional["str | Path"] = None, weig
                              f"latent diffusion on it with 'ddpm train --autoencoder {run.path}'")
         raise InputError(f"{run.path} is a diffusion run, not an autoencoder run; train one with "
                          f"'ddpm train-autoencoder'")
-    folder = Path(checkpoint) if checkpoint is not None else run.latest()
-    if folder is None:
-        command = "train" if kind is Config else "train-autoencoder"
-        raise InputError(f"run {run.path} has no checkpoint yet; train it first with 'ddpm {command} --out {run.path}'")
+    if checkpoint is not None:  # asked for by name: it loads intact, or not at all
+        folder = Path(checkpoint)
+        if not (folder / "meta.json").is_file():
+            raise InputError(f"{folder} is not a checkpoint folder of {run.path} (it has no meta.json)")
+        verify(folder)
+    else:
+        folder = newest_intact(run)
     network = build_network(config) if kind is Config else autoencoder_from_run(config)
     load_into(network, load_weights(folder, weights), folder, run.config_path)
     return LoadedRun(run, config, folder, load_meta(folder), network)
+
+
+def newest_intact(run: RunDir) -> Path:
+    """The run's newest checkpoint that passes its checksums, saying on stderr which ones it passed over."""
+    folder, damaged = run.newest_intact()
+    for bad, reason in damaged:
+        print(f"ddpm: warning: {reason}; passing over {bad.name}", file=sys.stderr)
+    if folder is None:
+        if damaged:
+            raise CheckpointDamaged(f"run {run.path} has no intact checkpoint: {damaged[0][1]}")
+        command = "train" if isinstance(run.load_config(), Config) else "train-autoencoder"
+        raise InputError(f"run {run.path} has no checkpoint yet; train it first with 'ddpm {command} --out {run.path}'")
+    return folder
 
 
 def load_codec(reference: str, sha256: Optional[str] = None, device: torch.device = torch.device("cpu")) -> Codec:

@@ -5,8 +5,9 @@ adding its subcommands to the parser. Nothing here knows a sampling default or a
 the config, the pipeline and the run directory do. Importing this package does not import torch,
 so `ddpm --help` and `ddpm presets` answer at once.
 
-Exit status: 0 done; 2 bad input (one line on stderr, nothing written); 3 training diverged (the
-message names the intact checkpoint); 130 interrupted.
+Exit status (errors.py): 0 done; 2 bad input (one line on stderr, nothing written); 3 training
+diverged (the message names the intact checkpoint); 4 a write failed (a full disk; the previous
+checkpoint is intact); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from ..errors import InputError, TrainingDiverged
+from ..errors import FAILURES
 from . import edit, interop, sample, show, train
 from .common import Parser
 
@@ -37,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except SystemExit as exit:  # --help, or a usage error already printed on one line
             return exit.code
         return args.command(args)
-    except (InputError, TrainingDiverged) as error:
+    except FAILURES as error:
         print(f"ddpm: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:

@@ -152,8 +152,6 @@ def _read(path: str, gray: bool, what: str = "image"):
     sample` and `ddpm edit --out` write them) as uint8 [N, C, H, W]. A color image for a gray run (or
     the other way round) is refused rather than converted behind the user's back. A mask may be of
     any mode: it is read as gray."""
-    from PIL import Image
-
     if Path(path).suffix.lower() == ".npz" and what != "mask":
         from ..evaluation.fid import load_samples
 
@@ -162,12 +160,9 @@ def _read(path: str, gray: bool, what: str = "image"):
             raise InputError(f"{path} holds {'gray' if images.shape[1] == 1 else 'color'} images but the run makes "
                              f"{'grayscale' if gray else 'color'} images")
         return images
-    try:
-        with Image.open(path) as image:
-            image.load()
-            picture = image
-    except Exception as error:  # missing, unreadable, not an image
-        raise InputError(f"cannot read {what} {path}: {error}") from None
+    from ..data.imagedata import open_image
+
+    picture = open_image(path, what)
     if what == "mask":
         return picture.convert("L")
     is_gray = picture.mode in ("1", "L", "LA", "I", "I;16", "F")

@@ -68,6 +68,9 @@ def add_commands(commands) -> None:
     parser.add_argument("--config", help="a YAML config file (sections model, diffusion, data, train, sample)")
     parser.add_argument("--out", help="run directory to create (default runs/DATA-DATE-TIME)")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest checkpoint")
+    parser.add_argument("--resume-if-exists", action="store_true",
+                        help="with --out: start the run, or resume it if it exists (a requeued job's command); the "
+                             "settings given must be the run's, but for the budget")
     for key, help, flag, extra in FLAGS:
         add_config_flag(parser, key, help() if callable(help) else help, flag, **extra)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -127,9 +130,12 @@ def _train(args: argparse.Namespace, kind: type, compose, name) -> int:
         config = config.resumed(overrides, str(out))
     else:
         config = compose(overrides)
+        if getattr(args, "resume_if_exists", False) and not args.out:
+            raise InputError("--resume-if-exists needs --out RUN: the run to start or resume")
         out = Path(args.out) if args.out else Path("runs") / f"{name(config)}-{time.strftime('%Y%m%d-%H%M%S')}"
     config.validate()
-    run_dir = train(config, out, resume=bool(args.resume), progress=not args.no_progress)
+    run_dir = train(config, out, resume=bool(args.resume), progress=not args.no_progress,
+                    resume_if_exists=getattr(args, "resume_if_exists", False))
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one line from rank 0
         print(f"run written to {run_dir.path}")
     return 0

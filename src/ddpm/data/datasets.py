@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..config import DataConfig
 from ..errors import InputError
 from ..registry import DATASETS
-from .imagedata import ImageData
+from .imagedata import ImageData, open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -180,13 +180,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
 def read_image(file: Path, channels: int, size: Optional[int], crop: Optional[int]) -> torch.Tensor:
     """One image file as uint8 [channels, size, size]; a file that cannot be read is named."""
-    from PIL import Image
-
-    try:
-        with Image.open(file) as image:
-            picture = image.convert("L" if channels == 1 else "RGB")
-    except Exception as error:
-        raise InputError(f"cannot read image {file}: {error}; remove or replace it") from None
+    picture = open_image(file).convert("L" if channels == 1 else "RGB")
     return _square(picture, size, crop)
 
 

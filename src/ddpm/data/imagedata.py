@@ -92,6 +92,26 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def open_image(path, what: str = "image"):
+    """An image file, decoded: a PIL image. Anything that is not a readable image is one line naming
+    the file, and so is a decompression bomb: Pillow refuses images of more than twice its
+    MAX_IMAGE_PIXELS (89.5 M) outright and only warns above it, which this makes an error too, so that
+    a small file cannot make ddpm decode gigabytes."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image
+    except Exception as error:  # missing, unreadable, not an image, a bomb
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"cannot read {what} {path}: {reason}; remove or replace it") from None
+
+
 def to_pil(image: Tensor):
     """One uint8 image [C, H, W] as a PIL image, grayscale (L) or RGB."""
     from PIL import Image

@@ -13,7 +13,6 @@ VAE, TAESD), through `diffusers_codec`; diffusers is optional.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..atomic import file_sha256
 from ..errors import InputError
 
 DIFFUSERS = "diffusers:"
@@ -60,15 +60,6 @@ class Codec:
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         return (self.channels, image_size // self.factor, image_size // self.factor)
-
-
-def file_sha256(*files: Path) -> str:
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def autoencoder_codec(autoencoder, scale: float, sha256: str, z_channels: int, reference: str) -> Codec:

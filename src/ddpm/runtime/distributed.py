@@ -89,7 +89,16 @@ def init_distributed(device_name: str = "auto") -> tuple[Distributed, str]:
         torch.cuda.set_device(info.local_rank)
         device_name = f"cuda:{info.local_rank}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            dist.init_process_group(backend)
+        else:
+            # Under `torchrun --max-restarts`, the store the agent serves can outlive a failed attempt;
+            # its keys (the dead workers' addresses) must not meet the next attempt's: a prefix each.
+            store, rank, world_size = next(dist.rendezvous("env://"))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"ddpm-attempt-{attempt}", store), rank=rank,
+                                    world_size=world_size)
     return info, device_name
 
 

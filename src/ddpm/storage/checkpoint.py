@@ -10,17 +10,22 @@
       checkpoints/step_000500/         one folder per checkpoint:
           model.safetensors, ema.safetensors   the weights (no pickles)
           state.pt                     optimiser, LR schedule, random generators (tensors only)
-          meta.json                    step and EMA update count
+          meta.json                    step, EMA update count, and the sha256 of each file above
       checkpoints/latest               the name of the newest complete checkpoint
+      checkpoints/.damaged-step_...    a checkpoint found damaged when resuming, kept aside
       .lock                            held by the one process that writes the run (storage/lock.py)
 
 A checkpoint is written into a temporary folder, flushed to disk, and renamed into place; only
 then does `latest` move to it (also by rename). A crash at any moment leaves `latest` naming a
-complete checkpoint.
+complete checkpoint. A write that fails (a full disk, a file-size limit) removes what it wrote and
+leaves `latest` as it was (errors.WriteFailed, exit status 4). A checkpoint whose bytes changed
+later (a bad disk, a partial copy) fails its checksums when loaded: resuming falls back to the
+newest intact one, a command asked for that one refuses it (errors.CheckpointDamaged).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -29,16 +34,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import TMP_PREFIX, atomic_write, fsync
+from ..atomic import TMP_PREFIX, atomic_write, file_sha256, fsync
 from ..config import AutoencoderRun, Config, read_config
-from ..errors import InputError
+from ..errors import CheckpointDamaged, InputError, WriteFailed
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 TRASH_PREFIX = ".trash-"  # a checkpoint being deleted
+DAMAGED_PREFIX = ".damaged-"  # a checkpoint found damaged, kept aside by the process that resumed the run
 
 
 class RunDir:
@@ -97,8 +104,36 @@ class RunDir:
         pointer = self.checkpoints / LATEST
         if not pointer.is_file():
             return None
-        folder = self.checkpoints / pointer.read_text().strip()
-        return folder if (folder / "meta.json").is_file() else None
+        try:
+            name = pointer.read_text().strip()
+        except (OSError, UnicodeDecodeError):  # a damaged pointer names nothing
+            return None
+        folder = self.checkpoints / name
+        return folder if name.startswith("step_") and (folder / "meta.json").is_file() else None
+
+    def newest_intact(self) -> tuple[Optional[Path], list[tuple[Path, str]]]:
+        """The newest checkpoint whose files match their checksums, from `latest` back (or, when the
+        pointer names nothing, from the newest folder back), and the damaged ones passed on the way
+        with what was wrong with each."""
+        latest, folders = self.latest(), self.all_checkpoints()[::-1]
+        if latest is not None:
+            folders = [latest] + [f for f in folders if f.name < latest.name]
+        damaged = []
+        for folder in folders:
+            try:
+                verify(folder)
+                return folder, damaged
+            except CheckpointDamaged as error:
+                damaged.append((folder, str(error)))
+        return None, damaged
+
+    def set_aside(self, folder: Path) -> Path:
+        """Move a damaged checkpoint out of the way (checkpoints/.damaged-step_...), for the one process
+        that writes the run: it is never loaded again, nor overwritten by a save of its step."""
+        aside = folder.with_name(f"{DAMAGED_PREFIX}{folder.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(folder, aside)
+        return aside
 
     def all_checkpoints(self) -> list[Path]:
         """Complete checkpoint folders, oldest first."""
@@ -115,31 +150,43 @@ def save_checkpoint(run: RunDir, step: int, tensors: dict[str, dict[str, torch.T
     state: everything else that resuming needs (optimiser, schedules, generators), saved with
     torch.save and read back with weights_only=True, so it may hold only tensors and plain data.
 
-    A complete checkpoint is never modified: if step `step` is already saved (a run resumed and
-    stopped at once), `latest` simply points at it again.
+    meta.json records the sha256 of every other file, which `verify` checks on every load. A
+    complete, intact checkpoint is never modified: if step `step` is already saved (a run resumed
+    and stopped at once), `latest` simply points at it again. A write that fails raises WriteFailed
+    with nothing of it left behind.
     """
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(run)
     name = f"step_{step:06d}"
     final = run.checkpoints / name
     tmp = run.checkpoints / f"{TMP_PREFIX}{name}"
+    doing = "preparing"
     try:
-        if not (final / "meta.json").is_file():
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete folder of that name (never `latest`)
+        if not (final / "meta.json").is_file() or not _intact(final):
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete or damaged folder of that name (never `latest`)
             tmp.mkdir()
             for key, state_dict in tensors.items():
+                doing = f"writing {key}.safetensors"
                 save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp / f"{key}.safetensors")
+            doing = "writing state.pt"
             torch.save(state, tmp / "state.pt")
-            (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+            checksums = {file.name: file_sha256(file) for file in sorted(tmp.iterdir())}
+            doing = "writing meta.json"
+            (tmp / "meta.json").write_text(json.dumps(_sealed({"step": step, **meta, "sha256": checksums}), indent=2))
+            doing = "flushing it to the disk"
             for file in tmp.iterdir():
                 fsync(file)
             os.replace(tmp, final)
             fsync(run.checkpoints)
+        doing = "moving latest to it"
         atomic_write(run.checkpoints / LATEST, lambda path: path.write_text(name), durable=True)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:  # safetensors reports a failed write as its own error
         shutil.rmtree(tmp, ignore_errors=True)
-        raise InputError(f"could not write checkpoint {final}: {error.strerror or error}; "
-                         f"free some disk space and resume, the previous checkpoint is intact") from None
+        intact = run.newest_intact()[0]
+        reason = getattr(error, "strerror", None) or str(error).split("I/O error: ")[-1]
+        raise WriteFailed(f"could not write checkpoint {final} ({reason}, {doing}); nothing of it is "
+                          f"left, and the newest intact checkpoint is {intact or 'none yet'}; make room and run the same "
+                          f"command again") from None
     for old in run.all_checkpoints()[:-keep]:
         _remove(old)
     return final
@@ -153,7 +200,7 @@ def load_weights(folder: Path, key: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except Exception as error:  # safetensors raises its own SafetensorError for a damaged file
-        raise InputError(f"checkpoint file {path} is damaged ({error}); use an earlier checkpoint") from None
+        raise CheckpointDamaged(f"checkpoint file {path} is damaged ({error}); use an earlier checkpoint") from None
 
 
 def load_state(folder: Path) -> dict[str, Any]:
@@ -167,11 +214,54 @@ def load_state(folder: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(f"checkpoint {folder} has no state.pt") from None
     except (EOFError, RuntimeError) as error:
-        raise InputError(f"checkpoint file {path} is damaged ({error or 'truncated'}); use an earlier checkpoint") from None
+        raise CheckpointDamaged(f"checkpoint file {path} is damaged ({error or 'truncated'}); use an earlier checkpoint") from None
 
 
 def load_meta(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "meta.json").read_text())
+    path = Path(folder) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointDamaged(f"checkpoint {folder} has no meta.json") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointDamaged(f"checkpoint file {path} is not JSON ({error}); use an earlier checkpoint") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointDamaged(f"checkpoint file {path} holds no step; use an earlier checkpoint")
+    return meta
+
+
+def verify(folder: Path) -> dict[str, Any]:
+    """The checkpoint's meta.json, once every file it lists matches its sha256; a checkpoint written
+    before checksums (none listed) passes as it is. Raises CheckpointDamaged naming the file."""
+    folder = Path(folder)
+    meta = load_meta(folder)
+    if "meta_sha256" in meta and _sealed(meta)["meta_sha256"] != meta["meta_sha256"]:
+        raise CheckpointDamaged(f"checkpoint {folder}: meta.json is damaged (its fields changed after it was written); "
+                                f"use an earlier checkpoint")
+    for name, digest in (meta.get("sha256") or {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointDamaged(f"checkpoint {folder} has lost its {name}")
+        if file_sha256(path) != digest:
+            raise CheckpointDamaged(f"checkpoint {folder}: {name} is damaged (its bytes changed after it was written: "
+                                    f"their sha256 is not the one meta.json recorded); use an earlier checkpoint")
+    return meta
+
+
+def _sealed(meta: dict[str, Any]) -> dict[str, Any]:
+    """meta with "meta_sha256", the sha256 of its other fields (as sorted JSON): a meta.json whose step
+    or EMA count changed, still valid JSON, is found out too."""
+    fields = {key: value for key, value in meta.items() if key != "meta_sha256"}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    return {**fields, "meta_sha256": digest}
+
+
+def _intact(folder: Path) -> bool:
+    try:
+        verify(folder)
+        return True
+    except CheckpointDamaged:
+        return False
 
 
 def load_into(network: torch.nn.Module, weights: dict[str, torch.Tensor], folder: Path, config_path: Path) -> None:
@@ -190,7 +280,7 @@ def load_into(network: torch.nn.Module, weights: dict[str, torch.Tensor], folder
 
 def _remove_leftovers(run: RunDir) -> None:
     """Half-written or half-deleted folders that a killed process left behind."""
-    for path in [*run.checkpoints.glob(f"{TMP_PREFIX}*"), *run.checkpoints.glob(f"{TRASH_PREFIX}*")]:
+    for path in [*run.checkpoints.glob(f"{TMP_PREFIX}*"), *run.checkpoints.glob(f"{TRASH_PREFIX}*")]:  # not .damaged-
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..config import AutoencoderRun, Config
 from ..data.datasets import load_data
 from ..data.imagedata import iterate_batches
-from ..errors import InputError, TrainingDiverged
+from ..errors import InputError, TrainingDiverged, WriteFailed
 from ..factory import build_optimizer
 from ..runtime.devices import resolve_device
 from ..runtime.distributed import init_distributed
@@ -44,18 +44,31 @@ from .tasks import make_task
 MAX_SKIPPED = 10  # with train.nonfinite=skip: non-finite steps in a row before giving up
 
 
-def train(config: "Config | AutoencoderRun", out: Path, *, resume: bool = False, progress: bool = True) -> RunDir:
+def train(config: "Config | AutoencoderRun", out: Path, *, resume: bool = False, progress: bool = True,
+          resume_if_exists: bool = False) -> RunDir:
     """Train the model that `config` describes; the run directory `out` receives everything.
 
-    With `resume`, `out` must hold a run: training continues from its newest checkpoint, with the
-    same data order and random numbers as if it had never stopped. Under torchrun every process
+    With `resume`, `out` must hold a run: training continues from its newest intact checkpoint, with
+    the same data order and random numbers as if it had never stopped. With `resume_if_exists`, the
+    same call starts the run or resumes it (a requeued job needs no other command): `config` must
+    then agree with the run's own, but for its budget (config.RESUMABLE). Under torchrun every process
     calls this; they share the work of each step and rank 0 writes the files (distributed.py).
     One process writes a run at a time: a second one is refused before it writes anything
     (storage/lock.py).
     """
+    run = RunDir(out)
+    restart = False
+    if resume_if_exists and not resume and run.config_path.is_file():
+        config = run.load_config().requeued(config, str(run.path))
+        resume = run.newest_intact()[0] is not None
+        restart = not resume  # its config is here, but no intact checkpoint: it starts again
     lock = RunLock(out)  # taken just before the first write, held to the end
     try:
-        return _train(config, RunDir(out), lock, resume, progress)
+        return _train(config, run, lock, resume, progress, restart)
+    except OSError as error:  # any other write: the log, a grid, TensorBoard's events
+        raise WriteFailed(f"training stopped: {error.strerror or error} writing {error.filename or 'a file'}; the newest "
+                          f"intact checkpoint is {run.newest_intact()[0] or 'none yet'}; make room and run the same "
+                          f"command again") from None
     finally:
         lock.release()  # the operating system also drops it when the process dies
 
@@ -86,7 +99,8 @@ class Trainer:
                    torch.Generator(device=device).manual_seed(tc.seed), clock)
 
 
-def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume: bool, progress: bool) -> RunDir:
+def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume: bool, progress: bool,
+           restart: bool = False) -> RunDir:
     """The loop itself, top to bottom."""
     config.validate()
     tc = config.train
@@ -99,7 +113,7 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
     # the trainable state, fresh or restored from the newest checkpoint.
     task = make_task(config, load_data(config.data), device, resume, progress and ranks.is_main)
     trainer = Trainer.build(task.network, tc, device)
-    seconds_trained = _start(run, lock, ranks, device, task.config, trainer, resume)
+    seconds_trained = _start(run, lock, ranks, device, task.config, trainer, resume, restart)
     model = ranks.wrap(trainer.network, device)  # what the loss calls: DDP averages the gradients across ranks
     if tc.compile:
         model = torch.compile(model)
@@ -132,8 +146,8 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
             log.images(trainer.step, task.picture(run, trainer.ema.model, trainer.step))
         log.close()
         plot_loss(run.log_path, run.loss_plot_path)
-        if stop.requested:
-            tqdm.write(f"stopped by {stop.requested} at step {trainer.step}; checkpoint written. "
+        if stop.requested or trainer.clock.signalled:
+            tqdm.write(f"stopped by {stop.requested or 'a signal to another rank'} at step {trainer.step}; checkpoint written. "
                        f"Continue with: ddpm train --resume {run.path}")
     ranks.barrier()  # the final checkpoint exists before any rank returns
     return run
@@ -217,24 +231,30 @@ def _accumulating(model: torch.nn.Module, still: bool):
 # ---- starting, checkpointing and resuming ----------------------------------------------------
 
 
-def _start(run: RunDir, lock: RunLock, ranks, device: torch.device, config, trainer: Trainer, resume: bool) -> float:
-    """Take the run for this process: restore its newest checkpoint, or create it and write its
-    resolved config. Returns the seconds the run has trained before."""
+def _start(run: RunDir, lock: RunLock, ranks, device: torch.device, config, trainer: Trainer, resume: bool,
+           restart: bool = False) -> float:
+    """Take the run for this process: restore its newest intact checkpoint, or create it (or, to
+    `restart` a run that has its config but no checkpoint yet, take it over) and write its resolved
+    config. Returns the seconds the run has trained before."""
     seconds = 0.0
     if resume:
         _take_lock(lock, ranks, device)
-        seconds = _restore(run, trainer)
+        seconds = _restore(run, trainer, ranks)
         if ranks.is_main:  # from here on this process writes the run
             lock.announce()
             run.remove_grids_after(trainer.step)  # drawn after the checkpoint by the process that stopped
     else:
-        _refuse_existing_run(run)
+        refuse = (lambda: None) if restart else lambda: _refuse_existing_run(run)
+        refuse()
         ranks.barrier()  # every rank has looked before rank 0 creates the run directory
         if ranks.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
-        _take_lock(lock, ranks, device, then=lambda: _refuse_existing_run(run))  # it may have appeared meanwhile
+        _take_lock(lock, ranks, device, then=refuse)  # it may have appeared meanwhile
         if ranks.is_main:
             lock.announce()
+            for bad, reason in run.newest_intact()[1] if restart else []:
+                tqdm.write(f"ddpm: {reason}; set aside as {run.set_aside(bad).name}, starting again")
+            run.remove_grids_after(0)  # a restart's earlier attempt drew some
             config.to_yaml(run.config_path)
     ranks.barrier()
     return seconds
@@ -275,11 +295,18 @@ def _checkpoint(run: RunDir, task, trainer: Trainer, keep: int) -> None:
     save_checkpoint(run, trainer.step, tensors, state, meta, keep=keep)
 
 
-def _restore(run: RunDir, trainer: Trainer) -> float:
-    """Load the newest checkpoint into the training state; returns its training seconds."""
-    folder = run.latest()
-    if folder is None:
-        raise InputError(f"cannot resume {run.path}: it has no complete checkpoint")
+def _restore(run: RunDir, trainer: Trainer, ranks) -> float:
+    """Load the newest intact checkpoint into the training state; returns its training seconds. A
+    damaged one (its files changed after they were written) is set aside, and said so: resuming
+    then costs the steps since the intact one, never correctness."""
+    folder, damaged = run.newest_intact()
+    if folder is None:  # refused as it is: nothing is moved
+        raise InputError(f"cannot resume {run.path}: it has no intact checkpoint"
+                         + (f" ({damaged[0][1]})" if damaged else ""))
+    ranks.barrier()  # every rank has checked before rank 0 moves anything
+    for bad, reason in damaged:
+        if ranks.is_main:
+            tqdm.write(f"ddpm: {reason}; set aside as {run.set_aside(bad).name}, resuming from {folder.name}")
     state = load_state(folder)
     load_into(trainer.network, load_weights(folder, "model"), folder, run.config_path)
     load_into(trainer.ema.model, load_weights(folder, "ema"), folder, run.config_path)

@@ -70,6 +70,7 @@ class Clock:
     def __init__(self, max_minutes: Optional[float]):
         self.limit = 60 * max_minutes if max_minutes else math.inf
         self.seconds = 0.0
+        self.signalled = False
         self._origin = time.monotonic()
 
     def start(self, seconds_before: float) -> None:
@@ -79,6 +80,7 @@ class Clock:
     def tick(self, ranks, device: torch.device, stop_requested: bool) -> bool:
         """Read the time; True when the budget is spent, or any rank was asked to stop."""
         stop, self.seconds = ranks.max([float(stop_requested), time.monotonic() - self._origin], device)
+        self.signalled = stop > 0  # this rank, or another: all stop at this step
         return stop > 0 or self.seconds >= self.limit
 
     def fraction(self) -> float:
@@ -107,8 +109,9 @@ class Log:
         self.last_step = start_step
         rows = []
         if start_step and path.is_file():
-            with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= start_step]
+            with open(path, newline="") as handle:  # a row torn by a crash or a full disk is dropped
+                rows = [r for r in csv.DictReader(handle) if None not in r.values()
+                        and (r["step"] or "").isdigit() and int(r["step"]) <= start_step]
         with open(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, LOG_FIELDS)
             writer.writeheader()

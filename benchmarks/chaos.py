@@ -1,0 +1,145 @@
+"""A small run under a loop of random faults, restarted each time with the same command, then compared
+bit for bit with an unbroken run of the same steps.
+
+    python benchmarks/chaos.py --rounds 100
+
+Each round starts `ddpm train --out RUN --resume-if-exists ...` (what a requeued job runs) and meets
+one fault, drawn at random:
+
+    sigkill   SIGKILL at a random moment (a crash, an OOM kill): the steps since the checkpoint are lost
+    sigterm   SIGTERM at a random moment (a scheduler's preemption): the step reached is checkpointed
+    sigint    SIGINT at a random moment (Ctrl-C): likewise
+    fsize     a file-size limit below a checkpoint's size (RLIMIT_FSIZE): the write fails, exit status 4
+    flip      a byte of the newest checkpoint flipped before the start (a bad disk), then SIGKILL later:
+              the damaged checkpoint is set aside and the run falls back to the one before
+
+After the rounds the same command runs to the end, and its final weights (model and EMA) must equal
+those of an unbroken run bit for bit. Prints and writes OUT/chaos.json: each fault's count, exit
+statuses, steps lost to fall-backs, and the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ddpm.storage.checkpoint import RunDir
+
+FAULTS = ("sigkill", "sigterm", "sigint", "fsize", "flip")
+EXPECTED = {"sigkill": (-signal.SIGKILL,), "sigterm": (0,), "sigint": (0,), "fsize": (4,), "flip": (-signal.SIGKILL, 0)}
+
+
+def command(out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "ddpm", "train", "--out", str(out), "--resume-if-exists", "--max-steps", str(steps),
+            "--device", "cpu", "--no-progress", "--batch-size", "8", "--timesteps", "100",
+            "--set", "model.channels=[8,16]", "--set", "model.attention=[false,true]", "--set", "model.time_emb_dim=16",
+            "--set", "train.checkpoint_every=10", "--set", "train.log_every=5", "--set", "train.sample_every=100000",
+            "--set", "train.tensorboard=false"]
+
+
+def newest_step(run: RunDir) -> int:
+    folder = run.newest_intact()[0]
+    return int(folder.name.split("_")[1]) if folder else 0
+
+
+def flip_a_byte(run: RunDir, rng: random.Random) -> str:
+    folder = run.latest()
+    if folder is None:
+        return "nothing to flip yet"
+    file = rng.choice(sorted(p for p in folder.iterdir() if p.is_file()))
+    data = bytearray(file.read_bytes())
+    at = rng.randrange(len(data))
+    data[at] ^= 1 << rng.randrange(8)
+    file.write_bytes(bytes(data))
+    return f"{folder.name}/{file.name} byte {at}"
+
+
+def one_round(fault: str, run: RunDir, steps: int, rng: random.Random) -> dict:
+    before = newest_step(run)
+    note = flip_a_byte(run, rng) if fault == "flip" else ""
+    limit = None
+    if fault == "fsize":
+        weights = run.latest() / "model.safetensors" if run.latest() else None
+        limit = (weights.stat().st_size if weights else 20_000) // 2
+
+    def limited():
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    child = subprocess.Popen(command(run.path, steps), preexec_fn=limited, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    if fault != "fsize":
+        time.sleep(rng.uniform(2.0, 8.0))  # torch's import and the start take ~3 s: some rounds die before a step
+        child.send_signal({"sigterm": signal.SIGTERM, "sigint": signal.SIGINT}.get(fault, signal.SIGKILL))
+    try:
+        _, stderr = child.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        _, stderr = child.communicate()
+    after = newest_step(run)
+    fell_back = stderr.count("set aside as")
+    return {"fault": fault, "note": note, "status": child.returncode, "expected": child.returncode in EXPECTED[fault],
+            "checkpoint_before": before, "checkpoint_after": after, "fell_back": fell_back,
+            "steps_lost": max(0, before - after) if fell_back else 0,
+            "error": stderr.strip().splitlines()[-1] if child.returncode not in (0, -signal.SIGKILL) and stderr.strip() else ""}
+
+
+def same_weights(a: RunDir, b: RunDir) -> bool:
+    for key in ("model", "ema"):
+        x, y = load_file(a.latest() / f"{key}.safetensors"), load_file(b.latest() / f"{key}.safetensors")
+        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
+            return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=3000, help="the run's max_steps")
+    parser.add_argument("--seed", type=int, default=0, help="the faults' random draws")
+    parser.add_argument("--out", default="runs/chaos")
+    args = parser.parse_args()
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    rng = random.Random(args.seed)
+    run = RunDir(out / "chaos")
+    rounds = []
+    for number in range(args.rounds):
+        fault = rng.choice(FAULTS)
+        row = one_round(fault, run, args.steps, rng)
+        rounds.append(row)
+        print(f"round {number + 1:3d}: {fault:<7} status {row['status']:>3} checkpoint {row['checkpoint_before']:>5} -> "
+              f"{row['checkpoint_after']:>5}{'  fell back' if row['fell_back'] else ''} {row['note']} {row['error']}",
+              flush=True)
+        if row["checkpoint_after"] >= args.steps:
+            print("the run reached its last step; the rounds stop here", flush=True)
+            break
+    finish = subprocess.run(command(run.path, args.steps), capture_output=True, text=True)
+    unbroken = subprocess.run(command(out / "unbroken", args.steps), capture_output=True, text=True)
+    equal = finish.returncode == unbroken.returncode == 0 and same_weights(run, RunDir(out / "unbroken"))
+    summary = {
+        "rounds": len(rounds), "faults": dict(Counter(r["fault"] for r in rounds)),
+        "statuses": {fault: dict(Counter(str(r["status"]) for r in rounds if r["fault"] == fault)) for fault in FAULTS},
+        "survived": sum(r["expected"] for r in rounds), "fall_backs": sum(r["fell_back"] for r in rounds),
+        "steps_lost_to_fall_backs": sum(r["steps_lost"] for r in rounds), "final_step": newest_step(run),
+        "bit_exact": equal, "unexpected": [r for r in rounds if not r["expected"]],
+    }
+    (out / "chaos.json").write_text(json.dumps({"summary": summary, "rounds": rounds}, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
