@@ -32,7 +32,7 @@ _EXPORTS = {
     "UNet": "models.unet",
     "ImageData": "data.imagedata",
     "load_data": "data.datasets",
-    "train": "training.loop",
+    **dict.fromkeys(["train", "distill"], "training.loop"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -341,6 +341,42 @@ class LatentConfig:
                "latent.posterior=sample draws latents of an autoencoder; name one with --autoencoder RUN")
 
 
+@dataclass
+class DistillConfig:
+    """Progressive distillation (Salimans & Ho 2022, training/distill.py): set for a student run, whose
+    network learns to take in one DDIM step what its teacher takes in two, halving from_steps to
+    steps. The teacher is named and hashed here; its weights travel in the student's checkpoints."""
+
+    teacher: typing.Optional[str] = None  # the teacher run directory; None: this run is no student
+    teacher_sha256: typing.Optional[str] = None  # of the teacher's EMA weights, written when distillation starts
+    teacher_step: typing.Optional[int] = None
+    from_steps: int = 64  # the teacher's DDIM steps in the first phase (a power of two)
+    steps: int = 4  # the student's DDIM steps at the end (a power of two below from_steps)
+    guidance: typing.Optional[float] = None  # a class-conditional teacher's guidance weight, fixed in the student
+    teacher_clip: bool = True  # whether the teacher's steps clip x0, as the teacher run samples
+    phase_steps: typing.Optional[int] = None  # each halving's budget: optimiser steps ...
+    phase_minutes: typing.Optional[float] = None  # ... or minutes of training
+
+    @property
+    def phases(self) -> int:
+        return max(0, self.from_steps.bit_length() - self.steps.bit_length())
+
+    def validate(self) -> None:
+        if self.teacher is None:
+            return
+        power = lambda n: n >= 1 and n & (n - 1) == 0  # noqa: E731
+        check(power(self.from_steps), f"--from-steps must be a power of two (got {self.from_steps})")
+        check(power(self.steps), f"--steps must be a power of two: 1, 2, 4, 8, ... (got {self.steps})")
+        check(self.steps < self.from_steps, f"--steps ({self.steps}) must be fewer than --from-steps ({self.from_steps}), "
+                                            f"each phase halving the teacher's steps")
+        check((self.phase_steps is None) != (self.phase_minutes is None),
+              "give a distillation phase's budget as --phase-steps or --phase-minutes, one of them")
+        check(self.phase_steps is None or self.phase_steps >= 1, f"--phase-steps must be >= 1 (got {self.phase_steps})")
+        check(self.phase_minutes is None or self.phase_minutes > 0,
+              f"--phase-minutes must be > 0 (got {self.phase_minutes})")
+        check(self.guidance is None or self.guidance >= 0, f"--guidance must be >= 0 (got {self.guidance})")
+
+
 class Sections:
     """What every config shares: typed sections, validation, YAML round trip and dotted overrides."""
 
@@ -451,9 +487,13 @@ class Config(Sections):
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> "Config":
         super().validate()
+        if self.distill.teacher is not None:
+            check(self.distill.from_steps <= self.diffusion.timesteps,
+                  f"--from-steps ({self.distill.from_steps}) cannot exceed the teacher's T = {self.diffusion.timesteps}")
         check(self.sample.steps <= self.diffusion.timesteps,
                f"sample.steps ({self.sample.steps}) cannot exceed diffusion.timesteps "
                f"({self.diffusion.timesteps})")

@@ -15,6 +15,7 @@ and the benchmarks all draw through a plan.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -37,7 +38,7 @@ from .options import Options
 from .registry import SAMPLERS, SamplerSpec, option_fields
 from .runtime.devices import resolve_device
 from .runtime.distributed import Distributed, init_distributed
-from .storage.checkpoint import load_into, load_meta, load_weights
+from .storage.checkpoint import load_into, load_weights, verify
 
 OUTPUTS = ("uint8", "float", "pil")
 Classes = Union[None, int, str, Sequence[int]]
@@ -102,6 +103,7 @@ class Pipeline:
                  codec: Optional[Codec] = None):
         self.network, self.diffusion, self.config, self.step = network, diffusion, config, step
         self.codec = codec  # a latent run's autoencoder: the pipeline samples latents and decodes them
+        self._warned = None
         self.ranks = ranks or Distributed()
         parameter = next(iter(network.parameters()), None) if isinstance(network, nn.Module) else None
         self.device = device or (parameter.device if parameter is not None else torch.device("cpu"))
@@ -114,6 +116,8 @@ class Pipeline:
         ranks, device_name = init_distributed(device)  # under torchrun the ranks share the sampling
         device = resolve_device(device_name)
         config = loaded.config
+        if "student_steps" in loaded.meta:  # a distillation phase's student samples in its own steps
+            config = config.override({"sample.steps": loaded.meta["student_steps"]})
         latent = config.latent
         codec = load_codec(latent.autoencoder, latent.sha256, device) if latent.autoencoder else None
         # the run's memory format: channels_last convolutions sample 1.5-1.8x faster on 2 CPU cores (docs/cpu-default.md)
@@ -138,9 +142,13 @@ class Pipeline:
         return cls(network, build_diffusion(config).to(device), config, step=0, device=device)
 
     def load_checkpoint(self, folder: Path, ema: bool = True) -> int:
-        """Swap in another checkpoint's weights of the same run (the progression picture); returns its step."""
+        """Swap in another checkpoint's weights of the same run (the progression picture, a distillation's
+        phases); returns its step."""
         load_into(self.network, load_weights(folder, "ema" if ema else "model"), folder, "the pipeline's config")
-        self.step = load_meta(folder)["step"]
+        meta = verify(folder)
+        if "student_steps" in meta:
+            self.config = self.config.override({"sample.steps": meta["student_steps"]})
+        self.step = meta["step"]
         return self.step
 
     @property
@@ -185,6 +193,11 @@ class Pipeline:
         resolved = sampler_options(sampler, {k: v for k, v in options.items() if v is not None}, run_values)
         if not 1 <= steps <= self.diffusion.timesteps:
             raise InputError(f"--steps must be between 1 and the model's T = {self.diffusion.timesteps} (got {steps})")
+        distilled = self.config.distill.teacher is not None
+        if distilled and (steps > s.steps or sampler != s.sampler) and (sampler, steps) != self._warned:
+            self._warned = (sampler, steps)
+            print(f"ddpm: warning: this student was distilled to sample in {s.steps} steps of {s.sampler}; "
+                  f"{steps} steps of {sampler} ask it what it was not trained for", file=sys.stderr)
         if guidance is not None and (not self.num_classes or guidance < 0):
             raise InputError(f"--guidance needs a class-conditional run and a weight >= 0 (got {guidance})")
         if spacing is None:

@@ -58,6 +58,8 @@ def add_commands(commands) -> None:
     sweep.add_argument("--data-root", default="data")
     sweep.add_argument("--ref-n", type=int, help="reference images (default: the whole data set)")
     sweep.add_argument("--out", help="folder for sweep.csv and sweep.png (default: the run directory)")
+    sweep.add_argument("--student", action="append", default=[], metavar="RUN",
+                       help="a student distilled from the run (ddpm distill): each of its phases beside the samplers")
     sweep.add_argument("--device", default="auto")
     sweep.set_defaults(command=run_sweep)
 
@@ -166,7 +168,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     evaluator = Evaluator(args.data or pipe.config.data.name, args.data_root, pipe.config.data.image_size, args.ref_n,
                           str(resolve_device(args.device)))
-    rows = sweep(pipe, samplers, steps, args.n, evaluator, args.spacing, args.seed, args.batch_size, out / "sweep.csv")
+    rows = sweep(pipe, samplers, steps, args.n, evaluator, args.spacing, args.seed, args.batch_size, out / "sweep.csv",
+                 [Path(student) for student in args.student])
     plot_sweep(rows, out / "sweep.png", f"{Path(args.run).name}, step {pipe.step}, {args.n} samples")
     print(f"sweep written to {out / 'sweep.csv'} and {out / 'sweep.png'}")
     return 0

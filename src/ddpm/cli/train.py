@@ -91,6 +91,46 @@ def add_commands(commands) -> None:
                         help="any config key, e.g. autoencoder.kl_weight=1e-5 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(command=run_autoencoder)
+    add_distill(commands)
+
+
+def add_distill(commands) -> None:
+    parser = commands.add_parser("distill", help="distil a run into a student that samples in few DDIM steps",
+                                 description="Progressive distillation (Salimans & Ho 2022): a student learns to take "
+                                             "in one DDIM step what the teacher takes in two, from --from-steps down "
+                                             "to --steps. The student is a run directory like any other (resume it "
+                                             "with 'ddpm train --resume STUDENT').")
+    parser.add_argument("--run", required=True, help="the teacher run")
+    parser.add_argument("--out", required=True, help="the student run directory to create")
+    parser.add_argument("--steps", type=int, default=4, help="the student's DDIM steps: a power of two (default 4)")
+    parser.add_argument("--from-steps", type=int, default=64, help="the teacher's DDIM steps at the start: a power of "
+                                                                    "two (default 64)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--phase-steps", type=int, help="each halving's optimiser steps")
+    budget.add_argument("--phase-minutes", type=float, help="each halving's minutes (default: the teacher's training "
+                                                            "time shared out over the halvings)")
+    parser.add_argument("--guidance", type=float, help="a class-conditional teacher's guidance weight, fixed in the student")
+    parser.add_argument("--checkpoint", help="a checkpoint folder of the teacher (default: its newest intact)")
+    for key, help, flag, extra in FLAGS:
+        if key in ("train.lr", "train.batch_size", "train.seed", "train.device", "train.grad_accum"):
+            add_config_flag(parser, key, help, flag, **extra)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="any train.* key of the student")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(command=run_distill)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from ..training.loop import distill
+
+    overrides = config_overrides(args)
+    other = sorted(key for key in overrides if not key.startswith("train."))
+    if other:
+        raise InputError(f"a student keeps its teacher's network and process; --set takes train.* keys (got {other[0]})")
+    run_dir = distill(args.run, args.out, args.steps, args.from_steps, args.phase_steps, args.phase_minutes,
+                      args.guidance, args.checkpoint, overrides, progress=not args.no_progress)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"student written to {run_dir.path}: ddpm sample --run {run_dir.path}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,30 +14,48 @@ FIELDS = ("sampler", "steps", "nfe", "fid", "kid", "seconds", "samples")
 
 
 def sweep(pipe: Pipeline, samplers: Sequence[str], steps: Sequence[int], n: int, evaluator: Evaluator,
-          spacing: Optional[str] = None, seed: int = 0, batch_size: int = 256, out_csv: Optional[Path] = None) -> list[dict]:
-    """Sample `n` images with each sampler at each step count, time it, and score it.
+          spacing: Optional[str] = None, seed: int = 0, batch_size: int = 256, out_csv: Optional[Path] = None,
+          students: Sequence[Path] = ()) -> list[dict]:
+    """Sample `n` images with each sampler at each step count, time it, and score it; then, beside
+    them, each distilled student of `students` (every phase's, at the steps it was distilled for).
 
     Every pair starts from the same seed, with the run's own options for the rest (a
     class-conditional run draws every class with its guidance). Rows are appended to `out_csv` as
     they finish, so a long sweep that is stopped keeps what it measured. Step counts above the
     model's T are left out.
     """
-    plans = [pipe.plan(n, name, k, spacing) for name in samplers for k in steps if k <= pipe.diffusion.timesteps]
+    jobs = [(pipe, None, pipe.plan(n, name, k, spacing)) for name in samplers for k in steps
+            if k <= pipe.diffusion.timesteps]
+    for path in students:
+        student = Pipeline.from_run(path, device=str(pipe.device))
+        for folder in student_phases(path):
+            jobs.append((student, folder, None))
     if out_csv is not None:  # every plan was checked above: an unknown name fails before hours of work
         with open(out_csv, "w", newline="") as handle:
             csv.DictWriter(handle, FIELDS).writeheader()
     rows = []
-    for plan in plans:
+    for drawer, folder, plan in jobs:
+        if folder is not None:  # a phase's student: its weights, DDIM in the steps it was distilled for
+            drawer.load_checkpoint(folder)
+            plan = drawer.plan(n)
         started = time.perf_counter()
-        images = pipe.draw(plan, seed, batch_size=batch_size)
+        images = drawer.draw(plan, seed, batch_size=batch_size)
         seconds = time.perf_counter() - started
         scores = evaluator(images)
-        row = {"sampler": plan.sampler, "steps": plan.steps, "nfe": plan.nfe, "fid": round(scores["fid"], 4),
+        name = "student" if folder is not None else plan.sampler
+        row = {"sampler": name, "steps": plan.steps, "nfe": plan.nfe, "fid": round(scores["fid"], 4),
                "kid": round(scores["kid"], 6), "seconds": round(seconds, 2), "samples": n}
         rows.append(row)
-        print(f"{plan.sampler:>8} {plan.steps:>5} steps ({plan.nfe:>5} NFE): FID {row['fid']:8.3f}  "
+        print(f"{name:>8} {plan.steps:>5} steps ({plan.nfe:>5} NFE): FID {row['fid']:8.3f}  "
               f"KID {row['kid']:.5f}  {seconds:7.1f} s", flush=True)
         if out_csv is not None:
             with open(out_csv, "a", newline="") as handle:
                 csv.DictWriter(handle, FIELDS).writerow(row)
     return rows
+
+
+def student_phases(path: Path) -> list[Path]:
+    """A student run's kept checkpoints, one per finished phase, oldest (most steps) first."""
+    from ..storage.checkpoint import RunDir, verify
+
+    return [folder for folder in RunDir(Path(path)).all_checkpoints() if verify(folder).get("keep")]

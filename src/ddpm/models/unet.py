@@ -317,8 +317,8 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         self.check_size(x.shape[-2], x.shape[-1])
-        time = self.time_mlp(sinusoidal_embedding(t, self.time_emb_dim, shift=self.time_freq_shift,
-                                                  cos_first=self.time_cos_first))
+        waves = sinusoidal_embedding(t, self.time_emb_dim, shift=self.time_freq_shift, cos_first=self.time_cos_first)
+        time = self.time_mlp(waves.to(self.time_mlp[0].weight.dtype))  # a float64 network (the tests) too
         if self.class_embedding is not None:
             null = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device)  # t may be a float label
             time = time + self.class_embedding(null if y is None else y)

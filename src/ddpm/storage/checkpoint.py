@@ -188,8 +188,16 @@ def save_checkpoint(run: RunDir, step: int, tensors: dict[str, dict[str, torch.T
                           f"left, and the newest intact checkpoint is {intact or 'none yet'}; make room and run the same "
                           f"command again") from None
     for old in run.all_checkpoints()[:-keep]:
-        _remove(old)
+        if not _kept(old):  # a distillation phase's student stays
+            _remove(old)
     return final
+
+
+def _kept(folder: Path) -> bool:
+    try:
+        return bool(load_meta(folder).get("keep"))
+    except CheckpointDamaged:
+        return False
 
 
 def load_weights(folder: Path, key: str) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """The training loop (Ho et al. 2020, Algorithm 1), with the care a long run needs.
 
-`train(config, out)` reads top to bottom: load the data, build the network, EMA and optimiser,
+Two ways in: `train(config, out)`, and `distill(teacher, out)`, which trains a student through the
+same loop (distill.py). `train` reads top to bottom: load the data, build the network, EMA and optimiser,
 restore a checkpoint when resuming, then repeat {draw a batch, take a gradient step on the
 denoising loss, update the EMA} until the step or wall-clock budget runs out, logging, sampling
 and checkpointing along the way.
@@ -18,11 +19,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic import file_sha256
 from ..config import AutoencoderRun, Config
 from ..data.datasets import load_data
 from ..data.imagedata import iterate_batches
 from ..errors import InputError, TrainingDiverged, WriteFailed
-from ..factory import build_optimizer
+from ..factory import build_optimizer, load_run
 from ..runtime.devices import resolve_device
 from ..runtime.distributed import init_distributed
 from ..storage.checkpoint import (
@@ -39,7 +41,9 @@ from .ema import EMA
 from .optim import make_lr_scheduler
 from .precision import autocast, make_scaler
 from .state import Clock, Log, rng_state, seed_everything, set_rng_state, stop_on_signal
-from .tasks import make_task
+from .tasks import AutoencoderTask, DiffusionTask
+from .distill import DistillTask, student_config
+from .ema import EMA
 
 MAX_SKIPPED = 10  # with train.nonfinite=skip: non-finite steps in a row before giving up
 
@@ -73,6 +77,28 @@ def train(config: "Config | AutoencoderRun", out: Path, *, resume: bool = False,
         lock.release()  # the operating system also drops it when the process dies
 
 
+def distill(teacher: str, out: str, steps: int = 4, from_steps: int = 64, phase_steps=None, phase_minutes=None,
+            guidance=None, checkpoint=None, overrides=None, progress: bool = True):
+    """Distil the run `teacher` into a student run `out` that samples in `steps` DDIM steps, halving from
+    `from_steps`. Each phase's budget is `phase_steps` or `phase_minutes`; with neither, each phase gets
+    an equal share of the teacher's own training time, so that distilling costs no more than training
+    did. Everything is checked before anything is written."""
+    loaded = load_run(teacher, checkpoint, "ema")  # a diffusion run with an intact checkpoint, or one line
+    config = loaded.config
+    if guidance is not None and not config.model.num_classes:
+        raise InputError(f"--guidance needs a class-conditional teacher; {teacher} was trained without classes")
+    if phase_steps is None and phase_minutes is None:
+        seconds = loaded.meta.get("train_seconds", 0.0)
+        halvings = max(1, from_steps.bit_length() - steps.bit_length())
+        if not seconds:
+            raise InputError(f"{teacher} records no training time to share out; give --phase-steps or --phase-minutes")
+        phase_minutes = round(seconds / 60 / halvings, 3)
+    student = student_config(config, str(teacher), loaded.meta["step"], file_sha256(loaded.folder / "ema.safetensors"),
+                             steps, from_steps, phase_steps, phase_minutes, guidance).override(overrides or {})
+    student.validate()
+    return train(student, out, progress=progress)
+
+
 @dataclass
 class Trainer:
     """Everything a step changes and a checkpoint keeps: the network, its EMA, the optimiser and its
@@ -89,14 +115,15 @@ class Trainer:
     skipped: int = 0  # non-finite steps in a row
 
     @classmethod
-    def build(cls, network: nn.Module, tc, device: torch.device) -> "Trainer":
+    def build(cls, task, tc, device: torch.device) -> "Trainer":
         memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-        network = network.to(device, memory_format=memory_format)
+        network = task.network.to(device, memory_format=memory_format)
         optimizer = build_optimizer(network, tc)
         clock = Clock(tc.max_minutes)  # training time over the run's life; cosine decays to zero with it
-        return cls(network, EMA(network, tc.ema_decay, tc.ema_warmup), optimizer,
-                   make_lr_scheduler(optimizer, tc, clock.fraction), make_scaler(tc.precision, device),
-                   torch.Generator(device=device).manual_seed(tc.seed), clock)
+        lr_schedule = make_lr_scheduler(optimizer, tc, clock.fraction) if task.lr_factor is None else \
+            torch.optim.lr_scheduler.LambdaLR(optimizer, task.lr_factor)
+        return cls(network, EMA(network, tc.ema_decay, tc.ema_warmup), optimizer, lr_schedule,
+                   make_scaler(tc.precision, device), torch.Generator(device=device).manual_seed(tc.seed), clock)
 
 
 def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume: bool, progress: bool,
@@ -112,8 +139,9 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
     # The data, the task (diffusion or autoencoder) with the config resolved against the data, and
     # the trainable state, fresh or restored from the newest checkpoint.
     task = make_task(config, load_data(config.data), device, resume, progress and ranks.is_main)
-    trainer = Trainer.build(task.network, tc, device)
-    seconds_trained = _start(run, lock, ranks, device, task.config, trainer, resume, restart)
+    trainer = Trainer.build(task, tc, device)
+    task.attach(trainer)
+    seconds_trained = _start(run, lock, ranks, device, task, trainer, resume, restart)
     model = ranks.wrap(trainer.network, device)  # what the loss calls: DDP averages the gradients across ranks
     if tc.compile:
         model = torch.compile(model)
@@ -128,6 +156,10 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
                disable=not (progress and ranks.is_main), dynamic_ncols=True)
     with stop_on_signal() as stop:
         while trainer.step < tc.max_steps and not trainer.clock.tick(ranks, device, stop.requested is not None):
+            if task.phase_done(trainer):  # distillation: a halving ends; its student is kept
+                if ranks.is_main:
+                    _checkpoint(run, task, trainer, tc.keep_checkpoints)
+                task.next_phase(trainer)
             images, classes = next(batches)
             loss, grad_norm = _step(task, model, trainer, images, classes, ranks, tc, device)
             _update(trainer, loss, grad_norm, tc, run, ranks, log)
@@ -209,6 +241,18 @@ def _every(trainer: Trainer, task, run: RunDir, log, bar, tc, images_per_s: floa
         _checkpoint(run, task, trainer, tc.keep_checkpoints)
 
 
+def make_task(config, data, device: torch.device, resume: bool, progress: bool):
+    """The task `config` describes: an autoencoder's, a distillation's, or the diffusion model's. Its
+    `config` is resolved against `data` (a copy: the image size and channels the data has, a latent
+    run's autoencoder)."""
+    config = config.override({"data.image_size": data.image_size, "data.channels": data.channels})
+    if isinstance(config, AutoencoderRun):
+        return AutoencoderTask(config, data)
+    if config.distill.teacher is not None:
+        return DistillTask(config, data, device, resume, progress)
+    return DiffusionTask(config, data, device, resume, progress)
+
+
 def _check_batch_split(tc, world_size: int) -> None:
     parts = world_size * tc.grad_accum
     if tc.batch_size % parts:
@@ -231,7 +275,7 @@ def _accumulating(model: torch.nn.Module, still: bool):
 # ---- starting, checkpointing and resuming ----------------------------------------------------
 
 
-def _start(run: RunDir, lock: RunLock, ranks, device: torch.device, config, trainer: Trainer, resume: bool,
+def _start(run: RunDir, lock: RunLock, ranks, device: torch.device, task, trainer: Trainer, resume: bool,
            restart: bool = False) -> float:
     """Take the run for this process: restore its newest intact checkpoint, or create it (or, to
     `restart` a run that has its config but no checkpoint yet, take it over) and write its resolved
@@ -239,7 +283,7 @@ def _start(run: RunDir, lock: RunLock, ranks, device: torch.device, config, trai
     seconds = 0.0
     if resume:
         _take_lock(lock, ranks, device)
-        seconds = _restore(run, trainer, ranks)
+        seconds = _restore(run, trainer, ranks, task)
         if ranks.is_main:  # from here on this process writes the run
             lock.announce()
             run.remove_grids_after(trainer.step)  # drawn after the checkpoint by the process that stopped
@@ -255,7 +299,7 @@ def _start(run: RunDir, lock: RunLock, ranks, device: torch.device, config, trai
             for bad, reason in run.newest_intact()[1] if restart else []:
                 tqdm.write(f"ddpm: {reason}; set aside as {run.set_aside(bad).name}, starting again")
             run.remove_grids_after(0)  # a restart's earlier attempt drew some
-            config.to_yaml(run.config_path)
+            task.config.to_yaml(run.config_path)
     ranks.barrier()
     return seconds
 
@@ -289,13 +333,13 @@ def _checkpoint(run: RunDir, task, trainer: Trainer, keep: int) -> None:
         "grad_scaler": trainer.scaler.state_dict(),
         "rng": rng_state(trainer.generator),
     }
-    tensors = {"model": trainer.network.state_dict(), "ema": trainer.ema.model.state_dict()}
+    tensors = {"model": trainer.network.state_dict(), "ema": trainer.ema.model.state_dict(), **task.tensors()}
     meta = {"ema_updates": trainer.ema.updates, "train_seconds": round(trainer.clock.seconds, 3),
             **task.meta(trainer.ema.model)}
     save_checkpoint(run, trainer.step, tensors, state, meta, keep=keep)
 
 
-def _restore(run: RunDir, trainer: Trainer, ranks) -> float:
+def _restore(run: RunDir, trainer: Trainer, ranks, task) -> float:
     """Load the newest intact checkpoint into the training state; returns its training seconds. A
     damaged one (its files changed after they were written) is set aside, and said so: resuming
     then costs the steps since the intact one, never correctness."""
@@ -322,4 +366,6 @@ def _restore(run: RunDir, trainer: Trainer, ranks) -> float:
             trainer.scaler.load_state_dict(state["grad_scaler"])
         set_rng_state(state["rng"], trainer.generator)
     trainer.step = meta["step"]
+    task.restore(folder, meta)
+    task.restore(folder, meta)
     return meta.get("train_seconds", 0.0)  # runs from before the clock have none

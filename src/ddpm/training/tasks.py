@@ -12,6 +12,9 @@ the NaN guard, logging. A task supplies the rest:
     loss(model, x0, *d) the mean loss of a micro-batch
     picture(run, ema, step)   the grid written every `sample_every` steps
     meta(ema)           what each checkpoint records beside the weights
+
+and, for a task that changes as it trains (distillation's phases, training/distill.py), the hooks
+of `Task`, which do nothing by default: phase_done / next_phase, lr_factor, tensors, restore.
 """
 
 from __future__ import annotations
@@ -31,20 +34,34 @@ from ..storage.checkpoint import RunDir
 from ..storage.files import save_class_grid, save_grid
 
 
-def make_task(config, data, device: torch.device, resume: bool, progress: bool):
-    """The task `config` describes; its `config` is resolved against `data` (a copy: the image size and
-    channels the data has, a latent run's autoencoder)."""
-    config = config.override({"data.image_size": data.image_size, "data.channels": data.channels})
-    if isinstance(config, AutoencoderRun):
-        return AutoencoderTask(config, data)
-    return DiffusionTask(config, data, device, resume, progress)
+class Task:
+    """What a task may add to the loop, beyond the interface above; by default nothing."""
+
+    lr_factor = None  # step -> the learning rate's factor, instead of train.lr_schedule's
+
+    def attach(self, trainer) -> None:
+        """Called once the trainable state exists (distillation's phases read its step and clock)."""
+
+    def phase_done(self, trainer) -> bool:
+        """Whether the loop should checkpoint now and move to the next phase (`next_phase`)."""
+        return False
+
+    def next_phase(self, trainer) -> None:
+        pass
+
+    def tensors(self) -> dict:
+        """Tensors a checkpoint keeps beside the model and its EMA: {name: state_dict}."""
+        return {}
+
+    def restore(self, folder, meta: dict) -> None:
+        """Take back from a checkpoint what `tensors` and `meta` saved."""
 
 
 def flip_images(x0: Tensor, flipped: Tensor) -> Tensor:
     return torch.where(flipped[:, None, None, None], x0.flip(-1), x0)
 
 
-class DiffusionTask:
+class DiffusionTask(Task):
     """Ho et al.'s denoising objective, on images or on an autoencoder's latents."""
 
     def __init__(self, config: Config, data, device: torch.device, resume: bool, progress: bool):
@@ -108,7 +125,7 @@ class DiffusionTask:
         return {}
 
 
-class AutoencoderTask:
+class AutoencoderTask(Task):
     """Rombach et al.'s KL autoencoder: reconstruct each image from a sample of its posterior."""
 
     def __init__(self, config: AutoencoderRun, data):
