@@ -37,13 +37,12 @@ from ..storage.checkpoint import (
 )
 from ..storage.files import plot_loss
 from ..storage.lock import RunLock
+from .distill import DistillTask, student_config
 from .ema import EMA
 from .optim import make_lr_scheduler
 from .precision import autocast, make_scaler
 from .state import Clock, Log, rng_state, seed_everything, set_rng_state, stop_on_signal
 from .tasks import AutoencoderTask, DiffusionTask
-from .distill import DistillTask, student_config
-from .ema import EMA
 
 MAX_SKIPPED = 10  # with train.nonfinite=skip: non-finite steps in a row before giving up
 
