@@ -90,7 +90,9 @@ def one_round(fault: str, run: RunDir, steps: int, rng: random.Random) -> dict:
         _, stderr = child.communicate()
     after = newest_step(run)
     fell_back = stderr.count("set aside as")
-    return {"fault": fault, "note": note, "status": child.returncode, "expected": child.returncode in EXPECTED[fault],
+    lost = fault != "fsize" and after >= steps > before  # the fault never landed: the run trained to its end
+    return {"fault": fault, "note": note, "status": child.returncode,
+            "expected": child.returncode in EXPECTED[fault] and not lost, "signal_lost": lost,
             "checkpoint_before": before, "checkpoint_after": after, "fell_back": fell_back,
             "steps_lost": max(0, before - after) if fell_back else 0,
             "error": stderr.strip().splitlines()[-1] if child.returncode not in (0, -signal.SIGKILL) and stderr.strip() else ""}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import ddpm
 
-LAYERS = [("errors", "names", "options", "registry", "atomic"), ("config", "presets"), ("models",), ("diffusion",),
+LAYERS = [("errors", "names", "options", "registry", "atomic", "signals"), ("config", "presets"), ("models",), ("diffusion",),
           ("data",), ("runtime",), ("storage",), ("factory",), ("pipeline",), ("evaluation",), ("pictures",), ("training",), ("cli", "__main__")]
 PACKAGE = Path(ddpm.__file__).parent
 

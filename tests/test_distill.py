@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import GaussianDenoiser, tiny_config
+from conftest import GaussianDenoiser
 from safetensors.torch import load_file
 from test_cli import TINY
 

@@ -187,6 +187,21 @@ def test_the_same_command_starts_a_run_or_resumes_it(tmp_path, capsys):
     assert _files(Path(out)) == before
 
 
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_a_signal_while_the_command_starts_is_a_stop_request(delay, tmp_path):
+    """A scheduler's SIGTERM can come before the loop runs (imports, the data's loading): the training
+    commands catch it from their first moment, stop at the first step with a checkpoint, exit 0."""
+    out = tmp_path / "run"
+    child = subprocess.Popen([*DDPM, "train", "--out", str(out), "--max-steps", "1000", *TINY], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    child.send_signal(signal.SIGTERM)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 0, (child.returncode, stderr[-2000:])
+    assert "stopped by SIGTERM" in stdout + stderr and RunDir(out).latest() is not None
+    assert main(["train", "--resume", str(out), "--max-steps", "2", "--no-progress"]) == 0
+
+
 def test_a_requeued_run_without_a_checkpoint_starts_again(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--max-steps", "2", *TINY]) == 0

@@ -41,7 +41,8 @@ from .distill import DistillTask, student_config
 from .ema import EMA
 from .optim import make_lr_scheduler
 from .precision import autocast, make_scaler
-from .state import Clock, Log, rng_state, seed_everything, set_rng_state, stop_on_signal
+from ..signals import stop_on_signal
+from .state import Clock, Log, rng_state, seed_everything, set_rng_state
 from .tasks import AutoencoderTask, DiffusionTask
 
 MAX_SKIPPED = 10  # with train.nonfinite=skip: non-finite steps in a row before giving up
@@ -167,6 +168,7 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
             if ranks.is_main:
                 _every(trainer, task, run, log, bar, tc, images_seen / (time.monotonic() - started),
                        (time.monotonic() - started) / 60)
+        stopped_by = stop.requested
     bar.close()
 
     if ranks.is_main:
@@ -177,8 +179,8 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
             log.images(trainer.step, task.picture(run, trainer.ema.model, trainer.step))
         log.close()
         plot_loss(run.log_path, run.loss_plot_path)
-        if stop.requested or trainer.clock.signalled:
-            tqdm.write(f"stopped by {stop.requested or 'a signal to another rank'} at step {trainer.step}; checkpoint written. "
+        if stopped_by or trainer.clock.signalled:
+            tqdm.write(f"stopped by {stopped_by or 'a signal to another rank'} at step {trainer.step}; checkpoint written. "
                        f"Continue with: ddpm train --resume {run.path}")
     ranks.barrier()  # the final checkpoint exists before any rank returns
     return run

@@ -1,5 +1,6 @@
-"""What a training run carries besides the weights: its random generators, its clock, its log, and
-the signals that pause it. The loop (loop.py) calls these; none of them knows about diffusion.
+"""What a training run carries besides the weights: its random generators, its clock, its log (the
+signals that pause it are ddpm/signals.py's). The loop (loop.py) calls these; none of them knows
+about diffusion.
 """
 
 from __future__ import annotations
@@ -7,9 +8,7 @@ from __future__ import annotations
 import csv
 import math
 import random
-import signal
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -155,30 +154,3 @@ class Log:
     def close(self) -> None:
         if self.board is not None:
             self.board.close()
-
-
-class StopRequest:
-    requested: Optional[str] = None
-
-
-@contextmanager
-def stop_on_signal():
-    """SIGINT / SIGTERM ask the loop to stop after the current step (a second SIGINT aborts)."""
-    stop = StopRequest()
-
-    def handler(signum, frame):
-        if stop.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.requested = signal.Signals(signum).name
-
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
