@@ -9,6 +9,8 @@ one fault, drawn at random:
     sigkill   SIGKILL at a random moment (a crash, an OOM kill): the steps since the checkpoint are lost
     sigterm   SIGTERM at a random moment (a scheduler's preemption): the step reached is checkpointed
     sigint    SIGINT at a random moment (Ctrl-C): likewise
+
+(a random moment: in one round of five while the command starts, else 0 to 4 s after a step is logged)
     fsize     a file-size limit below a checkpoint's size (RLIMIT_FSIZE): the write fails, exit status 4
     flip      a byte of the newest checkpoint flipped before the start (a bad disk), then SIGKILL later:
               the damaged checkpoint is set aside and the run falls back to the one before
@@ -66,6 +68,16 @@ def flip_a_byte(run: RunDir, rng: random.Random) -> str:
     return f"{folder.name}/{file.name} byte {at}"
 
 
+def _wait_for_a_new_step(run: RunDir, child, timeout: float = 120) -> None:
+    """Until the log holds a row it did not hold when the process started, or the process ended."""
+    def rows() -> int:
+        return len(run.log_path.read_text().splitlines()) if run.log_path.is_file() else 0
+
+    before, start = rows(), time.monotonic()
+    while child.poll() is None and rows() <= before and time.monotonic() - start < timeout:
+        time.sleep(0.05)
+
+
 def one_round(fault: str, run: RunDir, steps: int, rng: random.Random) -> dict:
     before = newest_step(run)
     note = flip_a_byte(run, rng) if fault == "flip" else ""
@@ -81,7 +93,11 @@ def one_round(fault: str, run: RunDir, steps: int, rng: random.Random) -> dict:
     child = subprocess.Popen(command(run.path, steps), preexec_fn=limited, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     if fault != "fsize":
-        time.sleep(rng.uniform(2.0, 8.0))  # torch's import and the start take ~3 s: some rounds die before a step
+        if rng.random() < 0.2:  # while the command starts (imports, data, resume)
+            time.sleep(rng.uniform(0.2, 3.0))
+        else:  # at a random moment of training: after the next step is logged
+            _wait_for_a_new_step(run, child)
+            time.sleep(rng.uniform(0.0, 4.0))
         child.send_signal({"sigterm": signal.SIGTERM, "sigint": signal.SIGINT}.get(fault, signal.SIGKILL))
     try:
         _, stderr = child.communicate(timeout=600)
