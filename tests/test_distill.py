@@ -19,7 +19,7 @@ from ddpm.diffusion.objectives import Prediction
 from ddpm.diffusion.process import Denoiser
 from ddpm.diffusion.schedules import make_schedule
 from ddpm.storage.checkpoint import RunDir, load_meta
-from ddpm.training.distill import ddim_to, student_step, teacher_levels, two_step_target
+from ddpm.training.distill import ddim_to, distillation_loss, student_step, teacher_levels, two_step_target
 from ddpm.training.loop import distill
 
 SCHEDULE = make_schedule("cosine", 1000)
@@ -49,6 +49,23 @@ def test_one_student_step_on_the_target_lands_where_two_teacher_steps_do(level):
         z = ddim_to(teacher(z, t_mid), z, a2, s2)  # the teacher's two steps
     one_step = ddim_to(Prediction(eps=(x_t - a * target) / s, x0=target), x_t, a2, s2)  # the student's one
     torch.testing.assert_close(one_step, z, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("level", [0, 7])  # SNR ≈ 1e-7 at the top, where the weight is 1; SNR ≫ 1 at the last step
+def test_the_loss_weighs_each_image_by_the_truncated_snr(level):
+    torch.manual_seed(0)
+    network = UNet(1, [8, 16], [False, True], time_emb_dim=16).double().eval()
+    student = Denoiser(network, SCHEDULE, "v", clip_denoised=False)
+    teacher = GaussianDenoiser(SCHEDULE, torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64))
+    grid, level = teacher_levels(1000, 16), torch.full((3,), level)
+    x0, noise = torch.rand(3, 1, 8, 8, dtype=torch.float64), torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    t, t_mid, t_end = student_step(grid, level)
+    a, s = _levels(t[0])
+    x_t = a * x0 + s * noise
+    with torch.no_grad():
+        error = (student(x_t, t).x0 - two_step_target(teacher, SCHEDULE, x_t, t, t_mid, t_end)) ** 2
+        loss = distillation_loss(student, teacher, SCHEDULE, grid, x0, level, noise)
+    torch.testing.assert_close(loss, max(a**2 / s**2, 1.0) * error.mean(), rtol=1e-6, atol=0, check_dtype=False)
 
 
 def test_on_gaussian_data_the_target_is_the_analytic_two_step_map():

@@ -81,6 +81,18 @@ def two_step_target(teacher, schedule, x_t: Tensor, t: Tensor, t_mid: Tensor, t_
     return distillation_target(x_t, alpha, sigma, z, alpha_end, sigma_end)
 
 
+def distillation_loss(student, teacher, schedule, grid: list[int], x0: Tensor, level: Tensor, noise: Tensor) -> Tensor:
+    """The student's loss at its step number `level` (per image) on the teacher's `grid`: its x-prediction
+    against the two-step target, weighted by the truncated SNR max(α_t²/σ_t², 1) (Salimans & Ho, §4)."""
+    t, t_mid, t_end = student_step(grid, level)
+    alpha, sigma, _ = levels(schedule, t, x0)
+    x_t = alpha * x0 + sigma * noise
+    with torch.no_grad():
+        target = two_step_target(teacher, schedule, x_t, t, t_mid, t_end)
+    weight = (alpha**2 / sigma**2).clamp(min=1.0)
+    return (weight * (student(x_t, t).x0.float() - target.float()) ** 2).flatten(1).mean(1).mean()
+
+
 class DistillTask(DiffusionTask):
     """Ho et al.'s loop, training a student on a teacher's two-step DDIM map; see the module's docstring."""
 
@@ -164,17 +176,11 @@ class DistillTask(DiffusionTask):
 
     def loss(self, model: nn.Module, x0: Tensor, labels, level: Tensor, noise: Tensor) -> Tensor:
         schedule = self.diffusion.schedule
-        t, t_mid, t_end = student_step(teacher_levels(schedule.timesteps, self.teacher_steps), level)
-        alpha, sigma, _ = levels(schedule, t, x0)
-        x_t = alpha * x0 + sigma * noise
-        with torch.no_grad():
-            target = two_step_target(self._teacher(labels), schedule, x_t, t, t_mid, t_end)
         student = Denoiser(model, schedule, self.diffusion.objective, clip_denoised=False)
         if labels is not None:  # the student's own conditional output: guidance 1, one pass
             student = student.conditioned(labels, 1.0)
-        x_hat = student(x_t, t).x0
-        weight = (alpha**2 / sigma**2).clamp(min=1.0)  # truncated SNR (Salimans & Ho, §4)
-        return (weight * (x_hat.float() - target.float()) ** 2).flatten(1).mean(1).mean()
+        grid = teacher_levels(schedule.timesteps, self.teacher_steps)
+        return distillation_loss(student, self._teacher(labels), schedule, grid, x0, level, noise)
 
     def _teacher(self, labels):
         denoiser = Denoiser(self.teacher, self.diffusion.schedule, self.diffusion.objective,
