@@ -9,11 +9,11 @@ one fault, drawn at random:
     sigkill   SIGKILL at a random moment (a crash, an OOM kill): the steps since the checkpoint are lost
     sigterm   SIGTERM at a random moment (a scheduler's preemption): the step reached is checkpointed
     sigint    SIGINT at a random moment (Ctrl-C): likewise
-
-(a random moment: in one round of five while the command starts, else 0 to 4 s after a step is logged)
     fsize     a file-size limit below a checkpoint's size (RLIMIT_FSIZE): the write fails, exit status 4
     flip      a byte of the newest checkpoint flipped before the start (a bad disk), then SIGKILL later:
               the damaged checkpoint is set aside and the run falls back to the one before
+
+A random moment is, in one round of five, while the command starts; else 0 to 4 s after a step is logged.
 
 After the rounds the same command runs to the end, and its final weights (model and EMA) must equal
 those of an unbroken run bit for bit. Prints and writes OUT/chaos.json: each fault's count, exit

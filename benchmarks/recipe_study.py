@@ -49,7 +49,30 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
     "screen-noattn": (A, ["--max-steps", str(STEPS)], ["--set", "model.attention=[false,false,false]"], "no attention"),
     "screen-dropout0.1": (A, ["--max-steps", str(STEPS)], ["--set", "model.dropout=0.1"], "dropout 0.1"),
     "screen-minsnr5": (A, ["--max-steps", str(STEPS)], ["--set", "diffusion.min_snr_gamma=5"], "min-SNR-5 weighting"),
+    # the screen's winners, confirmed on the emoji groups they were not chosen on
+    "confirm-base": (B, ["--max-steps", str(STEPS)], [], "the color default, on group B"),
+    "confirm-edm": (B, ["--max-steps", str(STEPS)], ["--objective", "edm"], "EDM's formulation, on group B"),
+    "confirm-eps": (B, ["--max-steps", str(STEPS)], ["--objective", "eps"], "eps, on group B"),
+    # the digits, for the levers that matter there (the gray default trains about 4,500 steps in 10 minutes)
+    "digits-base": ("mnist5k", ["--max-steps", "3000"], [], "the gray default: v, 16/32/64"),
+    "digits-edm": ("mnist5k", ["--max-steps", "3000"], ["--objective", "edm"], "EDM's formulation on the digits"),
+    "digits-eps": ("mnist5k", ["--max-steps", "3000"], ["--objective", "eps"], "eps on the digits"),
 }
+
+# Sizes at equal time: which width and depth wins at 5, 10 and 30 minutes. They need the machine to
+# themselves, and they train with the objective the screen chose (TIME_OPTIONS).
+TIME_OPTIONS = ["--objective", "edm"]
+SIZES = {"c16": ["16,32,64"], "c24": ["24,48,96"], "c32": ["32,64,128"], "c32-res2": ["32,64,128", "2"],
+         "c48": ["48,96,192"]}
+for minutes, sizes in ((5, ("c16", "c32")), (10, ("c16", "c24", "c32", "c32-res2", "c48")), (30, ("c16", "c32"))):
+    for size in sizes:
+        widths, *depth = SIZES[size]
+        options = [*TIME_OPTIONS, "--set", f"model.channels=[{widths}]"]
+        options += ["--set", f"model.num_res={depth[0]}"] if depth else []
+        POINTS[f"time{minutes}-{size}"] = (A, ["--minutes", str(minutes)], options,
+                                           f"channels {widths.replace(',', '/')}"
+                                           + (f", {depth[0]} blocks per level" if depth else "")
+                                           + f", {minutes} minutes")
 
 
 def run_point(name: str, n: int) -> None:
