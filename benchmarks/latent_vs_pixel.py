@@ -17,6 +17,7 @@ autoencoder's own PSNR and rFID come from `ddpm eval --reconstruct`.
     python benchmarks/latent_vs_pixel.py                 # 30 minutes an arm
     python benchmarks/latent_vs_pixel.py --minutes 10    # a quicker look
     python benchmarks/latent_vs_pixel.py --widths [64,128,128,128] --no-pixel   # f = 8, its latent arm only
+    python benchmarks/latent_vs_pixel.py --minutes 10 -- --objective edm          # options for both UNets
 
 Writes OUT/latent_vs_pixel.json and prints it; the grids are OUT/pixel/grid.png and
 OUT/latent/grid.png. Needs the 64x64 reference features once (~9 minutes at 7 images/s).
@@ -67,6 +68,7 @@ def main() -> None:
                         help="the autoencoder's level widths, f = 2^(levels - 1) (default its own: [64,128,128], f = 4)")
     parser.add_argument("--no-pixel", action="store_true", help="train the latent arm only")
     parser.add_argument("--out", default=None, help="output folder (default runs/latent-vs-pixel-<minutes>min)")
+    parser.add_argument("train_options", nargs="*", help="after --: extra options for both arms' ddpm train")
     args = parser.parse_args()
     out = Path(args.out or f"runs/latent-vs-pixel-{args.minutes:g}min")
     if out.exists():
@@ -88,11 +90,12 @@ def main() -> None:
         sys.exit(f"the autoencoder and encoding took {(ae_seconds + encode_seconds) / 60:.1f} of {args.minutes:g} "
                  "minutes; give a smaller --ae-share")
     latent_seconds = _run(["train", "--out", str(latent), *data, "--autoencoder", str(ae),
-                           "--max-minutes", f"{left:.3f}", "--no-progress"])
+                           "--max-minutes", f"{left:.3f}", "--no-progress",
+                           *args.train_options])
     pixel = out / "pixel"
     if not args.no_pixel:
         pixel_seconds = _run(["train", "--out", str(pixel), *data, "--max-minutes", f"{args.minutes:g}",
-                              "--no-progress"])
+                              "--no-progress", *args.train_options])
 
     # Scores, untimed.
     _run(["eval", "--reconstruct", str(ae), "--n", str(args.n), "--json", str(ae / "reconstruct.json")])
@@ -108,7 +111,7 @@ def main() -> None:
     })
     result = {
         "minutes_per_arm": args.minutes, "data": args.data, "image_size": args.image_size, "n": args.n,
-        "cpu_gflops": round(gflops), "latent": latent_arm,
+        "cpu_gflops": round(gflops), "train_options": args.train_options, "latent": latent_arm,
         "data_floor_fid": round(data_floor(args.data, args.image_size, args.n), 2),
     }
     if not args.no_pixel:
