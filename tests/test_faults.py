@@ -187,14 +187,32 @@ def test_the_same_command_starts_a_run_or_resumes_it(tmp_path, capsys):
     assert _files(Path(out)) == before
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.5])
+def _takes_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.parametrize("delay", [0.0, 3.0])
 def test_a_signal_while_the_command_starts_is_a_stop_request(delay, tmp_path):
-    """A scheduler's SIGTERM can come before the loop runs (imports, the data's loading): the training
-    commands catch it from their first moment, stop at the first step with a checkpoint, exit 0."""
+    """A scheduler's SIGTERM can come before the loop runs (imports, the plugins, the data's loading):
+    the training commands catch it from the command line's first act, stop at the first step with a
+    checkpoint, exit 0. A plugin that takes 2 s to import holds the start open, so the signal sent
+    as soon as the handler is in lands before the parser exists, whatever the machine's load."""
+    (tmp_path / "slow_plugin.py").write_text("import time\nfrom pathlib import Path\ntime.sleep(2)\n"
+                                             f"Path({str(tmp_path / 'imported')!r}).touch()\n")
+    env = {**os.environ, "DDPM_PLUGINS": "slow_plugin",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "run"
     child = subprocess.Popen([*DDPM, "train", "--out", str(out), "--max-steps", "1000", *TINY], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not _takes_sigterm(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.001)
     time.sleep(delay)
+    if delay == 0:
+        assert not (tmp_path / "imported").exists(), "the signal must land while the command starts"
     child.send_signal(signal.SIGTERM)
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode == 0, (child.returncode, stderr[-2000:])

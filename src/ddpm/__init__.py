@@ -13,7 +13,6 @@ ddpm.config` do not load torch.
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 
 # public name -> the module (below ddpm) that defines it
 _EXPORTS = {
@@ -37,13 +36,21 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-try:
-    __version__ = metadata.version("ddpm-textbook")
-except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+
+
+def _version() -> str:
+    from importlib import metadata  # on first use: reading the installed metadata costs a command's start
+
+    try:
+        return metadata.version("ddpm-textbook")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
 
 
 def __getattr__(name: str):
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     if name not in _EXPORTS:
         raise AttributeError(f"module 'ddpm' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -15,13 +15,18 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
+from .. import signals
 from ..errors import FAILURES
-from . import edit, interop, sample, show, train
-from .common import Parser
+
+# The commands that train: they take SIGINT and SIGTERM over before anything else is imported, so a
+# signal at any moment of their start is a stop request (signals.py).
+TRAINING = ("train", "train-autoencoder", "distill")
 
 
-def parser() -> Parser:
+def parser():
     from .. import __version__
+    from . import edit, interop, sample, show, train
+    from .common import Parser
 
     root = Parser(prog="ddpm", description="Train and sample denoising diffusion models.")
     root.add_argument("--version", action="version", version=f"ddpm {__version__}")
@@ -32,6 +37,8 @@ def parser() -> Parser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
+    caught = signals.catch() if words[:1] and words[0] in TRAINING else {}
     try:
         try:
             args = parser().parse_args(argv)  # the flags read the registries, which load the plugins
@@ -45,6 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("ddpm: interrupted", file=sys.stderr)
         return 130
     finally:
+        signals.release(caught)
         if "torch" in sys.modules:  # under torchrun
             from ..runtime.distributed import close_distributed
 

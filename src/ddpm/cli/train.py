@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from ..config import AutoencoderRun, Config
-from .. import signals
 from ..errors import InputError
 from ..registry import DATASETS, OBJECTIVES
 from .common import add_config_flag, config_overrides
@@ -121,7 +120,6 @@ def add_distill(commands) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    signals.catch()  # from the first moment: a signal while starting is a stop request (signals.py)
     from ..training.loop import distill
 
     overrides = config_overrides(args)
@@ -136,7 +134,6 @@ def run_distill(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    signals.catch()  # from the first moment: a signal while starting is a stop request (signals.py)
     from ..presets import compose_config
 
     def compose(overrides: dict) -> Config:
@@ -146,7 +143,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_autoencoder(args: argparse.Namespace) -> int:
-    signals.catch()  # from the first moment: a signal while starting is a stop request (signals.py)
     def compose(overrides: dict) -> AutoencoderRun:
         config = AutoencoderRun.from_yaml(args.config) if args.config else AutoencoderRun()
         return config.override(overrides)
