@@ -13,7 +13,9 @@ one fault, drawn at random:
     flip      a byte of the newest checkpoint flipped before the start (a bad disk), then SIGKILL later:
               the damaged checkpoint is set aside and the run falls back to the one before
 
-A random moment is, in one round of five, while the command starts; else 0 to 4 s after a step is logged.
+A random moment is, in one round of five, while the command starts (0 to 3 s after its handlers are in:
+before them, in the interpreter's own start, a signal acts as on any Python program); else 0 to 4 s
+after a step is logged. Each round records its moment.
 
 After the rounds the same command runs to the end, and its final weights (model and EMA) must equal
 those of an unbroken run bit for bit. Prints and writes OUT/chaos.json: each fault's count, exit
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import resource
 import shutil
 import signal
@@ -78,10 +81,20 @@ def _wait_for_a_new_step(run: RunDir, child, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+def _takes_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM yet (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True  # it ended
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
 def one_round(fault: str, run: RunDir, steps: int, rng: random.Random) -> dict:
     before = newest_step(run)
     note = flip_a_byte(run, rng) if fault == "flip" else ""
-    limit = None
+    limit, moment = None, "a checkpoint's write"
     if fault == "fsize":
         weights = run.latest() / "model.safetensors" if run.latest() else None
         limit = (weights.stat().st_size if weights else 20_000) // 2
@@ -94,24 +107,33 @@ def one_round(fault: str, run: RunDir, steps: int, rng: random.Random) -> dict:
                              text=True)
     if fault != "fsize":
         if rng.random() < 0.2:  # while the command starts (imports, data, resume)
-            time.sleep(rng.uniform(0.2, 3.0))
+            while not _takes_sigterm(child.pid):
+                time.sleep(0.001)
+            delay = rng.uniform(0.0, 3.0)
+            moment = f"start-up +{delay:.2f}s"
         else:  # at a random moment of training: after the next step is logged
             _wait_for_a_new_step(run, child)
-            time.sleep(rng.uniform(0.0, 4.0))
+            delay = rng.uniform(0.0, 4.0)
+            moment = f"training +{delay:.2f}s"
+        time.sleep(delay)
         child.send_signal({"sigterm": signal.SIGTERM, "sigint": signal.SIGINT}.get(fault, signal.SIGKILL))
     try:
-        _, stderr = child.communicate(timeout=600)
+        stdout, stderr = child.communicate(timeout=600)
     except subprocess.TimeoutExpired:
         child.kill()
-        _, stderr = child.communicate()
+        stdout, stderr = child.communicate()
     after = newest_step(run)
-    fell_back = stderr.count("set aside as")
+    # "...; set aside as NAME, resuming from step_000150" or "..., starting again" (on stdout, by tqdm.write)
+    resumed = [int(step or 0) for step in re.findall(r"set aside as \S+, (?:resuming from step_(\d+)|starting again)",
+                                                     stdout + stderr)]
+    fell_back = len(resumed)
     lost = fault != "fsize" and after >= steps > before  # the fault never landed: the run trained to its end
-    return {"fault": fault, "note": note, "status": child.returncode,
+    return {"fault": fault, "moment": moment, "note": note, "status": child.returncode,
             "expected": child.returncode in EXPECTED[fault] and not lost, "signal_lost": lost,
             "checkpoint_before": before, "checkpoint_after": after, "fell_back": fell_back,
-            "steps_lost": max(0, before - after) if fell_back else 0,
-            "error": stderr.strip().splitlines()[-1] if child.returncode not in (0, -signal.SIGKILL) and stderr.strip() else ""}
+            "steps_lost": before - resumed[-1] if resumed else 0,
+            "error": stderr.strip().splitlines()[-1] if child.returncode not in (0, -signal.SIGKILL) and stderr.strip() else "",
+            "stderr_tail": stderr[-1500:] if lost else ""}
 
 
 def same_weights(a: RunDir, b: RunDir) -> bool:
@@ -139,7 +161,7 @@ def main() -> None:
         fault = rng.choice(FAULTS)
         row = one_round(fault, run, args.steps, rng)
         rounds.append(row)
-        print(f"round {number + 1:3d}: {fault:<7} status {row['status']:>3} checkpoint {row['checkpoint_before']:>5} -> "
+        print(f"round {number + 1:3d}: {fault:<7} {row['moment']:<20} status {row['status']:>3} checkpoint {row['checkpoint_before']:>5} -> "
               f"{row['checkpoint_after']:>5}{'  fell back' if row['fell_back'] else ''} {row['note']} {row['error']}",
               flush=True)
         if row["checkpoint_after"] >= args.steps:
