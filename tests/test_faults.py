@@ -26,7 +26,8 @@ from test_cli import TINY
 from ddpm import Pipeline, train
 from ddpm.atomic import file_sha256
 from ddpm.cli import main
-from ddpm.storage.checkpoint import TMP_PREFIX, RunDir, _sealed, load_meta
+from ddpm.errors import CheckpointDamaged
+from ddpm.storage.checkpoint import TMP_PREFIX, RunDir, _sealed, load_meta, verify
 
 DDPM = [sys.executable, "-m", "ddpm"]
 
@@ -104,6 +105,23 @@ def test_a_meta_json_whose_fields_changed_is_damaged_too(two_checkpoints, capsys
     meta_file.write_text(meta_file.read_text().replace('"ema_updates": 4', '"ema_updates": 5'))
     assert Pipeline.from_run(two_checkpoints.path, device="cpu").step == 2
     assert "meta.json is damaged" in capsys.readouterr().err
+
+
+def test_no_flipped_bit_in_meta_json_passes_unnoticed(two_checkpoints):
+    """Each byte of meta.json with one bit flipped (the bit cycles with the byte's place): verify refuses
+    it, unless the JSON means the same (1e-05 and 1E-05). A flip in the key "meta_sha256" once passed
+    for a checkpoint from before checksums."""
+    folder = two_checkpoints.latest()
+    original = (folder / "meta.json").read_bytes()
+    for at in range(len(original)):
+        flipped = bytearray(original)
+        flipped[at] ^= 1 << (at % 8)
+        (folder / "meta.json").write_bytes(bytes(flipped))
+        try:
+            verify(folder)
+        except CheckpointDamaged:
+            continue
+        assert json.loads(bytes(flipped)) == json.loads(original), f"byte {at}: {bytes(flipped)[at - 20:at + 5]}"
 
 
 def test_a_checkpoint_from_before_checksums_still_loads(two_checkpoints):

@@ -240,10 +240,13 @@ def load_meta(folder: Path) -> dict[str, Any]:
 
 def verify(folder: Path) -> dict[str, Any]:
     """The checkpoint's meta.json, once every file it lists matches its sha256; a checkpoint written
-    before checksums (none listed) passes as it is. Raises CheckpointDamaged naming the file."""
+    before checksums (neither the files' sha256 nor the seal) passes as it is. Raises CheckpointDamaged
+    naming the file. The two came in together, so one without the other is damage: a flipped bit in
+    the key "meta_sha256" would otherwise pass for an old checkpoint (chaos.py found one so)."""
     folder = Path(folder)
     meta = load_meta(folder)
-    if "meta_sha256" in meta and _sealed(meta)["meta_sha256"] != meta["meta_sha256"]:
+    if ("meta_sha256" in meta) != ("sha256" in meta) or (
+            "meta_sha256" in meta and _sealed(meta)["meta_sha256"] != meta["meta_sha256"]):
         raise CheckpointDamaged(f"checkpoint {folder}: meta.json is damaged (its fields changed after it was written); "
                                 f"use an earlier checkpoint")
     for name, digest in (meta.get("sha256") or {}).items():
