@@ -37,7 +37,6 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-
 def _version() -> str:
     from importlib import metadata  # on first use: reading the installed metadata costs a command's start
 

@@ -13,17 +13,20 @@ checkpoint is intact); 130 interrupted.
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .. import signals
 from ..errors import FAILURES
+
+if TYPE_CHECKING:
+    from .common import Parser
 
 # The commands that train: they take SIGINT and SIGTERM over before anything else is imported, so a
 # signal at any moment of their start is a stop request (signals.py).
 TRAINING = ("train", "train-autoencoder", "distill")
 
 
-def parser():
+def parser() -> Parser:
     from .. import __version__
     from . import edit, interop, sample, show, train
     from .common import Parser

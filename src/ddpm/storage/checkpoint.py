@@ -245,8 +245,7 @@ def verify(folder: Path) -> dict[str, Any]:
     the key "meta_sha256" would otherwise pass for an old checkpoint (chaos.py found one so)."""
     folder = Path(folder)
     meta = load_meta(folder)
-    if ("meta_sha256" in meta) != ("sha256" in meta) or (
-            "meta_sha256" in meta and _sealed(meta)["meta_sha256"] != meta["meta_sha256"]):
+    if ("sha256" in meta or "meta_sha256" in meta) and _sealed(meta)["meta_sha256"] != meta.get("meta_sha256"):
         raise CheckpointDamaged(f"checkpoint {folder}: meta.json is damaged (its fields changed after it was written); "
                                 f"use an earlier checkpoint")
     for name, digest in (meta.get("sha256") or {}).items():
