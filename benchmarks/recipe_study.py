@@ -53,6 +53,7 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
     "confirm-base": (B, ["--max-steps", str(STEPS)], [], "the color default, on group B"),
     "confirm-edm": (B, ["--max-steps", str(STEPS)], ["--objective", "edm"], "EDM's formulation, on group B"),
     "confirm-eps": (B, ["--max-steps", str(STEPS)], ["--objective", "eps"], "eps, on group B"),
+    "confirm-batch16": (B, ["--max-steps", str(2 * STEPS)], ["--batch-size", "16"], "batch 16, equal images, on group B"),
     # the digits, for the levers that matter there (the gray default trains about 4,500 steps in 10 minutes)
     "digits-base": ("mnist5k", ["--max-steps", "3000"], [], "the gray default: v, 16/32/64"),
     "digits-edm": ("mnist5k", ["--max-steps", "3000"], ["--objective", "edm"], "EDM's formulation on the digits"),
