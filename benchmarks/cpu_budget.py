@@ -69,11 +69,13 @@ def sample_and_score(run: Path, n: int, sample_options: list[str], data: str = "
 def data_floor(data: str, image_size: int, n: int) -> float:
     """FID of n real images against the rest of the data set: what a perfect model would score.
     The reference features are those of a fixed random order of the whole set, so these are its
-    first n against the others, from the cache that `ddpm eval` filled."""
+    first n against the others, from the cache that `ddpm eval` filled. A set with fewer than 2n
+    images splits in half instead, so that neither side is empty or smaller than the other."""
     from ddpm.evaluation.fid import InceptionFeatures, reference_features
     from ddpm.evaluation.metrics import fid_from_features
 
     features = reference_features(data, "data", image_size, None, InceptionFeatures("cpu"))
+    n = min(n, len(features) // 2)
     return fid_from_features(features[:n], features[n:])
 
 

@@ -54,6 +54,11 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
     "confirm-edm": (B, ["--max-steps", str(STEPS)], ["--objective", "edm"], "EDM's formulation, on group B"),
     "confirm-eps": (B, ["--max-steps", str(STEPS)], ["--objective", "eps"], "eps, on group B"),
     "confirm-batch16": (B, ["--max-steps", str(2 * STEPS)], ["--batch-size", "16"], "batch 16, equal images, on group B"),
+    # finalists at equal time (10 minutes, 1,000 samples): each needs the machine to itself
+    "final10-base-A": (A, ["--minutes", "10"], [], "the color default, 10 minutes, group A"),
+    "final10-batch16-A": (A, ["--minutes", "10"], ["--batch-size", "16"], "batch 16, 10 minutes, group A"),
+    "final10-base-B": (B, ["--minutes", "10"], [], "the color default, 10 minutes, group B"),
+    "final10-batch16-B": (B, ["--minutes", "10"], ["--batch-size", "16"], "batch 16, 10 minutes, group B"),
     # the digits, for the levers that matter there (the gray default trains about 4,500 steps in 10 minutes)
     "digits-base": ("mnist5k", ["--max-steps", "3000"], [], "the gray default: v, 16/32/64"),
     "digits-edm": ("mnist5k", ["--max-steps", "3000"], ["--objective", "edm"], "EDM's formulation on the digits"),
@@ -115,7 +120,8 @@ def main() -> None:
     if args.table:
         table()
         return
-    chosen = [name for name in POINTS if any(name.startswith(p) for p in args.points)]
+    # a point's full name chooses it alone (screen-ema0.99 is also a prefix of screen-ema0.9995)
+    chosen = [name for name in POINTS if any(name == p or (p not in POINTS and name.startswith(p)) for p in args.points)]
     for name in chosen:
         run_point(name, args.n)
 
