@@ -53,6 +53,8 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
     "confirm-base": (B, ["--max-steps", str(STEPS)], [], "the color default, on group B"),
     "confirm-edm": (B, ["--max-steps", str(STEPS)], ["--objective", "edm"], "EDM's formulation, on group B"),
     "confirm-eps": (B, ["--max-steps", str(STEPS)], ["--objective", "eps"], "eps, on group B"),
+    "confirm-minsnr5": (B, ["--max-steps", str(STEPS)], ["--set", "diffusion.min_snr_gamma=5"],
+                        "min-SNR-5 weighting, on group B"),
     "confirm-batch16": (B, ["--max-steps", str(2 * STEPS)], ["--batch-size", "16"], "batch 16, equal images, on group B"),
     # finalists at equal time (10 minutes, 1,000 samples): each needs the machine to itself
     "final10-base-A": (A, ["--minutes", "10"], [], "the color default, 10 minutes, group A"),
