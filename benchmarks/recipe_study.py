@@ -11,6 +11,7 @@ the machine to themselves.
     python benchmarks/emoji_groups.py                       # once: runs/emoji-groups/A and B
     python benchmarks/recipe_study.py --list                # the points
     python benchmarks/recipe_study.py screen-                # every point whose name starts so
+    python benchmarks/recipe_study.py final10- --n 1000      # the finalists: equal time, 1,000 samples
     python benchmarks/recipe_study.py --table                # docs/cpu-default.md's rows, from runs/study/*/budget.json
 
 A point already measured (its budget.json exists) is skipped, so the study resumes where it stopped.
