@@ -62,6 +62,10 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
     "final10-batch16-A": (A, ["--minutes", "10"], ["--batch-size", "16"], "batch 16, 10 minutes, group A"),
     "final10-base-B": (B, ["--minutes", "10"], [], "the color default, 10 minutes, group B"),
     "final10-batch16-B": (B, ["--minutes", "10"], ["--batch-size", "16"], "batch 16, 10 minutes, group B"),
+    "final10-minsnr5-A": (A, ["--minutes", "10"], ["--set", "diffusion.min_snr_gamma=5"],
+                          "min-SNR-5 weighting, 10 minutes, group A"),
+    "final10-minsnr5-B": (B, ["--minutes", "10"], ["--set", "diffusion.min_snr_gamma=5"],
+                          "min-SNR-5 weighting, 10 minutes, group B"),
     # the digits, for the levers that matter there (the gray default trains about 4,500 steps in 10 minutes)
     "digits-base": ("mnist5k", ["--max-steps", "3000"], [], "the gray default: v, 16/32/64"),
     "digits-edm": ("mnist5k", ["--max-steps", "3000"], ["--objective", "edm"], "EDM's formulation on the digits"),

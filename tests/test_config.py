@@ -107,3 +107,22 @@ def test_a_preset_or_config_file_that_names_color_data_gets_the_color_defaults(t
 def test_every_named_data_set_says_how_many_channels_it_has():
     channels = {spec.name: spec.channels for spec in DATASETS}
     assert set(channels) == set(DATASETS.names()) and set(channels.values()) == {1, 3}
+
+
+@pytest.mark.parametrize("data, overrides, gamma", [
+    ("emoji", {}, 5.0),  # color, the default objective v: min-SNR-5
+    ("folder:/pictures", {}, 5.0),
+    ("mnist5k", {}, None),  # gray: the unweighted loss, which won on the digits
+    ("emoji", {"diffusion.objective": "eps"}, None),  # another objective keeps its own loss ...
+    ("emoji", {"diffusion.objective": "edm"}, None),  # ... EDM its own weight
+    ("emoji", {"diffusion.objective": "edm", "diffusion.min_snr_gamma": 3}, 3.0),  # unless asked
+    ("emoji", {"diffusion.min_snr_gamma": None}, None),  # null turns it off
+])
+def test_color_data_weights_the_v_loss_by_min_snr_5(data, overrides, gamma):
+    config = compose_config(overrides={"data.name": data, **overrides})
+    assert config.diffusion.min_snr_gamma == gamma
+
+
+def test_a_papers_preset_on_color_data_keeps_its_own_loss():
+    assert compose_config("cifar10-ddpm").diffusion.min_snr_gamma is None  # Ho et al.: eps, unweighted
+    assert compose_config("seed004-emoji64-latent").diffusion.min_snr_gamma is None  # as docs/latent.md measured it

@@ -583,10 +583,13 @@ def read_config(path: Path) -> "Config | AutoencoderRun":
 
 # The dataclass defaults above were measured on 28x28 gray digits. Data with 3 channels (emoji,
 # cifar10, celeba, a folder of the user's own pictures) starts from these instead, measured on 32x32
-# emoji at the same budget: docs/cpu-default.md, "Defaults for color".
+# emoji groups at the same budget: docs/cpu-default.md, "Defaults for color" and "The recipe study".
 COLOR_DEFAULTS: dict[str, object] = {
     "model.channels": [32, 64, 128],
     "model.attention": [False, False, True],
+    # measured with v, the default objective, and only there: a run that chooses another objective
+    # (a paper's preset, EDM with its own weight) keeps that objective's unweighted loss
+    "diffusion.min_snr_gamma": 5.0,
 }
 
 
@@ -596,11 +599,18 @@ def data_channels(data: DataConfig) -> int:
     return data.channels or DATASETS.get(data.name, "data set").channels
 
 
-def defaults_for(data: DataConfig) -> Config:
-    """The config a run on `data` starts from: the gray defaults, or COLOR_DEFAULTS over them for
-    3-channel data. Chosen by what the data is, not its name, so a user's own folder of color
-    images gets what emoji and CIFAR-10 get."""
-    return Config().override(COLOR_DEFAULTS) if data_channels(data) == 3 else Config()
+def defaults_for(chosen: Config) -> Config:
+    """The config a run starts from, given what the layers above the defaults chose (`chosen`): the
+    gray defaults, or COLOR_DEFAULTS over them for 3-channel data. Chosen by what the data is, not
+    its name, so a user's own folder of color images gets what emoji and CIFAR-10 get. The color
+    loss weight goes with the objective it was measured with: a run on another objective keeps
+    that objective's own loss."""
+    if data_channels(chosen.data) != 3:
+        return Config()
+    color = dict(COLOR_DEFAULTS)
+    if chosen.diffusion.objective != Config().diffusion.objective:
+        del color["diffusion.min_snr_gamma"]
+    return Config().override(color)
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -49,4 +49,4 @@ def compose_config(preset: Optional[str] = None, config_file: Optional[str] = No
         return config.override(overrides or {})
 
     config = layered(Config())
-    return layered(defaults_for(config.data))
+    return layered(defaults_for(config))
