@@ -49,6 +49,9 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
     first = _start([*DDPM, "train", "--out", str(run), *LONG])
     try:
         _wait_for(lambda: RunDir(run).latest() is not None, "the first checkpoint")
+        # Paused, the first writer still holds the lock, and the reference below retrains only the
+        # few steps it made, not the hundreds it would make while the others start.
+        first.send_signal(signal.SIGSTOP)
         assert f"PID {first.pid} " in holder(run)
         second = subprocess.run([*DDPM, "train", "--resume", str(run), "--max-steps", "100000"], capture_output=True,
                                 text=True, timeout=120)
@@ -58,6 +61,7 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
         third = subprocess.run([*DDPM, "train", "--out", str(run), *LONG], capture_output=True, text=True, timeout=120)
         assert third.returncode == 2 and "already holds a run" in third.stderr, third.stderr
     finally:
+        first.send_signal(signal.SIGCONT)
         first.send_signal(signal.SIGINT)  # a pause: checkpoint, exit 0
         assert first.wait(timeout=120) == 0, first.stderr.read()
     steps = _log_steps(run)

