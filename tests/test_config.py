@@ -126,3 +126,43 @@ def test_color_data_weights_the_v_loss_by_min_snr_5(data, overrides, gamma):
 def test_a_papers_preset_on_color_data_keeps_its_own_loss():
     assert compose_config("cifar10-ddpm").diffusion.min_snr_gamma is None  # Ho et al.: eps, unweighted
     assert compose_config("seed004-emoji64-latent").diffusion.min_snr_gamma is None  # as docs/latent.md measured it
+
+
+NARROW, WIDE = [16, 32, 64], COLOR_DEFAULTS["model.channels"]
+
+
+@pytest.mark.parametrize("overrides, channels, by_budget", [
+    ({"train.max_minutes": 5}, NARROW, True),  # a short CPU budget: the narrower network's steps win
+    ({"train.max_minutes": 10}, NARROW, True),  # the row's bound is inclusive
+    ({"train.max_minutes": 30}, WIDE, False),
+    ({}, WIDE, False),  # a budget of steps alone: no minutes to size by
+    ({"train.max_minutes": 5, "train.device": "cuda"}, WIDE, False),  # a GPU's minute buys far more steps
+    ({"train.max_minutes": 5, "latent.autoencoder": "runs/ae"}, WIDE, False),  # measured in pixel space only
+    ({"train.max_minutes": 5, "model.channels": "[32,64,128]"}, WIDE, False),  # a flag still wins
+    ({"train.max_minutes": 5, "data.name": "mnist5k"}, Config().model.channels, False),  # gray has its own
+])
+def test_a_short_cpu_budget_sizes_the_color_network(overrides, channels, by_budget):
+    config = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", **overrides})
+    assert config.model.channels == channels
+    assert ("model.channels" in config.chosen) == by_budget
+
+
+@pytest.mark.parametrize("cuda, channels", [(False, NARROW), (True, WIDE)])
+def test_auto_sizes_by_the_device_it_will_train_on(monkeypatch, cuda, channels):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: cuda)
+    assert compose_config(overrides={"data.name": "emoji", "train.max_minutes": 5}).model.channels == channels
+
+
+def test_the_saved_config_says_what_the_budget_chose_and_the_run_keeps_it(tmp_path):
+    run = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 5})
+    run.to_yaml(tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert text.startswith("# model.channels: [16, 32, 64], chosen by the time budget: --max-minutes 5 on the CPU")
+    saved = Config.from_yaml(tmp_path / "config.yaml")
+    assert saved == run and saved.model.channels == NARROW
+    # a requeued job that gives the run a longer budget resumes the network it started with
+    longer = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 30})
+    requeued = saved.requeued(longer, "run")
+    assert requeued.model.channels == NARROW and requeued.train.max_minutes == 30
+    with pytest.raises(InputError, match="model.channels"):  # one that asks for another network by name is refused
+        saved.requeued(longer.override({"model.channels": "[8,16,32]"}), "run")

@@ -246,6 +246,22 @@ def test_a_requeued_run_without_a_checkpoint_starts_again(tmp_path):
     assert RunDir(out).latest().name == "step_000002"
 
 
+def test_a_requeued_job_with_a_longer_budget_keeps_the_network_its_budget_chose(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(8):
+        Image.new("RGB", (16, 16), (30 * i, 200 - 20 * i, 90)).save(tmp_path / f"{i}.png")
+    out = tmp_path / "run"
+    command = ["train", "--out", str(out), "--resume-if-exists", "--data", f"folder:{tmp_path}", "--batch-size", "8",
+               "--timesteps", "100", "--set", "sample.steps=5", "--set", "train.grid_size=4", "--device", "cpu",
+               "--no-progress"]
+    assert main([*command, "--max-minutes", "5", "--max-steps", "1"]) == 0
+    assert "ddpm: model.channels [16, 32, 64], chosen by the time budget: --max-minutes 5" in capsys.readouterr().out
+    assert (out / "config.yaml").read_text().startswith("# model.channels: [16, 32, 64], chosen by the time budget")
+    assert main([*command, "--max-minutes", "30", "--max-steps", "2"]) == 0  # 30 minutes would choose 32/64/128
+    assert RunDir(out).latest().name == "step_000002" and RunDir(out).load_config().model.channels == [16, 32, 64]
+
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 

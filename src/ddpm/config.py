@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import math
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,6 +381,10 @@ class DistillConfig:
 class Sections:
     """What every config shares: typed sections, validation, YAML round trip and dotted overrides."""
 
+    # settings that the defaults chose for a reason beyond the data's channels ({"model.channels":
+    # why}): presets.compose_config says why, config.yaml keeps it as comments above the settings
+    chosen: typing.ClassVar[typing.Mapping[str, str]] = types.MappingProxyType({})
+
     def validate(self):
         for section_name in self.section_names():
             section = getattr(self, section_name)
@@ -404,18 +409,32 @@ class Sections:
     def requeued(self, given, run: str):
         """This run's config for a command that would start it anew with `given` (a requeued job's
         `--resume-if-exists`): the two must agree, but in the budget (RESUMABLE, which `given` sets)
-        and in what training resolved where `given` left it unset (sizes, the autoencoder's hash)."""
+        and in what training resolved where `given` left it unset (sizes, the autoencoder's hash). A
+        network sized by the time budget (sized_by_budget) stays the run's when the budget changes."""
         mine, theirs = _flat(self.to_dict()), _flat(given.to_dict())
         latent = bool(getattr(getattr(self, "latent", None), "autoencoder", None))
         differ = [key for key in sorted(mine.keys() | theirs.keys())
                   if mine.get(key) != theirs.get(key) and key not in RESUMABLE
                   and not (key in RESOLVED and theirs.get(key) is None)
+                  and not self._sized_by_budget(key, given)
                   and not (key == "sample.clip_denoised" and latent)]
         if differ:
             raise InputError(f"{run} holds a run whose config differs from this command's in {', '.join(differ[:4])}"
                              + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
                              + "; give the run's settings (only the budget may change), or another --out")
         return self.override({key: theirs[key] for key in RESUMABLE if key in theirs})
+
+    def _sized_by_budget(self, key: str, given) -> bool:
+        """Whether `key` differs between this run and `given` only because their time budgets sized
+        the network: `given`'s value came from its budget, or this run's budget chose this run's and
+        `given` holds its own budget's default."""
+        if not isinstance(given, Config) or not isinstance(self, Config):
+            return False
+        if key in given.chosen:
+            return True
+        mine = sized_by_budget(self)
+        return (key in mine and _flat(self.to_dict())[key] == mine[key]
+                and _flat(given.to_dict())[key] == _flat(defaults_for(given).to_dict())[key])
 
     # ---- serialisation -------------------------------------------------------------------
 
@@ -446,6 +465,7 @@ class Sections:
         from .atomic import atomic_write
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        text = "".join(f"# {key}: {why}\n" for key, why in self.chosen.items()) + text
         atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
     @classmethod
@@ -593,6 +613,37 @@ COLOR_DEFAULTS: dict[str, object] = {
 }
 
 
+# Model size by the time budget, for color images on a CPU: a short --max-minutes buys more from the
+# steps of a narrower UNet than from the color default's width. On emoji group A, 16/32/64 against
+# 32/64/128 scored FID 233 against 284 in 5 minutes and 185 against 190 in 10, and sampled 2.3x as
+# fast (docs/cpu-default.md, "Model size by the budget"). Rows of (most minutes, settings): the first
+# whose minutes cover the run's budget. Measured in pixel space on the CPU only: a GPU's minute, or
+# a latent run's, buys other sizes; past 10 minutes the color default's width was not measured against.
+COLOR_CPU_BUDGET_SIZES: tuple[tuple[float, dict[str, object]], ...] = (
+    (10.0, {"model.channels": [16, 32, 64]}),
+)
+
+
+def _on_cpu(device: str) -> bool:
+    """Whether a run on `device` (train.device) trains on the CPU: cpu, or auto without CUDA."""
+    if device == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return device.split(":")[0] == "cpu"
+
+
+def sized_by_budget(chosen: Config) -> dict[str, object]:
+    """The settings that a color run's time budget (train.max_minutes) chooses over COLOR_DEFAULTS:
+    those of the first COLOR_CPU_BUDGET_SIZES row that covers it, for a pixel-space color run on the
+    CPU; none for any other run."""
+    minutes = chosen.train.max_minutes
+    if (minutes is None or data_channels(chosen.data) != 3 or chosen.latent.autoencoder is not None
+            or not _on_cpu(chosen.train.device)):
+        return {}
+    return next((dict(settings) for most, settings in COLOR_CPU_BUDGET_SIZES if minutes <= most), {})
+
+
 def data_channels(data: DataConfig) -> int:
     """How many channels the data set of `data` holds as the model will see it: data.channels when
     set, else the named set's own (its spec in ddpm.registry.DATASETS; 3 for a folder, read as RGB)."""
@@ -604,13 +655,14 @@ def defaults_for(chosen: Config) -> Config:
     gray defaults, or COLOR_DEFAULTS over them for 3-channel data. Chosen by what the data is, not
     its name, so a user's own folder of color images gets what emoji and CIFAR-10 get. The color
     loss weight goes with the objective it was measured with: a run on another objective keeps
-    that objective's own loss."""
+    that objective's own loss. A short time budget on the CPU chooses a narrower network
+    (sized_by_budget)."""
     if data_channels(chosen.data) != 3:
         return Config()
     color = dict(COLOR_DEFAULTS)
     if chosen.diffusion.objective != Config().diffusion.objective:
         del color["diffusion.min_snr_gamma"]
-    return Config().override(color)
+    return Config().override({**color, **sized_by_budget(chosen)})
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Optional
 
 import yaml
 
-from .config import Config, defaults_for
+from .config import Config, defaults_for, sized_by_budget
 from .errors import InputError
 
 
@@ -40,7 +40,8 @@ def compose_config(preset: Optional[str] = None, config_file: Optional[str] = No
                    overrides: Optional[dict] = None) -> Config:
     """Settings in layers: the defaults < a preset < a config file < overrides ({"train.lr": 1e-3}).
 
-    The defaults depend on the data the layers above choose: gray or color (config.defaults_for).
+    The defaults depend on the data the layers above choose: gray or color, and for color on the CPU
+    the time budget (config.defaults_for). What the budget chose, the config says in `chosen`.
     """
     def layered(base: Config) -> Config:
         config = load_preset(preset, base) if preset else base
@@ -48,5 +49,13 @@ def compose_config(preset: Optional[str] = None, config_file: Optional[str] = No
             config = Config.from_yaml(config_file, base=config)
         return config.override(overrides or {})
 
-    config = layered(Config())
-    return layered(defaults_for(config))
+    first = layered(Config())
+    config = layered(defaults_for(first))
+    def kept(key: str, value: object) -> bool:  # not overridden by a layer above the defaults
+        section, name = key.split(".")
+        return getattr(getattr(config, section), name) == value
+
+    config.chosen = {key: f"{value}, chosen by the time budget: --max-minutes {first.train.max_minutes:g} on the CPU "
+                          f"(config.COLOR_CPU_BUDGET_SIZES; docs/cpu-default.md)"
+                     for key, value in sized_by_budget(first).items() if kept(key, value)}
+    return config
