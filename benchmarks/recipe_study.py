@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 A, B = "folder:runs/emoji-groups/A", "folder:runs/emoji-groups/B"
+WIDE = ["--set", "model.channels=[32,64,128]"]  # the color default's width, which a short CPU budget narrows
 STEPS = 1500  # about what the color default trains in 10 minutes here (1,546 at 173 GFLOP/s)
 OUT = Path("runs/study")
 
@@ -57,14 +58,15 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
     "confirm-minsnr5": (B, ["--max-steps", str(STEPS)], ["--set", "diffusion.min_snr_gamma=5"],
                         "min-SNR-5 weighting, on group B"),
     "confirm-batch16": (B, ["--max-steps", str(2 * STEPS)], ["--batch-size", "16"], "batch 16, equal images, on group B"),
-    # finalists at equal time (10 minutes, 1,000 samples): each needs the machine to itself
-    "final10-base-A": (A, ["--minutes", "10"], [], "the color default, 10 minutes, group A"),
-    "final10-batch16-A": (A, ["--minutes", "10"], ["--batch-size", "16"], "batch 16, 10 minutes, group A"),
-    "final10-base-B": (B, ["--minutes", "10"], [], "the color default, 10 minutes, group B"),
-    "final10-batch16-B": (B, ["--minutes", "10"], ["--batch-size", "16"], "batch 16, 10 minutes, group B"),
-    "final10-minsnr5-A": (A, ["--minutes", "10"], ["--set", "diffusion.min_snr_gamma=5"],
+    # finalists at equal time (10 minutes, 1,000 samples): each needs the machine to itself. They ran
+    # with 32/64/128 before 10 minutes on the CPU chose 16/32/64 (config.COLOR_CPU_BUDGET_SIZES), and say so.
+    "final10-base-A": (A, ["--minutes", "10"], WIDE, "the color default of then, 10 minutes, group A"),
+    "final10-batch16-A": (A, ["--minutes", "10"], [*WIDE, "--batch-size", "16"], "batch 16, 10 minutes, group A"),
+    "final10-base-B": (B, ["--minutes", "10"], WIDE, "the color default of then, 10 minutes, group B"),
+    "final10-batch16-B": (B, ["--minutes", "10"], [*WIDE, "--batch-size", "16"], "batch 16, 10 minutes, group B"),
+    "final10-minsnr5-A": (A, ["--minutes", "10"], [*WIDE, "--set", "diffusion.min_snr_gamma=5"],
                           "min-SNR-5 weighting, 10 minutes, group A"),
-    "final10-minsnr5-B": (B, ["--minutes", "10"], ["--set", "diffusion.min_snr_gamma=5"],
+    "final10-minsnr5-B": (B, ["--minutes", "10"], [*WIDE, "--set", "diffusion.min_snr_gamma=5"],
                           "min-SNR-5 weighting, 10 minutes, group B"),
     # the digits, for the levers that matter there (the gray default trains about 4,500 steps in 10 minutes)
     "digits-base": ("mnist5k", ["--max-steps", "3000"], [], "the gray default: v, 16/32/64"),
@@ -73,11 +75,13 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
 }
 
 # Sizes at equal time: which width and depth wins at 5, 10 and 30 minutes. They need the machine to
-# themselves, and they train with the objective the screen chose (TIME_OPTIONS).
-TIME_OPTIONS = ["--objective", "edm"]
+# themselves, and they train with the color default the screens chose (v, min-SNR-5; TIME_OPTIONS).
+# time10-c32 is the color default itself, the configuration of final10-minsnr5-A.
+TIME_OPTIONS: list[str] = []
 SIZES = {"c16": ["16,32,64"], "c24": ["24,48,96"], "c32": ["32,64,128"], "c32-res2": ["32,64,128", "2"],
          "c48": ["48,96,192"]}
-for minutes, sizes in ((5, ("c16", "c32")), (10, ("c16", "c24", "c32", "c32-res2", "c48")), (30, ("c16", "c32"))):
+SIZES_AT = {5: ("c16", "c32", "c48"), 10: ("c16", "c24", "c32", "c32-res2", "c48"), 30: ("c16", "c32", "c48")}
+for minutes, sizes in SIZES_AT.items():
     for size in sizes:
         widths, *depth = SIZES[size]
         options = [*TIME_OPTIONS, "--set", f"model.channels=[{widths}]"]
@@ -86,6 +90,9 @@ for minutes, sizes in ((5, ("c16", "c32")), (10, ("c16", "c24", "c32", "c32-res2
                                            f"channels {widths.replace(',', '/')}"
                                            + (f", {depth[0]} blocks per level" if depth else "")
                                            + f", {minutes} minutes")
+
+POINTS["time10-c16-B"] = (B, ["--minutes", "10"], [*TIME_OPTIONS, "--set", "model.channels=[16,32,64]"],
+                          "channels 16/32/64, 10 minutes, group B (against final10-minsnr5-B)")
 
 
 def run_point(name: str, n: int) -> None:
