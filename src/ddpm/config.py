@@ -426,15 +426,8 @@ class Sections:
 
     def _sized_by_budget(self, key: str, given) -> bool:
         """Whether `key` differs between this run and `given` only because their time budgets sized
-        the network: `given`'s value came from its budget, or this run's budget chose this run's and
-        `given` holds its own budget's default."""
-        if not isinstance(given, Config) or not isinstance(self, Config):
-            return False
-        if key in given.chosen:
-            return True
-        mine = sized_by_budget(self)
-        return (key in mine and _flat(self.to_dict())[key] == mine[key]
-                and _flat(given.to_dict())[key] == _flat(defaults_for(given).to_dict())[key])
+        the network (Config's runs; no other kind of run is sized by its budget)."""
+        return False
 
     # ---- serialisation -------------------------------------------------------------------
 
@@ -520,6 +513,16 @@ class Config(Sections):
         if self.data.image_size is not None and (self.latent.autoencoder is None or self.latent.factor):
             self.model.check_image_size(self.model_input()[1])
         return self
+
+    def _sized_by_budget(self, key: str, given: "Config") -> bool:
+        """Whether `key` differs between this run and `given` only because their time budgets sized
+        the network: `given`'s value came from its budget, or this run's budget chose this run's and
+        `given` holds its own budget's default."""
+        if key in given.chosen:
+            return True
+        mine = sized_by_budget(self)
+        return (key in mine and _flat(self.to_dict())[key] == mine[key]
+                and _flat(given.to_dict())[key] == _flat(defaults_for(given).to_dict())[key])
 
     def model_input(self) -> tuple[int, int]:
         """(channels, size) of what the UNet denoises: the images, or a latent run's latents."""
