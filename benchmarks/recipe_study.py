@@ -75,8 +75,9 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
 }
 
 # Sizes at equal time: which width and depth wins at 5, 10 and 30 minutes. They need the machine to
-# themselves, and they train with the color default the screens chose (v, min-SNR-5; TIME_OPTIONS).
-# time10-c32 is the color default itself, the configuration of final10-minsnr5-A.
+# themselves, and they train with the color recipe the screens chose (v, min-SNR-5; TIME_OPTIONS).
+# time10-c32 is the configuration of final10-minsnr5-A. Each names its width, since on the CPU a
+# budget of at most 10 minutes would otherwise choose 16/32/64 (config.COLOR_CPU_BUDGET_SIZES).
 TIME_OPTIONS: list[str] = []
 SIZES = {"c16": ["16,32,64"], "c24": ["24,48,96"], "c32": ["32,64,128"], "c32-res2": ["32,64,128", "2"],
          "c48": ["48,96,192"]}
