@@ -416,7 +416,7 @@ class Sections:
         differ = [key for key in sorted(mine.keys() | theirs.keys())
                   if mine.get(key) != theirs.get(key) and key not in RESUMABLE
                   and not (key in RESOLVED and theirs.get(key) is None)
-                  and not self._sized_by_budget(key, given)
+                  and not self._sized_by_budget(key, mine.get(key), given, theirs.get(key))
                   and not (key == "sample.clip_denoised" and latent)]
         if differ:
             raise InputError(f"{run} holds a run whose config differs from this command's in {', '.join(differ[:4])}"
@@ -424,9 +424,9 @@ class Sections:
                              + "; give the run's settings (only the budget may change), or another --out")
         return self.override({key: theirs[key] for key in RESUMABLE if key in theirs})
 
-    def _sized_by_budget(self, key: str, given) -> bool:
-        """Whether `key` differs between this run and `given` only because their time budgets sized
-        the network (Config's runs; no other kind of run is sized by its budget)."""
+    def _sized_by_budget(self, key: str, mine: object, given, theirs: object) -> bool:
+        """Whether `key` differs between this run (`mine`) and `given` (`theirs`) only because their
+        time budgets sized the network (Config's runs; no other kind of run is sized by its budget)."""
         return False
 
     # ---- serialisation -------------------------------------------------------------------
@@ -514,15 +514,14 @@ class Config(Sections):
             self.model.check_image_size(self.model_input()[1])
         return self
 
-    def _sized_by_budget(self, key: str, given: "Config") -> bool:
-        """Whether `key` differs between this run and `given` only because their time budgets sized
-        the network: `given`'s value came from its budget, or this run's budget chose this run's and
-        `given` holds its own budget's default."""
+    def _sized_by_budget(self, key: str, mine: object, given: "Config", theirs: object) -> bool:
+        """Whether `key` differs between this run (`mine`) and `given` (`theirs`) only because their
+        time budgets sized the network: `given`'s value came from its budget, or this run's budget
+        chose this run's and `given` holds its own budget's default."""
         if key in given.chosen:
             return True
-        mine = sized_by_budget(self)
-        return (key in mine and _flat(self.to_dict())[key] == mine[key]
-                and _flat(given.to_dict())[key] == _flat(defaults_for(given).to_dict())[key])
+        budget = sized_by_budget(self)
+        return key in budget and mine == budget[key] and theirs == _flat(defaults_for(given).to_dict())[key]
 
     def model_input(self) -> tuple[int, int]:
         """(channels, size) of what the UNet denoises: the images, or a latent run's latents."""
@@ -645,6 +644,16 @@ def sized_by_budget(chosen: Config) -> dict[str, object]:
             or not _on_cpu(chosen.train.device)):
         return {}
     return next((dict(settings) for most, settings in COLOR_CPU_BUDGET_SIZES if minutes <= most), {})
+
+
+def chosen_by_budget(first: Config, config: Config) -> dict[str, str]:
+    """Why each setting that the time budget of `first` (the layers above the defaults) chose is in
+    `config` (those layers over the defaults): {"model.channels": "[16, 32, 64], chosen by ..."}, for
+    the settings no layer overrode."""
+    flat = _flat(config.to_dict())
+    return {key: f"{value}, chosen by the time budget: --max-minutes {first.train.max_minutes:g} on the CPU "
+                 f"(config.COLOR_CPU_BUDGET_SIZES; docs/cpu-default.md)"
+            for key, value in sized_by_budget(first).items() if flat[key] == value}
 
 
 def data_channels(data: DataConfig) -> int:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import yaml
 
-from .config import Config, defaults_for, sized_by_budget
+from .config import Config, chosen_by_budget, defaults_for
 from .errors import InputError
 
 
@@ -51,11 +51,5 @@ def compose_config(preset: Optional[str] = None, config_file: Optional[str] = No
 
     first = layered(Config())
     config = layered(defaults_for(first))
-    def kept(key: str, value: object) -> bool:  # not overridden by a layer above the defaults
-        section, name = key.split(".")
-        return getattr(getattr(config, section), name) == value
-
-    config.chosen = {key: f"{value}, chosen by the time budget: --max-minutes {first.train.max_minutes:g} on the CPU "
-                          f"(config.COLOR_CPU_BUDGET_SIZES; docs/cpu-default.md)"
-                     for key, value in sized_by_budget(first).items() if kept(key, value)}
+    config.chosen = chosen_by_budget(first, config)
     return config
