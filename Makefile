@@ -45,8 +45,11 @@ demo: $(VENV)/.installed-base
 demo-color: emoji
 	$(MAKE) demo DEMO_DATA=emoji DEMO_RUN=runs/demo-color
 
+# One pytest worker per core, each on one thread (tests/conftest.py): most tests are small tensors and process starts,
+# which one worker leaves a core idle for (docs/tests.md has the measure). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 test: $(VENV)/.installed-test chromium emoji
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # Debian packages, installed when this machine allows it (root with apt-get); without them the
 # tests that need them are skipped. The report's browser test opens it in headless chromium; the

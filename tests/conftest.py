@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from ddpm import Config, NoiseSchedule, Prediction
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of make test's workers, one per core (Makefile):
+    torch.set_num_threads(1)  # one thread each, here
+    os.environ["OMP_NUM_THREADS"] = "1"  # and in the processes its tests start
 
 
 def tiny_config(**overrides) -> Config:
