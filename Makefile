@@ -45,8 +45,9 @@ demo: $(VENV)/.installed-base
 demo-color: emoji
 	$(MAKE) demo DEMO_DATA=emoji DEMO_RUN=runs/demo-color
 
-# One pytest worker per core, each on one thread (tests/conftest.py): most tests are small tensors and process starts,
-# which one worker leaves a core idle for (docs/tests.md has the measure). TEST_WORKERS=0: one process.
+# One pytest worker per core, each on one thread (tests/conftest.py): most tests are small tensors
+# and process starts, which leave a core idle in one process (docs/tests.md has the measure).
+# TEST_WORKERS=0: one process.
 TEST_WORKERS ?= auto
 test: $(VENV)/.installed-test chromium emoji
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
