@@ -31,6 +31,11 @@ WIDE = ["--set", "model.channels=[32,64,128]"]  # the color default's width, whi
 STEPS = 1500  # about what the color default trains in 10 minutes here (1,546 at 173 GFLOP/s)
 OUT = Path("runs/study")
 
+# The color default gained min-SNR-5 after the first screens ran (screen-minsnr5 is that default at
+# 1,500 steps). A screen measured later changes one thing from today's default and compares with
+# screen-minsnr5, except batch 128, which keeps the unweighted loss of the batch series it completes.
+UNWEIGHTED = ["--set", "diffusion.min_snr_gamma=null"]
+
 # name: (data, budget flags, train options, what it asks)
 POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
     "screen-base": (A, ["--max-steps", str(STEPS)], [], "the color default: v, 32/64/128, lr 1.5e-3, batch 32"),
@@ -41,7 +46,8 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
     "screen-lr6e-3": (A, ["--max-steps", str(STEPS)], ["--lr", "6e-3"], "four times the learning rate"),
     "screen-batch16": (A, ["--max-steps", str(2 * STEPS)], ["--batch-size", "16"], "batch 16, equal images"),
     "screen-batch64": (A, ["--max-steps", str(STEPS // 2)], ["--batch-size", "64"], "batch 64, equal images"),
-    "screen-batch128": (A, ["--max-steps", str(STEPS // 4)], ["--batch-size", "128"], "batch 128, equal images"),
+    "screen-batch128": (A, ["--max-steps", str(STEPS // 4)], ["--batch-size", "128", *UNWEIGHTED],
+                        "batch 128, equal images"),
     "screen-flip": (A, ["--max-steps", str(STEPS)], ["--flip"], "random horizontal flips"),
     "screen-ema0.99": (A, ["--max-steps", str(STEPS)], ["--set", "train.ema_decay=0.99"], "a shorter EMA"),
     "screen-ema0.9995": (A, ["--max-steps", str(STEPS)], ["--set", "train.ema_decay=0.9995", "--set",
@@ -57,6 +63,8 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
     "confirm-eps": (B, ["--max-steps", str(STEPS)], ["--objective", "eps"], "eps, on group B"),
     "confirm-minsnr5": (B, ["--max-steps", str(STEPS)], ["--set", "diffusion.min_snr_gamma=5"],
                         "min-SNR-5 weighting, on group B"),
+    "confirm-attn16": (B, ["--max-steps", str(STEPS)], ["--set", "model.attention=[false,true,true]"],
+                       "attention at 16x16 as well as 8x8, on group B"),
     "confirm-batch16": (B, ["--max-steps", str(2 * STEPS)], ["--batch-size", "16"], "batch 16, equal images, on group B"),
     # finalists at equal time (10 minutes, 1,000 samples): each needs the machine to itself. They ran
     # with 32/64/128 before 10 minutes on the CPU chose 16/32/64 (config.COLOR_CPU_BUDGET_SIZES), and say so.
