@@ -618,7 +618,9 @@ COLOR_DEFAULTS: dict[str, object] = {
 # Model size by the time budget, for color images on a CPU: a short --max-minutes buys more from the
 # steps of a narrower UNet than from the color default's width. On emoji group A, 16/32/64 against
 # 32/64/128 scored FID 233 against 284 in 5 minutes and 185 against 190 in 10, and sampled 2.3x as
-# fast; in 30 minutes 32/64/128 won, 135 against 154, the curves crossing near 11 minutes
+# fast; in 30 minutes 32/64/128 won, 135 against 154, the curves crossing near 11 minutes. Those ran at
+# 93-177 GFLOP/s: on a machine twice as fast 32/64/128 won in 10 minutes too (127 against 150), since
+# what decides is the steps a budget buys, and the bound does not yet follow the machine's speed
 # (docs/cpu-default.md, "Model size by the budget"). Rows of (most minutes, settings): the first whose
 # minutes cover the run's budget. Measured in pixel space on the CPU only: a GPU's minute, or a latent
 # run's, buys other sizes.
