@@ -26,31 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm import Pipeline, build_diffusion, build_network, load_data
 from ddpm.presets import compose_config
-from ddpm.runtime.devices import resolve_device
+from ddpm.runtime.devices import synchronize, matmul_rate, resolve_device  # matmul_rate: the other benchmarks import it from here
 from ddpm.training.precision import autocast
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 3.0) -> float:
-    """FLOP/s of a large square matrix multiply: the practical limit of this device and dtype."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        count += 1
-        if device.type == "cuda" and count % 10:
-            continue
-        _sync(device)
-    _sync(device)
-    return 2 * size**3 * count / (time.perf_counter() - started)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -105,11 +82,11 @@ def main() -> None:
 
     for _ in range(5):  # warm-up, and compilation
         step()
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(args.steps):
         step()
-    _sync(device)
+    synchronize(device)
     train_images_per_s = args.steps * batch / (time.perf_counter() - started)
 
     limit_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
@@ -119,7 +96,7 @@ def main() -> None:
     network.eval()
     started = time.perf_counter()
     Pipeline(network, diffusion, config)(args.sample_n, "ddim", args.sample_nfe, batch_size=args.sample_n, progress=False)
-    _sync(device)
+    synchronize(device)
     sample_images_per_s = args.sample_n / (time.perf_counter() - started)
 
     print(json.dumps({

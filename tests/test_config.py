@@ -153,11 +153,57 @@ def test_auto_sizes_by_the_device_it_will_train_on(monkeypatch, cuda, channels):
     assert compose_config(overrides={"data.name": "emoji", "train.max_minutes": 5}).model.channels == channels
 
 
+@pytest.mark.parametrize("gflops, minutes, channels", [
+    (342, 5, NARROW),  # twice the study's machine: 5 minutes buy the steps of 10 there
+    (380, 10, WIDE),  # where 32/64/128 won 10 minutes, 127 against 150 (docs/cpu-default.md)
+    (380, 5, WIDE),  # 11.1 of the study's minutes
+    (100, 15, NARROW),  # a slow machine's 15 minutes are 8.8 of the study's
+    (171, 12, WIDE),
+])
+def test_the_budget_counts_minutes_of_the_machine_the_sizes_were_measured_on(monkeypatch, gflops, minutes, channels):
+    monkeypatch.setenv("DDPM_CPU_GFLOPS", str(gflops))
+    config = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": minutes})
+    assert config.model.channels == channels
+    if channels == NARROW:
+        assert f"at {gflops} GFLOP/s, {minutes * gflops / 171:.1f} minutes of the 171" in config.chosen["model.channels"]
+
+
+def test_the_cpu_speed_is_measured_once_and_agreed_under_torchrun(monkeypatch):
+    from ddpm.config import budget_gflops
+    from ddpm.runtime import devices
+
+    monkeypatch.delenv("DDPM_CPU_GFLOPS")
+    devices._measured_cpu_gflops.cache_clear()
+    rate = devices.cpu_gflops()
+    assert 1 < rate < 1e5 and devices.cpu_gflops() == rate  # measured, then remembered
+    monkeypatch.setenv("WORLD_SIZE", "2")  # ranks that share the cores would measure different rates
+    assert budget_gflops() == 171
+    monkeypatch.setenv("DDPM_CPU_GFLOPS", "400")  # unless the job says which
+    assert budget_gflops() == 400
+
+
+@pytest.mark.parametrize("given", ["fast", "0", "-3", "inf", "nan"])
+def test_a_cpu_speed_that_is_not_one_is_refused(monkeypatch, given):
+    monkeypatch.setenv("DDPM_CPU_GFLOPS", given)
+    with pytest.raises(InputError, match=f"DDPM_CPU_GFLOPS='{given}' is not a matrix-multiply rate"):
+        compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 5})
+
+
+def test_a_run_requeued_on_a_faster_machine_keeps_the_network_its_budget_chose(monkeypatch, tmp_path):
+    compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 10}).to_yaml(
+        tmp_path / "config.yaml")
+    saved = Config.from_yaml(tmp_path / "config.yaml")
+    monkeypatch.setenv("DDPM_CPU_GFLOPS", "400")  # the same command there keeps 32/64/128
+    again = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 10})
+    assert again.model.channels == WIDE and saved.requeued(again, "run").model.channels == NARROW
+
+
 def test_the_saved_config_says_what_the_budget_chose_and_the_run_keeps_it(tmp_path):
     run = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 5})
     run.to_yaml(tmp_path / "config.yaml")
     text = (tmp_path / "config.yaml").read_text()
-    assert text.startswith("# model.channels: [16, 32, 64], chosen by the time budget: --max-minutes 5 on the CPU")
+    assert text.startswith("# model.channels: [16, 32, 64], chosen by the time budget: --max-minutes 5 on a CPU at "
+                           "171 GFLOP/s, 5.0 minutes of the 171 GFLOP/s CPU the sizes were measured on")
     saved = Config.from_yaml(tmp_path / "config.yaml")
     assert saved == run and saved.model.channels == NARROW
     # a requeued job that gives the run a longer budget resumes the network it started with

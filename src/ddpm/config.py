@@ -516,12 +516,12 @@ class Config(Sections):
 
     def _sized_by_budget(self, key: str, mine: object, given: "Config", theirs: object) -> bool:
         """Whether `key` differs between this run (`mine`) and `given` (`theirs`) only because their
-        time budgets sized the network: `given`'s value came from its budget, or this run's budget
-        chose this run's and `given` holds its own budget's default."""
+        time budgets sized the network: `given`'s value came from its budget, or a budget chose this
+        run's (on whatever machine it started) and `given` holds its own budget's default."""
         if key in given.chosen:
             return True
-        budget = sized_by_budget(self)
-        return key in budget and mine == budget[key] and theirs == _flat(defaults_for(given).to_dict())[key]
+        by_a_budget = _sized(self) and any(mine == settings.get(key) for _, settings in COLOR_CPU_BUDGET_SIZES)
+        return by_a_budget and theirs == _flat(defaults_for(given).to_dict())[key]
 
     def model_input(self) -> tuple[int, int]:
         """(channels, size) of what the UNet denoises: the images, or a latent run's latents."""
@@ -618,14 +618,16 @@ COLOR_DEFAULTS: dict[str, object] = {
 # Model size by the time budget, for color images on a CPU: a short --max-minutes buys more from the
 # steps of a narrower UNet than from the color default's width. On emoji group A, 16/32/64 against
 # 32/64/128 scored FID 233 against 284 in 5 minutes and 185 against 190 in 10, and sampled 2.3x as
-# fast; in 30 minutes 32/64/128 won, 135 against 154, the curves crossing near 11 minutes. Those ran at
-# 93-177 GFLOP/s: on a machine twice as fast 32/64/128 won in 10 minutes too (127 against 150), since
-# what decides is the steps a budget buys, and the bound does not yet follow the machine's speed
-# (docs/cpu-default.md, "Model size by the budget"). Rows of (most minutes, settings): the first whose
-# minutes cover the run's budget. Measured in pixel space on the CPU only: a GPU's minute, or a latent
-# run's, buys other sizes.
+# fast; in 30 minutes 32/64/128 won, 135 against 154. What decides is the steps a budget buys: the
+# curves cross where 32/64/128 makes about 1,130 steps, and on a machine twice as fast 32/64/128 won
+# in 10 minutes too (127 against 150). So a budget counts in minutes of the machine the sizes were
+# measured on (BUDGET_SIZES_GFLOPS, where the 10-minute rows ran): --max-minutes scaled by this CPU's
+# matrix-multiply rate over that one (docs/cpu-default.md, "Model size by the budget"). Rows of (most
+# such minutes, settings): the first whose minutes cover the run's budget. Measured in pixel space
+# on the CPU only: a GPU's minute, or a latent run's, buys other sizes.
+BUDGET_SIZES_GFLOPS = 171.0
 COLOR_CPU_BUDGET_SIZES: tuple[tuple[float, dict[str, object]], ...] = (
-    (10.0, {"model.channels": [16, 32, 64]}),
+    (11.0, {"model.channels": [16, 32, 64]}),
 )
 
 
@@ -638,14 +640,31 @@ def _on_cpu(device: str) -> bool:
     return device.split(":")[0] == "cpu"
 
 
+def _sized(chosen: Config) -> bool:
+    """Whether the time budget sizes this run's network: a pixel-space color run on the CPU, with
+    --max-minutes."""
+    return (chosen.train.max_minutes is not None and data_channels(chosen.data) == 3
+            and chosen.latent.autoencoder is None and _on_cpu(chosen.train.device))
+
+
+def budget_gflops() -> float:
+    """The matrix-multiply rate that scales a time budget: this CPU's (runtime.devices.cpu_gflops),
+    but under torchrun the study's own unless DDPM_CPU_GFLOPS gives one, since every rank must
+    choose the same network and ranks that share a machine's cores measure different rates."""
+    from .runtime.devices import CPU_GFLOPS_VARIABLE, cpu_gflops
+
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and CPU_GFLOPS_VARIABLE not in os.environ:
+        return BUDGET_SIZES_GFLOPS
+    return cpu_gflops()
+
+
 def sized_by_budget(chosen: Config) -> dict[str, object]:
     """The settings that a color run's time budget (train.max_minutes) chooses over COLOR_DEFAULTS:
-    those of the first COLOR_CPU_BUDGET_SIZES row that covers it, for a pixel-space color run on the
-    CPU; none for any other run."""
-    minutes = chosen.train.max_minutes
-    if (minutes is None or data_channels(chosen.data) != 3 or chosen.latent.autoencoder is not None
-            or not _on_cpu(chosen.train.device)):
+    those of the first COLOR_CPU_BUDGET_SIZES row that covers it, in minutes of the study's machine,
+    for a pixel-space color run on the CPU; none for any other run."""
+    if not _sized(chosen):
         return {}
+    minutes = chosen.train.max_minutes * budget_gflops() / BUDGET_SIZES_GFLOPS
     return next((dict(settings) for most, settings in COLOR_CPU_BUDGET_SIZES if minutes <= most), {})
 
 
@@ -653,10 +672,14 @@ def chosen_by_budget(first: Config, config: Config) -> dict[str, str]:
     """Why each setting that the time budget of `first` (the layers above the defaults) chose is in
     `config` (those layers over the defaults): {"model.channels": "[16, 32, 64], chosen by ..."}, for
     the settings no layer overrode."""
-    flat = _flat(config.to_dict())
-    return {key: f"{value}, chosen by the time budget: --max-minutes {first.train.max_minutes:g} on the CPU "
-                 f"(config.COLOR_CPU_BUDGET_SIZES; docs/cpu-default.md)"
-            for key, value in sized_by_budget(first).items() if flat[key] == value}
+    settings = sized_by_budget(first)
+    if not settings:
+        return {}
+    flat, minutes, rate = _flat(config.to_dict()), first.train.max_minutes, budget_gflops()
+    why = (f"chosen by the time budget: --max-minutes {minutes:g} on a CPU at {rate:.0f} GFLOP/s, "
+           f"{minutes * rate / BUDGET_SIZES_GFLOPS:.1f} minutes of the {BUDGET_SIZES_GFLOPS:.0f} GFLOP/s CPU the sizes "
+           f"were measured on (config.COLOR_CPU_BUDGET_SIZES; docs/cpu-default.md)")
+    return {key: f"{value}, {why}" for key, value in settings.items() if flat[key] == value}
 
 
 def data_channels(data: DataConfig) -> int:

@@ -37,7 +37,8 @@ FLAGS = [
     ("train.max_steps", "stop after this many optimiser steps", None, {}),
     ("train.max_minutes", "stop after this many minutes of training in all (a resumed run counts its earlier "
                           "time); the cosine learning rate reaches zero then. On the CPU, color data trains the "
-                          "narrower 16/32/64 within 10 minutes (config.COLOR_CPU_BUDGET_SIZES)", None, {}),
+                          "narrower 16/32/64 within 11 minutes of a 171 GFLOP/s CPU, scaled by this one's matrix-multiply rate "
+                          "(config.COLOR_CPU_BUDGET_SIZES; DDPM_CPU_GFLOPS=R gives the rate)", None, {}),
     ("train.seed", "the random seed", None, {}),
     ("train.device", "auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank)", None, {}),
     ("train.precision", "fp32, or bf16 / fp16 autocast", None, {}),
