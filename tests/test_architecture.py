@@ -2,7 +2,7 @@
 
 Layers, from the bottom up (a module may import its own layer's modules and those below):
     errors, names, options,  leaves: the error types, the names, typed options, the registries of specs,
-    registry, atomic         and the atomic write
+    registry, atomic, speed  the atomic write, and the machine's matmul rate
     config, presets          settings, as plain data (no torch)
     models                   the networks
     diffusion                schedules, forward process and loss, guidance, samplers
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import ddpm
 
-LAYERS = [("errors", "names", "options", "registry", "atomic", "signals"), ("config", "presets"), ("models",), ("diffusion",),
+LAYERS = [("errors", "names", "options", "registry", "atomic", "signals", "speed"), ("config", "presets"), ("models",), ("diffusion",),
           ("data",), ("runtime",), ("storage",), ("factory",), ("pipeline",), ("evaluation",), ("pictures",), ("training",), ("cli", "__main__")]
 PACKAGE = Path(ddpm.__file__).parent
 

@@ -169,13 +169,13 @@ def test_the_budget_counts_minutes_of_the_machine_the_sizes_were_measured_on(mon
 
 
 def test_the_cpu_speed_is_measured_once_and_agreed_under_torchrun(monkeypatch):
+    from ddpm import speed
     from ddpm.config import budget_gflops
-    from ddpm.runtime import devices
 
     monkeypatch.delenv("DDPM_CPU_GFLOPS")
-    devices._measured_cpu_gflops.cache_clear()
-    rate = devices.cpu_gflops()
-    assert 1 < rate < 1e5 and devices.cpu_gflops() == rate  # measured, then remembered
+    speed._measured_cpu_gflops.cache_clear()
+    rate = speed.cpu_gflops()
+    assert 1 < rate < 1e5 and speed.cpu_gflops() == rate  # measured, then remembered
     monkeypatch.setenv("WORLD_SIZE", "2")  # ranks that share the cores would measure different rates
     assert budget_gflops() == 171
     monkeypatch.setenv("DDPM_CPU_GFLOPS", "400")  # unless the job says which

@@ -40,6 +40,7 @@ from .names import (
 )
 from .options import check, checked, coerce, hints
 from .registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, OptionRegistry, option_fields
+from .speed import CPU_GFLOPS_VARIABLE, cpu_gflops
 
 
 def cache_dir() -> Path:
@@ -648,11 +649,9 @@ def _sized(chosen: Config) -> bool:
 
 
 def budget_gflops() -> float:
-    """The matrix-multiply rate that scales a time budget: this CPU's (runtime.devices.cpu_gflops),
+    """The matrix-multiply rate that scales a time budget: this CPU's (speed.cpu_gflops),
     but under torchrun the study's own unless DDPM_CPU_GFLOPS gives one, since every rank must
     choose the same network and ranks that share a machine's cores measure different rates."""
-    from .runtime.devices import CPU_GFLOPS_VARIABLE, cpu_gflops
-
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and CPU_GFLOPS_VARIABLE not in os.environ:
         return BUDGET_SIZES_GFLOPS
     return cpu_gflops()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import os
-import time
-
 import torch
 
 from ..errors import InputError
@@ -19,52 +15,3 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name} was asked for but CUDA is not available; use --device cpu")
     return device
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 3.0) -> float:
-    """FLOP/s of a large square matrix multiply: the practical limit of this device and dtype."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        count += 1
-        if device.type == "cuda" and count % 10:
-            continue
-        synchronize(device)
-    synchronize(device)
-    return 2 * size**3 * count / (time.perf_counter() - started)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on `device` (a CUDA stream runs ahead of Python; a CPU does not)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-CPU_GFLOPS_VARIABLE = "DDPM_CPU_GFLOPS"
-
-
-def cpu_gflops() -> float:
-    """This CPU's fp32 matrix-multiply rate in GFLOP/s (2048 x 2048, about a second, measured once a
-    process), which is how the docs record a machine's speed beside every timed number; or the rate
-    that the environment variable DDPM_CPU_GFLOPS gives, so that a cluster's nodes, or a test, agree."""
-    given = os.environ.get(CPU_GFLOPS_VARIABLE)
-    if given is None:
-        return _measured_cpu_gflops()
-    try:
-        rate = float(given)
-    except ValueError:
-        rate = 0.0
-    if not 0 < rate < float("inf"):
-        raise InputError(f"{CPU_GFLOPS_VARIABLE}={given!r} is not a matrix-multiply rate; give a positive number "
-                         f"of GFLOP/s, e.g. {CPU_GFLOPS_VARIABLE}=171, or unset it to measure this CPU")
-    return rate
-
-
-@functools.cache
-def _measured_cpu_gflops() -> float:
-    return matmul_rate(torch.device("cpu"), torch.float32, size=2048, seconds=1.0) / 1e9
