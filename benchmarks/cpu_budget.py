@@ -43,6 +43,7 @@ import torch
 from throughput import matmul_rate  # benchmarks/throughput.py, beside this script
 
 from ddpm import Pipeline
+from ddpm.config import read_config
 
 DDPM = [sys.executable, "-m", "ddpm"]
 
@@ -170,6 +171,7 @@ def main() -> None:
         _option(sample_options, "--sampler", None), _int_or_none(_option(sample_options, "--steps", None)))
     result = {
         "budget": budget, "train_options": args.train_options, "steps": int(last["step"]),
+        "channels": read_config(out / "config.yaml").model.channels,  # what the budget chose, on the CPU
         "train_minutes": round(train_seconds / 60, 2), "cpu_gflops": round(gflops), "images_per_s": float(last["images_per_s"]),
         "sampler": options.sampler, "sampler_steps": options.steps, "nfe": options.nfe, "sample_seconds": round(sample_seconds, 1),
         "fid": round(scores["fid"], 2), "kid": scores["kid"], "samples": scores["samples"], "reference": scores["reference"],
