@@ -38,8 +38,8 @@ def _tiny(line: str) -> str:
         line = re.sub(r"--max-(minutes|steps) [\d.]+", "--max-steps 4", line)
     elif " train " in f"{line} " or " train-autoencoder " in line:
         line = re.sub(r" --max-(minutes|steps) [\d.]+", "", line) + " --max-steps 2 --set train.grid_size=4"
-    # 64x64 emoji render and encode for minutes; 16x16 digits (an f = 4 autoencoder still fits) take seconds
-    line = line.replace("--data emoji --image-size 64", "--data digits --image-size 16")
+    # emoji render and encode for minutes; 16x16 digits (an f = 4 autoencoder still fits) take seconds
+    line = re.sub(r"--data emoji( --image-size \d+)?", "--data digits --image-size 16", line)
     line = re.sub(r'"train\.max_(minutes|steps)": [\d.]+', '"train.max_steps": 2, "train.grid_size": 4', line)
     line = re.sub(r"steps=\d+", "steps=5", line)
     line = re.sub(r"--n \d+", "--n 4", line)
