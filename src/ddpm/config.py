@@ -663,8 +663,13 @@ def sized_by_budget(chosen: Config) -> dict[str, object]:
     for a pixel-space color run on the CPU; none for any other run."""
     if not _sized(chosen):
         return {}
-    minutes = chosen.train.max_minutes * budget_gflops() / BUDGET_SIZES_GFLOPS
-    return next((dict(settings) for most, settings in COLOR_CPU_BUDGET_SIZES if minutes <= most), {})
+    return next((dict(settings) for most, settings in COLOR_CPU_BUDGET_SIZES if budget_minutes(chosen) <= most), {})
+
+
+def budget_minutes(chosen: Config) -> float:
+    """A run's --max-minutes in minutes of the CPU the sizes were measured on: scaled by this
+    CPU's matrix-multiply rate over BUDGET_SIZES_GFLOPS."""
+    return chosen.train.max_minutes * budget_gflops() / BUDGET_SIZES_GFLOPS
 
 
 def chosen_by_budget(first: Config, config: Config) -> dict[str, str]:
@@ -674,9 +679,9 @@ def chosen_by_budget(first: Config, config: Config) -> dict[str, str]:
     settings = sized_by_budget(first)
     if not settings:
         return {}
-    flat, minutes, rate = _flat(config.to_dict()), first.train.max_minutes, budget_gflops()
-    why = (f"chosen by the time budget: --max-minutes {minutes:g} on a CPU at {rate:.0f} GFLOP/s, "
-           f"{minutes * rate / BUDGET_SIZES_GFLOPS:.1f} minutes of the {BUDGET_SIZES_GFLOPS:.0f} GFLOP/s CPU the sizes "
+    flat = _flat(config.to_dict())
+    why = (f"chosen by the time budget: --max-minutes {first.train.max_minutes:g} on a CPU at {budget_gflops():.0f} "
+           f"GFLOP/s, {budget_minutes(first):.1f} minutes of the {BUDGET_SIZES_GFLOPS:.0f} GFLOP/s CPU the sizes "
            f"were measured on (config.COLOR_CPU_BUDGET_SIZES; docs/cpu-default.md)")
     return {key: f"{value}, {why}" for key, value in settings.items() if flat[key] == value}
 
