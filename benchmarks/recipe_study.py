@@ -108,6 +108,12 @@ for size in ("c16", "c32"):
 
 POINTS["time10-c16-B"] = (B, ["--minutes", "10"], [*TIME_OPTIONS, "--set", "model.channels=[16,32,64]"],
                           "channels 16/32/64, 10 minutes, group B (against final10-minsnr5-B)")
+# Two blocks a level won group A's 10 minutes on a fast machine (119.3 against again10-c32's 127.2 in
+# 1,790 steps against 2,459): its confirmation on B, with 32/64/128 of one block beside it on the same
+# machine, since B's 10-minute rows of that width ran on slower ones.
+POINTS["time10-c32-res2-B"] = (B, *POINTS["time10-c32-res2"][1:3], "channels 32/64/128, 2 blocks per level, 10 minutes, "
+                                                                  "group B")
+POINTS["time10-c32-B"] = (B, *POINTS["time10-c32"][1:3], "channels 32/64/128, 10 minutes, group B, beside time10-c32-res2-B")
 
 
 def run_point(name: str, n: int) -> None:
