@@ -172,11 +172,18 @@ def main() -> None:
     result = {
         "budget": budget, "train_options": args.train_options, "steps": int(last["step"]),
         "channels": read_config(out / "config.yaml").model.channels,  # what the budget chose, on the CPU
+        "autoencoder": read_config(out / "config.yaml").latent.autoencoder,
         "train_minutes": round(train_seconds / 60, 2), "cpu_gflops": round(gflops), "images_per_s": float(last["images_per_s"]),
         "sampler": options.sampler, "sampler_steps": options.steps, "nfe": options.nfe, "sample_seconds": round(sample_seconds, 1),
         "fid": round(scores["fid"], 2), "kid": scores["kid"], "samples": scores["samples"], "reference": scores["reference"],
         "data": args.data, "data_floor_fid": round(data_floor(args.data, scores["image_size"], args.n), 2),
     }
+    stage = out / "autoencoder.json"  # a run that trained its own autoencoder first (latent.autoencoder: own)
+    if stage.is_file():
+        ae = last_logged(out / "autoencoder")
+        result["own_autoencoder"] = {**json.loads(stage.read_text()), "steps": int(ae["step"]),
+                                     "channels": read_config(out / "autoencoder" / "config.yaml").autoencoder.channels,
+                                     "images_per_s": float(ae["images_per_s"])}
     if args.versus_dd_pytorch:
         result["denoising_diffusion_pytorch"] = versus_dd_pytorch(args.data, minutes or 10.0, args.n, out / "dd-pytorch")
     (out / "budget.json").write_text(json.dumps(result, indent=2))

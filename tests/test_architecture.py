@@ -2,7 +2,8 @@
 
 Layers, from the bottom up (a module may import its own layer's modules and those below):
     errors, names, options,  leaves: the error types, the names, typed options, the registries of specs,
-    registry, atomic, speed  the atomic write, and the machine's matmul rate
+    registry, atomic, speed, the atomic write, the machine's matmul rate, and what a folder of images
+    folders                  holds
     config, presets          settings, as plain data (no torch)
     models                   the networks
     diffusion                schedules, forward process and loss, guidance, samplers
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import ddpm
 
-LAYERS = [("errors", "names", "options", "registry", "atomic", "signals", "speed"), ("config", "presets"), ("models",), ("diffusion",),
+LAYERS = [("errors", "names", "options", "registry", "atomic", "signals", "speed", "folders"), ("config", "presets"), ("models",), ("diffusion",),
           ("data",), ("runtime",), ("storage",), ("factory",), ("pipeline",), ("evaluation",), ("pictures",), ("training",), ("cli", "__main__")]
 PACKAGE = Path(ddpm.__file__).parent
 

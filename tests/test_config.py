@@ -1,7 +1,7 @@
 import pytest
 
 from ddpm import Config, InputError
-from ddpm.config import COLOR_DEFAULTS
+from ddpm.config import COLOR_DEFAULTS, OWN, own_autoencoder
 from ddpm.registry import DATASETS
 from ddpm.presets import compose_config, list_presets, load_preset
 
@@ -212,3 +212,65 @@ def test_the_saved_config_says_what_the_budget_chose_and_the_run_keeps_it(tmp_pa
     assert requeued.model.channels == NARROW and requeued.train.max_minutes == 30
     with pytest.raises(InputError, match="model.channels"):  # one that asks for another network by name is refused
         saved.requeued(longer.override({"model.channels": "[8,16,32]"}), "run")
+
+
+@pytest.mark.parametrize("overrides, own", [
+    ({"train.max_minutes": 20}, True),  # between the narrow network's row and 30 minutes
+    ({"train.max_minutes": 30}, True),  # the row's bound is inclusive
+    ({"train.max_minutes": 31}, False),
+    ({"train.max_minutes": 10}, False),  # the narrow pixel network's row comes first
+    ({"train.max_minutes": 20, "data.image_size": 64}, True),  # f = 4, as measured at 64x64
+    ({"train.max_minutes": 20, "data.image_size": 48}, False),  # a size it was not measured at
+    ({"train.max_minutes": 20, "train.device": "cuda"}, False),
+    ({"train.max_minutes": 20, "latent.autoencoder": "null"}, False),  # a flag still wins
+    ({"train.max_minutes": 20, "data.name": "mnist5k"}, False),  # gray
+    ({"train.max_minutes": 20, "data.name": "celeba"}, False),  # too large to encode once in memory
+    ({}, False),
+])
+def test_a_color_cpu_budget_past_the_narrow_row_trains_its_own_autoencoder(overrides, own):
+    config = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", **overrides})
+    assert (config.latent.autoencoder == OWN) == own
+    assert ("latent.autoencoder" in config.chosen) == own
+    if own:
+        assert config.model.channels == WIDE and config.chosen["latent.autoencoder"].startswith(
+            "own, chosen by the time budget: --max-minutes 20 on a CPU at 171 GFLOP/s, 20.0 minutes" if
+            config.train.max_minutes == 20 else "own, chosen by the time budget")
+
+
+@pytest.mark.parametrize("size, own", [(32, True), (40, False)])
+def test_a_folders_image_size_is_read_from_its_first_image(tmp_path, size, own):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (size, size), (i, 2 * i, 3 * i)).save(tmp_path / f"{i}.png")
+    config = compose_config(overrides={"data.name": f"folder:{tmp_path}", "train.device": "cpu",
+                                       "train.max_minutes": 20})
+    assert (config.latent.autoencoder == OWN) == own
+
+
+@pytest.mark.parametrize("size, widths", [(32, [64, 128]), (64, [64, 128, 128]), (128, [64, 128, 128, 128])])
+def test_its_own_autoencoder_brings_the_images_to_16x16_latents(size, widths):
+    config = Config().override({"data.image_size": size, "train.max_minutes": 9, "train.seed": 7})
+    autoencoder = own_autoencoder(config)
+    assert autoencoder.autoencoder.channels == widths and size // autoencoder.autoencoder.factor == 16
+    assert autoencoder.train.max_minutes == pytest.approx(3.0) and autoencoder.train.seed == 7
+    assert autoencoder.data.flip and autoencoder.data.image_size == size
+    assert own_autoencoder(config.override({"latent.own_widths": "[8]"})).autoencoder.channels == [8]
+    with pytest.raises(InputError, match="48x48 images do not give; set latent.own_widths"):
+        own_autoencoder(config.override({"data.image_size": 48}))
+
+
+def test_a_run_requeued_past_the_latent_row_keeps_its_own_autoencoder(tmp_path):
+    run = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 20})
+    longer = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 60})
+    assert run.latent.autoencoder == OWN and longer.latent.autoencoder is None
+    assert run.requeued(longer, "run").latent.autoencoder == OWN
+    shorter = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 5})
+    assert longer.requeued(run, "run").latent.autoencoder is None and shorter.requeued(run, "run").model.channels == NARROW
+
+
+@pytest.mark.parametrize("key, value", [("latent.own_share", 0), ("latent.own_share", 1), ("latent.own_steps", 0),
+                                        ("latent.own_widths", "[]")])
+def test_bad_own_autoencoder_settings_are_refused(key, value):
+    with pytest.raises(InputError, match=key):
+        Config().override({key: value}).validate()

@@ -40,6 +40,8 @@ def _tiny(line: str) -> str:
         line = re.sub(r" --max-(minutes|steps) [\d.]+", "", line) + " --max-steps 2 --set train.grid_size=4"
     # emoji render and encode for minutes; 16x16 digits (an f = 4 autoencoder still fits) take seconds
     line = re.sub(r"--data emoji( --image-size \d+)?", "--data digits --image-size 16", line)
+    if "--autoencoder own" in line:  # its autoencoder's share of the minutes, as steps
+        line += " --set latent.own_steps=2 --set latent.own_widths=[8,16]"
     line = re.sub(r'"train\.max_(minutes|steps)": [\d.]+', '"train.max_steps": 2, "train.grid_size": 4', line)
     line = re.sub(r"steps=\d+", "steps=5", line)
     line = re.sub(r"--n \d+", "--n 4", line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -12,7 +13,8 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from ddpm.cli import main
-from ddpm.config import AutoencoderRun
+from ddpm.atomic import file_sha256
+from ddpm.config import AutoencoderRun, own_autoencoder
 from ddpm.data.datasets import load_data
 from ddpm.errors import InputError
 from ddpm.evaluation.reconstruct import psnr
@@ -26,6 +28,7 @@ from ddpm.models.autoencoder import (
     hinge_discriminator_loss,
 )
 from ddpm.pipeline import Pipeline
+from ddpm.storage.checkpoint import RunDir, load_meta
 from ddpm.training.loop import train
 
 
@@ -379,3 +382,108 @@ def test_a_missing_autoencoder_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # as on a machine without the optional extra
     with pytest.raises(InputError, match=r"pip install 'ddpm-textbook\[diffusers\]'"):
         load_codec(f"diffusers:{tmp_path}")
+
+
+# ---- a run that trains its own autoencoder -------------------------------------------------------
+
+
+def own_config(**overrides):
+    """A tiny run of digits at 16 px that trains its own f = 2 autoencoder for 4 steps first, then
+    its UNet for 4 on the latents, each with a checkpoint at step 2."""
+    return tiny_config(**{"data.name": "digits", "data.image_size": 16, "latent.autoencoder": "own",
+                          "latent.own_widths": "[8,16]", "latent.own_steps": 4, "train.max_steps": 4,
+                          "train.checkpoint_every": 2, **overrides})
+
+
+def _weights(run: RunDir) -> dict:
+    return {key: load_file(run.latest() / f"{key}.safetensors") for key in ("model", "ema")}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key]) for key in a)
+
+
+def test_a_run_trains_its_own_autoencoder_first_and_its_directory_alone_samples(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    run = train(own_config(), tmp_path / "run", progress=False)
+    autoencoder = RunDir(run.path / "autoencoder")
+    assert load_meta(autoencoder.latest())["step"] == 4 and load_meta(run.latest())["step"] == 4
+    saved = run.load_config()
+    assert saved.latent.autoencoder == "own" and saved.latent.factor == 2 and saved.latent.channels == 4
+    assert saved.latent.sha256 == file_sha256(autoencoder.latest() / "ema.safetensors")
+    assert isinstance(autoencoder.load_config(), AutoencoderRun)
+    assert autoencoder.load_config().autoencoder.channels == [8, 16]
+    stage = json.loads((run.path / "autoencoder.json").read_text())
+    assert stage["seconds"] >= stage["autoencoder_seconds"] > 0
+    moved = shutil.move(run.path, tmp_path / "moved")  # the directory alone: it names no path outside itself
+    images = Pipeline.from_run(moved, device="cpu")(3, progress=False)
+    assert images.shape == (3, 1, 16, 16)
+
+
+@pytest.mark.parametrize("crash", ["in the autoencoder", "between the stages", "in the diffusion model"])
+def test_a_run_with_its_own_autoencoder_resumes_bit_exactly_from_either_stage(tmp_path, monkeypatch, crash):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    straight = train(own_config(), tmp_path / "straight", progress=False)
+    crashed = train(own_config(), tmp_path / "crashed", progress=False)
+    # roll the run back to what a kill -9 at that moment leaves (every checkpoint is written atomically)
+    if crash == "in the diffusion model":
+        shutil.rmtree(crashed.checkpoints / "step_000004")
+        (crashed.checkpoints / "latest").write_text("step_000002")
+    else:
+        shutil.rmtree(crashed.checkpoints)
+        (crashed.path / "log.csv").unlink()
+    if crash == "in the autoencoder":
+        (crashed.path / "autoencoder.json").unlink()
+        autoencoder = RunDir(crashed.path / "autoencoder")
+        shutil.rmtree(autoencoder.checkpoints / "step_000004")
+        (autoencoder.checkpoints / "latest").write_text("step_000002")
+    main(["train", "--resume", str(crashed.path), "--no-progress"])
+    assert _losses(straight) == _losses(crashed)
+    assert _same(_weights(straight), _weights(crashed))
+    assert _same(_weights(RunDir(straight.path / "autoencoder")), _weights(RunDir(crashed.path / "autoencoder")))
+
+
+def test_the_diffusion_model_trains_for_what_the_autoencoder_left_of_the_budget(tmp_path, monkeypatch):
+    from ddpm.training.loop import Trainer
+    from ddpm.training.tasks import DiffusionTask
+
+    config = own_config(**{"train.max_minutes": 3, "latent.own_share": 0.25})
+    assert own_autoencoder(config.override({"data.image_size": 16})).train.max_minutes == 0.75
+    task = DiffusionTask(tiny_config(**{"data.name": "digits", "data.image_size": 16}),
+                         load_data("digits", image_size=16), torch.device("cpu"), False, False, tmp_path)
+    assert Trainer.build(task, config.train, torch.device("cpu"), spent=50.0).clock.limit == 180 - 50
+    with pytest.raises(InputError, match="the autoencoder took 3.00 of the run's 3 minutes"):
+        Trainer.build(task, config.train, torch.device("cpu"), spent=180.0)
+
+
+def test_a_run_that_trains_its_own_autoencoder_without_a_budget_for_it_is_refused(tmp_path, capsys):
+    code = main(["train", "--data", "digits", "--image-size", "32", "--autoencoder", "own", "--max-steps", "3",
+                 "--out", str(tmp_path / "run")])
+    assert code == 2 and "give --max-minutes, or --set latent.own_steps=N" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_signal_in_the_autoencoders_stage_stops_the_run_and_resume_goes_on(tmp_path, monkeypatch, capsys):
+    import contextlib
+
+    import ddpm.training.loop as loop
+
+    class StopAfter:  # a stop request that arrives after `reads` looks: after two of the autoencoder's steps
+        def __init__(self, reads):
+            self.reads = reads
+
+        @property
+        def requested(self):
+            self.reads -= 1
+            return "SIGTERM" if self.reads < 0 else None
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    straight = train(own_config(), tmp_path / "straight", progress=False)
+    requests = iter([StopAfter(2)])
+    monkeypatch.setattr(loop, "stop_on_signal", lambda: contextlib.nullcontext(next(requests, StopAfter(10**9))))
+    stopped = train(own_config(), tmp_path / "stopped", progress=False)
+    assert f"continue the run with: ddpm train --resume {stopped.path}" in capsys.readouterr().out
+    assert RunDir(stopped.path / "autoencoder").latest().name == "step_000002"
+    assert not (stopped.path / "autoencoder.json").exists() and stopped.latest() is None
+    main(["train", "--resume", str(stopped.path), "--no-progress"])
+    assert _same(_weights(straight), _weights(stopped)) and _losses(straight) == _losses(stopped)

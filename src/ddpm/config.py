@@ -40,6 +40,7 @@ from .names import (
 )
 from .options import check, checked, coerce, hints
 from .registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, OptionRegistry, option_fields
+from .folders import planned
 from .speed import CPU_GFLOPS_VARIABLE, cpu_gflops
 
 
@@ -326,7 +327,9 @@ class LatentConfig:
     """Latent diffusion (Rombach et al. 2022): the UNet denoises an autoencoder's scaled latents.
     Training records which autoencoder (its weights' hash and latent scale); sampling refuses another."""
 
-    autoencoder: typing.Optional[str] = None  # an autoencoder run directory, or diffusers:PATH; None: pixel space
+    # an autoencoder run directory, diffusers:PATH, or "own": one this run trains first, in RUN/autoencoder,
+    # under the same clock (own_autoencoder); None: pixel space
+    autoencoder: typing.Optional[str] = None
     sha256: typing.Optional[str] = None  # of the autoencoder's weights, written when training starts
     scale: typing.Optional[float] = None  # its latent scale (1 / std of the latents), written with the hash
     channels: typing.Optional[int] = None  # the latents' channels and how many times smaller than the image
@@ -334,10 +337,20 @@ class LatentConfig:
     # What the UNet learns to denoise: the posterior mean of each image (cached once), or a latent
     # drawn from its posterior anew each time the image is seen (its mean and std cached once).
     posterior: typing.Literal["mean", "sample"] = "mean"
+    # The autoencoder an "own" run trains: its level widths (null: [64, 128, ...] down to 16x16
+    # latents, f = image size / 16), its share of train.max_minutes, and at most own_steps steps.
+    own_widths: typing.Optional[list[int]] = None
+    own_share: float = 1 / 3  # as measured: docs/latent.md, "Color at 32x32 in 10 CPU minutes"
+    own_steps: typing.Optional[int] = None
 
     def validate(self) -> None:
         check(self.autoencoder is None or bool(self.autoencoder),
-               "latent.autoencoder must name an autoencoder run or diffusers:PATH, or be null")
+               "latent.autoencoder must name an autoencoder run, diffusers:PATH or own, or be null")
+        check(0 < self.own_share < 1, f"latent.own_share must be in (0, 1), the autoencoder's share of the budget "
+                                      f"(got {self.own_share})")
+        check(self.own_steps is None or self.own_steps >= 1, f"latent.own_steps must be >= 1 (got {self.own_steps})")
+        check(self.own_widths is None or (len(self.own_widths) >= 1 and all(c >= 1 for c in self.own_widths)),
+              f"latent.own_widths needs at least one positive width (got {self.own_widths})")
         check(self.scale is None or self.scale > 0, f"latent.scale must be > 0 (got {self.scale})")
         check(self.posterior == "mean" or self.autoencoder is not None,
                "latent.posterior=sample draws latents of an autoencoder; name one with --autoencoder RUN")
@@ -513,6 +526,12 @@ class Config(Sections):
                f"({self.diffusion.timesteps})")
         if self.data.image_size is not None and (self.latent.autoencoder is None or self.latent.factor):
             self.model.check_image_size(self.model_input()[1])
+        if self.latent.autoencoder == OWN:
+            check(self.train.max_minutes is not None or self.latent.own_steps is not None,
+                  "a run that trains its own autoencoder gives it a share of --max-minutes; give --max-minutes, "
+                  "or --set latent.own_steps=N for the autoencoder's steps")
+            if self.data.image_size is not None:
+                own_widths(self)
         return self
 
     def _sized_by_budget(self, key: str, mine: object, given: "Config", theirs: object) -> bool:
@@ -521,7 +540,8 @@ class Config(Sections):
         run's (on whatever machine it started) and `given` holds its own budget's default."""
         if key in given.chosen:
             return True
-        by_a_budget = _sized(self) and any(mine == settings.get(key) for _, settings in COLOR_CPU_BUDGET_SIZES)
+        unsized = self.override({"latent.autoencoder": None}) if self.latent.autoencoder == OWN else self
+        by_a_budget = _sized(unsized) and any(mine == settings.get(key) for _, settings in COLOR_CPU_BUDGET_SIZES)
         return by_a_budget and theirs == _flat(defaults_for(given).to_dict())[key]
 
     def model_input(self) -> tuple[int, int]:
@@ -591,6 +611,39 @@ class AutoencoderRun(Sections):
         return self
 
 
+OWN = "own"  # latent.autoencoder of a run that trains its own autoencoder first
+
+
+def own_widths(config: Config) -> list[int]:
+    """The level widths of the autoencoder an own-autoencoder run trains: latent.own_widths, or
+    [64, 128, 128, ...] with as many levels as bring the images down to 16x16 latents (f = 2 at
+    32x32, 4 at 64x64), the sizes measured (docs/latent.md)."""
+    if config.latent.own_widths:
+        return list(config.latent.own_widths)
+    size = config.data.image_size
+    factor = size // 16
+    if size % 16 or factor < 2 or factor & (factor - 1):
+        raise InputError(f"a run that trains its own autoencoder chooses its factor for 16x16 latents, which "
+                         f"{size}x{size} images do not give; set latent.own_widths, e.g. [64,128] for f = 2")
+    return [64] + [128] * (factor.bit_length() - 1)
+
+
+def own_autoencoder(config: Config) -> "AutoencoderRun":
+    """The autoencoder run that a diffusion run with latent.autoencoder: own trains first, into
+    RUN/autoencoder: the default autoencoder at own_widths, on the same data (with flips, as
+    train-autoencoder's default) at the resolved image size, for own_share of the run's minutes
+    (and at most own_steps), with the run's seed, device and bookkeeping."""
+    latent, t = config.latent, config.train
+    run = AutoencoderRun(data=dataclasses.replace(config.data, flip=True))
+    for key in ("seed", "device", "precision", "channels_last", "log_every", "checkpoint_every", "keep_checkpoints",
+                "tensorboard"):
+        setattr(run.train, key, getattr(t, key))
+    run.train.max_minutes = t.max_minutes * latent.own_share if t.max_minutes else None
+    run.train.max_steps = latent.own_steps or run.train.max_steps
+    run.autoencoder.channels = own_widths(config)
+    return run
+
+
 def read_config(path: Path) -> "Config | AutoencoderRun":
     """A run's config.yaml: an autoencoder run's when it has an `autoencoder` section, else a diffusion run's."""
     path = Path(path)
@@ -627,9 +680,17 @@ COLOR_DEFAULTS: dict[str, object] = {
 # such minutes, settings): the first whose minutes cover the run's budget. Measured in pixel space
 # on the CPU only: a GPU's minute, or a latent run's, buys other sizes.
 BUDGET_SIZES_GFLOPS = 171.0
+#
+# Above that, latent diffusion: a third of the budget trains an autoencoder to 16x16x4 latents, the
+# rest the color default's UNet on them, each step 3.4x cheaper than in pixels. On emoji at 32x32
+# in 10 minutes (about 24 of these minutes) it scored FID 82.5 and 107.0 on groups A and B, where
+# pixels scored 127.2 and 170-172; at 64x64 (f = 4) in 30 minutes (27 of these), 136.4 against
+# 217.2 (docs/latent.md). It is chosen where it was measured: 32x32 and 64x64 images held in memory.
 COLOR_CPU_BUDGET_SIZES: tuple[tuple[float, dict[str, object]], ...] = (
     (11.0, {"model.channels": [16, 32, 64]}),
+    (30.0, {"latent.autoencoder": OWN}),
 )
+OWN_SIZES = (32, 64)
 
 
 def _on_cpu(device: str) -> bool:
@@ -663,7 +724,16 @@ def sized_by_budget(chosen: Config) -> dict[str, object]:
     for a pixel-space color run on the CPU; none for any other run."""
     if not _sized(chosen):
         return {}
-    return next((dict(settings) for most, settings in COLOR_CPU_BUDGET_SIZES if budget_minutes(chosen) <= most), {})
+    rows = [(most, settings) for most, settings in COLOR_CPU_BUDGET_SIZES
+            if "latent.autoencoder" not in settings or _own_fits(chosen.data)]
+    return next((dict(settings) for most, settings in rows if budget_minutes(chosen) <= most), {})
+
+
+def _own_fits(data: DataConfig) -> bool:
+    """Whether a run on `data` may train its own autoencoder by default: images of a size it was
+    measured at (OWN_SIZES) that are held in memory, as encoding the training set once needs."""
+    size, in_memory = planned(data.name, data.image_size, data.crop)
+    return in_memory and size in OWN_SIZES
 
 
 def budget_minutes(chosen: Config) -> float:

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .config import AutoencoderRun, Config, TrainConfig
+from .config import OWN, AutoencoderRun, Config, TrainConfig
 from .diffusion.objectives import make_objective
 from .diffusion.process import Diffusion
 from .diffusion.schedules import NoiseSchedule, make_schedule
@@ -131,10 +131,13 @@ def newest_intact(run: RunDir) -> Path:
     return folder
 
 
-def load_codec(reference: str, sha256: Optional[str] = None, device: torch.device = torch.device("cpu")) -> Codec:
-    """The autoencoder `reference` names (an autoencoder run, or diffusers:PATH); with `sha256`, exactly
-    those weights (an autoencoder run may hold several checkpoints: the one with that hash), else its
-    newest. Refuses other weights."""
+def load_codec(reference: str, sha256: Optional[str] = None, device: torch.device = torch.device("cpu"),
+               run: Optional[Path] = None) -> Codec:
+    """The autoencoder `reference` names (an autoencoder run, diffusers:PATH, or "own": the one in the
+    diffusion `run`'s own directory); with `sha256`, exactly those weights (an autoencoder run may hold
+    several checkpoints: the one with that hash), else its newest. Refuses other weights."""
+    if reference == OWN:
+        reference = str(own_autoencoder_dir(run))
     if reference.startswith(DIFFUSERS):
         codec = diffusers_codec(Path(reference[len(DIFFUSERS):]).expanduser(), reference)
         if sha256 is not None and codec.sha256 != sha256:
@@ -144,6 +147,11 @@ def load_codec(reference: str, sha256: Optional[str] = None, device: torch.devic
         codec = _run_codec(reference, sha256)
     codec.module.eval().requires_grad_(False)
     return codec.to(device)
+
+
+def own_autoencoder_dir(run: Path) -> Path:
+    """Where a run with latent.autoencoder: own keeps the autoencoder it trained."""
+    return Path(run) / "autoencoder"
 
 
 def _run_codec(reference: str, sha256: Optional[str]) -> Codec:

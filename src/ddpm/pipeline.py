@@ -119,7 +119,7 @@ class Pipeline:
         if "student_steps" in loaded.meta:  # a distillation phase's student samples in its own steps
             config = config.override({"sample.steps": loaded.meta["student_steps"]})
         latent = config.latent
-        codec = load_codec(latent.autoencoder, latent.sha256, device) if latent.autoencoder else None
+        codec = load_codec(latent.autoencoder, latent.sha256, device, run=Path(path)) if latent.autoencoder else None
         # the run's memory format: channels_last convolutions sample 1.5-1.8x faster on 2 CPU cores (docs/cpu-default.md)
         memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
         network = loaded.network.to(device, memory_format=memory_format).eval()

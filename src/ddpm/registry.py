@@ -311,6 +311,7 @@ class DatasetSpec:
     offline: bool = False  # works without a network (inside a wheel, a Debian package, or the user's own files)
     sized: bool = False
     prefix: bool = False
+    streamed: bool = False  # too many images to hold in memory: decoded batch by batch
 
     def loader(self) -> Callable:
         return resolve(self.load)
@@ -325,7 +326,8 @@ for _spec in [
     DatasetSpec("fashion-mnist", _DATA + "load_fashion_mnist", "Fashion-MNIST's 60,000, downloaded by torchvision",
                 1, 28),
     DatasetSpec("cifar10", _DATA + "load_cifar10", "CIFAR-10's 50,000, downloaded by torchvision", 3, 32),
-    DatasetSpec("celeba", _DATA + "load_celeba", "CelebA's aligned faces, placed by hand", 3, 64, sized=True),
+    DatasetSpec("celeba", _DATA + "load_celeba", "CelebA's aligned faces, placed by hand", 3, 64, sized=True,
+                streamed=True),
     DatasetSpec("stanford-cars", _DATA + "load_stanford_cars", "Stanford Cars (Kaggle's layout), placed by hand", 3, 64,
                 sized=True),
     DatasetSpec("emoji", "ddpm.data.emoji:load_emoji", "3,655 Noto Color Emoji rendered from Debian's font", 3, 32,

