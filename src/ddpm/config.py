@@ -685,10 +685,12 @@ BUDGET_SIZES_GFLOPS = 171.0
 # rest the color default's UNet on them, each step 3.4x cheaper than in pixels. On emoji at 32x32
 # in 10 minutes (about 24 of these minutes) it scored FID 82.5 and 107.0 on groups A and B, where
 # pixels scored 127.2 and 170-172; at 64x64 (f = 4) in 30 minutes (27 of these), 136.4 against
-# 217.2 (docs/latent.md). It is chosen where it was measured: 32x32 and 64x64 images held in memory.
+# 217.2 (docs/latent.md); on all emoji in 30 minutes at 432 GFLOP/s (76 of these), 81.8 against
+# 93.1. It is chosen where it was measured: up to 76 such minutes, 32x32 and 64x64 images held in
+# memory.
 COLOR_CPU_BUDGET_SIZES: tuple[tuple[float, dict[str, object]], ...] = (
     (11.0, {"model.channels": [16, 32, 64]}),
-    (30.0, {"latent.autoencoder": OWN}),
+    (76.0, {"latent.autoencoder": OWN}),
 )
 OWN_SIZES = (32, 64)
 
