@@ -288,18 +288,9 @@ def _own_autoencoder(config: Config, data, run: RunDir, lock: RunLock, ranks, de
     (resume, restart, seconds spent), or None when a signal stopped the autoencoder."""
     stage = run.path / OWN_STAGE
     autoencoder = own_autoencoder(config.override({"data.image_size": data.image_size})).validate()
-    if resume or restart:
-        _take_lock(lock, ranks, device)
-    else:
-        _refuse_existing_run(run)
-        ranks.barrier()
-        if ranks.is_main:
-            run.path.mkdir(parents=True, exist_ok=True)
-        _take_lock(lock, ranks, device, then=lambda: _refuse_existing_run(run))
-        if ranks.is_main:
-            config.to_yaml(run.config_path)
-    if ranks.is_main:
-        lock.announce()
+    _create(run, lock, ranks, device, new=not (resume or restart))
+    if ranks.is_main and not (resume or restart):
+        config.to_yaml(run.config_path)
     if not stage.is_file():
         folder = own_autoencoder_dir(run.path)
         if ranks.is_main:
@@ -362,20 +353,27 @@ def _start(run: RunDir, lock: RunLock, ranks, device: torch.device, task, traine
             lock.announce()
             run.remove_grids_after(trainer.step)  # drawn after the checkpoint by the process that stopped
     else:
-        refuse = (lambda: None) if restart else lambda: _refuse_existing_run(run)
-        refuse()
-        ranks.barrier()  # every rank has looked before rank 0 creates the run directory
+        _create(run, lock, ranks, device, new=not restart)
         if ranks.is_main:
-            run.path.mkdir(parents=True, exist_ok=True)
-        _take_lock(lock, ranks, device, then=refuse)  # it may have appeared meanwhile
-        if ranks.is_main:
-            lock.announce()
             for bad, reason in run.newest_intact()[1] if restart else []:
                 tqdm.write(f"ddpm: {reason}; set aside as {run.set_aside(bad).name}, starting again")
             run.remove_grids_after(0)  # a restart's earlier attempt drew some
             task.config.to_yaml(run.config_path)
     ranks.barrier()
     return seconds
+
+
+def _create(run: RunDir, lock: RunLock, ranks, device: torch.device, new: bool) -> None:
+    """Create the run directory and take its lock for this process; a `new` run refuses a
+    directory that holds a run already, before and after taking the lock."""
+    refuse = (lambda: _refuse_existing_run(run)) if new else lambda: None
+    refuse()
+    ranks.barrier()  # every rank has looked before rank 0 creates the run directory
+    if ranks.is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+    _take_lock(lock, ranks, device, then=refuse)  # it may have appeared meanwhile
+    if ranks.is_main:
+        lock.announce()
 
 
 def _take_lock(lock: RunLock, ranks, device: torch.device, then=None) -> None:
