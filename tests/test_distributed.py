@@ -71,6 +71,26 @@ def test_torchrun_trains_a_latent_run_as_one_process_does(tmp_path):
     _assert_same_step(RunDir(single), RunDir(tmp_path / "ddp"))
 
 
+def test_torchrun_trains_a_run_with_its_own_autoencoder_as_one_process_does(tmp_path):
+    """Both stages under two ranks: the autoencoder's step and then the diffusion model's are one
+    process's, and rank 0 alone writes both run directories and the stage's record."""
+    env = {**os.environ, "DDPM_CACHE": str(tmp_path / "cache")}
+    args = ["--data", "digits", "--image-size", "16", "--autoencoder", "own", "--set", "latent.own_widths=[8,16]",
+            "--set", "latent.own_steps=1", "--max-steps", "1", *TINY]
+    result = subprocess.run([*TORCHRUN, "train", "--out", str(tmp_path / "ddp"), *args], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = tmp_path / "single"
+    assert subprocess.run([sys.executable, "-m", "ddpm", "train", "--out", str(single), *args], env=env).returncode == 0
+    ddp = tmp_path / "ddp"
+    _assert_same_step(RunDir(single / "autoencoder"), RunDir(ddp / "autoencoder"))
+    _assert_same_step(RunDir(single), RunDir(ddp))
+    files = lambda root: sorted(re.sub(r"tfevents\..*", "tfevents", str(p.relative_to(root)))
+                                for p in root.rglob("*") if p.is_file())
+    assert files(ddp) == files(single) and "autoencoder.json" in files(ddp)
+    assert result.stdout.count("the run's own autoencoder first") == 1
+
+
 def test_torchrun_sampling_shares_batches_and_matches_one_process(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--max-steps", "1", *TINY]) == 0
