@@ -10,7 +10,7 @@ from typing import Optional
 
 import yaml
 
-from .config import Config, chosen_by_budget, defaults_for
+from .config import Config, chosen_by_budget, defaults_for, sized_by_budget
 from .errors import InputError
 
 
@@ -51,5 +51,7 @@ def compose_config(preset: Optional[str] = None, config_file: Optional[str] = No
 
     first = layered(Config())
     config = layered(defaults_for(first))
+    if config.latent.autoencoder is None and sized_by_budget(first).get("latent.autoencoder"):
+        config = layered(defaults_for(first, pixels=True))  # a flag kept pixels: the rest of the latent row goes too
     config.chosen = chosen_by_budget(first, config)
     return config
