@@ -116,6 +116,15 @@ POINTS["time10-c32-res2-B"] = (B, *POINTS["time10-c32-res2"][1:3], "channels 32/
 POINTS["time10-c32-B"] = (B, *POINTS["time10-c32"][1:3], "channels 32/64/128, 10 minutes, group B, beside time10-c32-res2-B")
 
 
+# The autoencoder's share of a latent run's clock: a fifth beat a third on all emoji at 10 minutes
+# (docs/cpu-default.md), so both, and a tenth, are confirmed on group B on one machine, back to back.
+POINTS["latent10-share-third-B"] = (B, ["--minutes", "10"], ["--autoencoder", "own"],
+                                   "its own autoencoder with a third of the clock (the default), 10 minutes, group B")
+for share in ("0.2", "0.1"):
+    POINTS[f"latent10-share{share}-B"] = (B, ["--minutes", "10"], ["--autoencoder", "own", "--set", f"latent.own_share={share}"],
+                                          f"its own autoencoder with {share} of the clock, 10 minutes, group B")
+
+
 def run_point(name: str, n: int) -> None:
     data, budget, train_options, _ = POINTS[name]
     out = OUT / name
