@@ -340,14 +340,14 @@ class LatentConfig:
     # The autoencoder an "own" run trains: its level widths (null: [64, 128, ...] down to 16x16
     # latents, f = image size / 16), its share of train.max_minutes, and at most own_steps steps.
     own_widths: typing.Optional[list[int]] = None
-    own_share: float = 1 / 3  # as measured: docs/latent.md, "Color at 32x32 in 10 CPU minutes"
+    own_share: typing.Optional[float] = None  # null: OWN_SHARES by the image size, as measured
     own_steps: typing.Optional[int] = None
 
     def validate(self) -> None:
         check(self.autoencoder is None or bool(self.autoencoder),
                "latent.autoencoder must name an autoencoder run, diffusers:PATH or own, or be null")
-        check(0 < self.own_share < 1, f"latent.own_share must be in (0, 1), the autoencoder's share of the budget "
-                                      f"(got {self.own_share})")
+        check(self.own_share is None or 0 < self.own_share < 1,
+              f"latent.own_share must be in (0, 1), the autoencoder's share of the budget (got {self.own_share})")
         check(self.own_steps is None or self.own_steps >= 1, f"latent.own_steps must be >= 1 (got {self.own_steps})")
         check(self.own_widths is None or (len(self.own_widths) >= 1 and all(c >= 1 for c in self.own_widths)),
               f"latent.own_widths needs at least one positive width (got {self.own_widths})")
@@ -628,17 +628,32 @@ def own_widths(config: Config) -> list[int]:
     return [64] + [128] * (factor.bit_length() - 1)
 
 
+# The autoencoder's share of an own-autoencoder run's --max-minutes, by image size; a third elsewhere.
+# At 32x32 (f = 2) a fifth, since the UNet's steps bound the samples and the autoencoder's rFID after
+# 120 s (about 30) sits far below them. On all emoji (DDPM 100 steps) two 10-minute runs scored FID
+# 88.3 and 87.6 against a third's 91.3-96.5 over four, and 30 minutes 72.1 against 75.2; on emoji
+# group B, 99.3 and 102.4 on two seeds against 103.8 and 105.6 (a tenth: 101.9 and 104.8). At 64x64
+# (f = 4) a third of 30 minutes left the autoencoder at rFID 82, the bound there: not cut unmeasured.
+OWN_SHARES = {32: 0.2}
+
+
+def own_share(config: Config) -> float:
+    """The share of train.max_minutes that a run's own autoencoder trains for: latent.own_share, or
+    OWN_SHARES at the run's resolved image size, or a third."""
+    return config.latent.own_share or OWN_SHARES.get(config.data.image_size, 1 / 3)
+
+
 def own_autoencoder(config: Config) -> "AutoencoderRun":
     """The autoencoder run that a diffusion run with latent.autoencoder: own trains first, into
     RUN/autoencoder: the default autoencoder at own_widths, on the same data (with flips, as
-    train-autoencoder's default) at the resolved image size, for own_share of the run's minutes
+    train-autoencoder's default) at the resolved image size, for own_share(config) of the run's minutes
     (and at most own_steps), with the run's seed, device and bookkeeping."""
     latent, t = config.latent, config.train
     run = AutoencoderRun(data=dataclasses.replace(config.data, flip=True))
     for key in ("seed", "device", "precision", "channels_last", "log_every", "checkpoint_every", "keep_checkpoints",
                 "tensorboard"):
         setattr(run.train, key, getattr(t, key))
-    run.train.max_minutes = t.max_minutes * latent.own_share if t.max_minutes else None
+    run.train.max_minutes = t.max_minutes * own_share(config) if t.max_minutes else None
     run.train.max_steps = latent.own_steps or run.train.max_steps
     run.autoencoder.channels = own_widths(config)
     return run
@@ -681,13 +696,13 @@ COLOR_DEFAULTS: dict[str, object] = {
 # on the CPU only: a GPU's minute, or a latent run's, buys other sizes.
 BUDGET_SIZES_GFLOPS = 171.0
 #
-# Above that, latent diffusion: a third of the budget trains an autoencoder to 16x16x4 latents, the
-# rest the color default's UNet on them, each step 3.4x cheaper than in pixels. On emoji at 32x32
-# in 10 minutes (about 24 of these minutes) it scored FID 82.5 and 107.0 on groups A and B, where
-# pixels scored 127.2 and 170-172; at 64x64 (f = 4) in 30 minutes (27 of these), 136.4 against
-# 217.2 (docs/latent.md); on all emoji in 30 minutes at 432 GFLOP/s (76 of these), 81.8 against
-# 93.1. It is chosen where it was measured: up to 76 such minutes, 32x32 and 64x64 images held in
-# memory.
+# Above that, latent diffusion: part of the budget (OWN_SHARES) trains an autoencoder to 16x16x4
+# latents, the rest the color default's UNet on them, each step 3.4x cheaper than in pixels. With a
+# third, on emoji at 32x32 in 10 minutes (about 24 of these minutes) it scored FID 82.5 and 107.0 on
+# groups A and B, where pixels scored 127.2 and 170-172; at 64x64 (f = 4) in 30 minutes (27 of
+# these), 136.4 against 217.2 (docs/latent.md); on all emoji in 30 minutes at 432 GFLOP/s (76 of
+# these), 81.8 against 93.1. It is chosen where it was measured: up to 76 such minutes, 32x32 and
+# 64x64 images held in memory.
 #
 # A run that trains its own autoencoder samples in 100 DDPM steps rather than 50: the three 10-minute
 # emoji defaults went from FID 101.0, 97.9 and 97.7 to 95.3, 92.5 and 91.3 (the last 89.2 in 200), the
