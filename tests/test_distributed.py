@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -131,3 +132,35 @@ def test_fp16_trains_with_a_gradient_scaler_and_resumes_it(tmp_path):
 def test_a_batch_that_does_not_split_is_refused(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "x"), *TINY, "--grad-accum", "3"]) == 2
     assert "must be divisible by train.grad_accum (3)" in capsys.readouterr().err
+
+
+def _leave(rank: int, store: str, times: str, finished: bool) -> None:
+    """A rank that joins, takes one collective, and leaves: rank 1 two seconds after rank 0. Rank 1's
+    command always finished; rank 0's as `finished` says."""
+    import time
+
+    import torch.distributed as dist
+
+    from ddpm.runtime import distributed
+
+    distributed.EXIT_WAIT = distributed.timedelta(seconds=4)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    dist.barrier()
+    if rank == 1:
+        time.sleep(2)
+    arrived = time.time()
+    distributed.close_distributed(finished or rank == 1)
+    with open(f"{times}.{rank}", "w") as handle:
+        handle.write(f"{arrived} {time.time()}")
+
+
+def test_a_finished_rank_leaves_the_process_group_only_with_the_others(tmp_path):
+    """Gloo can abort a rank still in the last collective when a peer disconnects (pytorch/gloo#155),
+    so a finished rank waits for all; one that failed, or that waits for a rank that never comes,
+    leaves anyway."""
+    for finished in (True, False):
+        times = tmp_path / f"times-{finished}"
+        torch.multiprocessing.spawn(_leave, args=(str(tmp_path / f"store-{finished}"), str(times), finished),
+                                    nprocs=2)
+        (_, left_0), (arrived_1, _) = (map(float, Path(f"{times}.{rank}").read_text().split()) for rank in (0, 1))
+        assert (left_0 >= arrived_1) == finished, (left_0, arrived_1)

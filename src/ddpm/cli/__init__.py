@@ -42,12 +42,15 @@ def parser() -> Parser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
     caught = signals.catch() if words[:1] and words[0] in TRAINING else {}
+    finished = False
     try:
         try:
             args = parser().parse_args(argv)  # the flags read the registries, which load the plugins
         except SystemExit as exit:  # --help, or a usage error already printed on one line
             return exit.code
-        return args.command(args)
+        code = args.command(args)
+        finished = code == 0
+        return code
     except FAILURES as error:
         print(f"ddpm: error: {error}", file=sys.stderr)
         return error.exit_code
@@ -59,4 +62,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "torch" in sys.modules:  # under torchrun
             from ..runtime.distributed import close_distributed
 
-            close_distributed()
+            close_distributed(finished)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -102,6 +103,22 @@ def init_distributed(device_name: str = "auto") -> tuple[Distributed, str]:
     return info, device_name
 
 
-def close_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+EXIT_WAIT = timedelta(minutes=2)  # how long a rank that is done waits for the others before it leaves
+
+
+def close_distributed(finished: bool = True) -> None:
+    """Leave the process group. A rank whose command `finished` first waits, through the store, until
+    every rank has finished its own: gloo can abort a rank that is still completing the last
+    collective (the final barrier) when a peer tears its connections down (pytorch/gloo#155), and
+    torchrun would then report a run that ended well as failed. A rank that failed leaves at once."""
+    if not dist.is_initialized():
+        return
+    if finished and dist.get_world_size() > 1:
+        store = dist.distributed_c10d._get_default_store()
+        if store.add("ddpm-finished", 1) == dist.get_world_size():  # the last rank to finish says so
+            store.set("ddpm-all-finished", "1")
+        try:
+            store.wait(["ddpm-all-finished"], EXIT_WAIT)
+        except RuntimeError:  # DistStoreError: a rank that never came; leave regardless
+            pass
+    dist.destroy_process_group()
