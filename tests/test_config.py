@@ -1,7 +1,7 @@
 import pytest
 
 from ddpm import Config, InputError
-from ddpm.config import COLOR_DEFAULTS, OWN, own_autoencoder
+from ddpm.config import COLOR_DEFAULTS, OWN, UNCAPPED_STEPS, own_autoencoder
 from ddpm.registry import DATASETS
 from ddpm.presets import compose_config, list_presets, load_preset
 
@@ -145,6 +145,19 @@ def test_a_short_cpu_budget_sizes_the_color_network(overrides, channels, by_budg
     config = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", **overrides})
     assert config.model.channels == channels
     assert ("model.channels" in config.chosen) == by_budget
+
+
+@pytest.mark.parametrize("data", ["mnist5k", "emoji"])
+@pytest.mark.parametrize("layer, steps", [
+    ({}, UNCAPPED_STEPS),  # the minutes alone bound the run
+    ({"train.max_steps": 500}, 500),  # a flag still caps it as well
+    ({"train.max_minutes": None}, Config().train.max_steps),  # without minutes, the defaults' cap
+])
+def test_a_time_budget_has_no_step_cap_unless_one_is_given(data, layer, steps):
+    config = compose_config(overrides={"data.name": data, "train.device": "cpu", "train.max_minutes": 30, **layer})
+    assert config.train.max_steps == steps
+    assert compose_config("cifar10-ddpm", overrides={"train.max_minutes": 30}).train.max_steps == \
+        load_preset("cifar10-ddpm").train.max_steps  # a preset's cap stays
 
 
 @pytest.mark.parametrize("cuda, channels", [(False, NARROW), (True, WIDE)])

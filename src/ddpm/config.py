@@ -709,6 +709,11 @@ BUDGET_SIZES_GFLOPS = 171.0
 # 30-minute one from 78.5 to 75.2. Sampling 1,000 takes about 63 s instead of 35, under half of what
 # the pixel model takes in 50; the digits' pixel model gained nothing from 100.
 OWN_SAMPLE_STEPS = 100
+# With --max-minutes the minutes are the budget: the defaults' step cap (train.max_steps, 20,000)
+# would end the run early wherever it takes more steps than that in its minutes (the 30-minute emoji
+# default took 20,000 in 29.4 of its minutes at 434 GFLOP/s; a GPU, or a faster CPU, in far fewer).
+# A --max-steps, a preset's or a config file's still bounds it as well.
+UNCAPPED_STEPS = 10**9
 COLOR_CPU_BUDGET_SIZES: tuple[tuple[float, dict[str, object]], ...] = (
     (11.0, {"model.channels": [16, 32, 64]}),
     (76.0, {"latent.autoencoder": OWN, "sample.steps": OWN_SAMPLE_STEPS}),
@@ -793,14 +798,16 @@ def defaults_for(chosen: Config, pixels: bool = False) -> Config:
     loss weight goes with the objective it was measured with: a run on another objective keeps
     that objective's own loss. A short time budget on the CPU chooses a narrower network, a longer
     one latent diffusion (sized_by_budget, which `pixels` passes to). A run that trains its own
-    autoencoder samples in OWN_SAMPLE_STEPS."""
+    autoencoder samples in OWN_SAMPLE_STEPS. A run with --max-minutes has no step cap of its own
+    (UNCAPPED_STEPS)."""
     own = {"sample.steps": OWN_SAMPLE_STEPS} if chosen.latent.autoencoder == OWN else {}
+    uncapped = {"train.max_steps": UNCAPPED_STEPS} if chosen.train.max_minutes is not None else {}
     if data_channels(chosen.data) != 3:
-        return Config().override(own)
+        return Config().override({**own, **uncapped})
     color = dict(COLOR_DEFAULTS)
     if chosen.diffusion.objective != Config().diffusion.objective:
         del color["diffusion.min_snr_gamma"]
-    return Config().override({**color, **own, **sized_by_budget(chosen, pixels)})
+    return Config().override({**color, **own, **uncapped, **sized_by_budget(chosen, pixels)})
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..config import OWN, Config
+from ..config import OWN, UNCAPPED_STEPS, Config
 from ..diffusion.process import Denoiser, levels
 from ..diffusion.schedules import spaced_timesteps
 from ..factory import build_network, load_run, own_autoencoder_dir
@@ -225,5 +225,5 @@ def student_config(teacher: Config, teacher_path: str, checkpoint_step: int, tea
     if phase_steps is not None:
         config = config.override({"train.max_steps": phases * phase_steps, "train.max_minutes": None})
     else:
-        config = config.override({"train.max_steps": 10**9, "train.max_minutes": phases * phase_minutes})
+        config = config.override({"train.max_steps": UNCAPPED_STEPS, "train.max_minutes": phases * phase_minutes})
     return config

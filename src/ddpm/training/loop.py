@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write, file_sha256
-from ..config import OWN, AutoencoderRun, Config, own_autoencoder
+from ..config import OWN, UNCAPPED_STEPS, AutoencoderRun, Config, own_autoencoder
 from ..data.datasets import load_data
 from ..data.imagedata import iterate_batches
 from ..data.latents import encode_data
@@ -169,8 +169,10 @@ def _train(config: "Config | AutoencoderRun", run: RunDir, lock: RunLock, resume
     trainer.clock.start(seconds_trained)
     started, images_seen = time.monotonic(), 0
     minutes = trainer.clock.limit / 60
-    budget = f"training (stops at step {tc.max_steps}" + (f" or after {minutes:.3g} min)" if tc.max_minutes else ")")
-    bar = tqdm(total=tc.max_steps, initial=trainer.step, desc=budget, unit="step",
+    capped = tc.max_steps < UNCAPPED_STEPS
+    bounds = ([f"at step {tc.max_steps}"] if capped else []) + ([f"after {minutes:.3g} min"] if tc.max_minutes else [])
+    bar = tqdm(total=tc.max_steps if capped else None, initial=trainer.step,
+               desc=f"training (stops {' or '.join(bounds)})", unit="step",
                disable=not (progress and ranks.is_main), dynamic_ncols=True)
     with stop_on_signal() as stop:
         while trainer.step < tc.max_steps and not trainer.clock.tick(ranks, device, stop.requested is not None):
