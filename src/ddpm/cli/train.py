@@ -39,7 +39,7 @@ FLAGS = [
     ("train.max_minutes", "stop after this many minutes of training in all (a resumed run counts its earlier "
                           "time); the cosine learning rate reaches zero then. On the CPU, color data trains the "
                           "narrower 16/32/64 within 11 minutes of a 171 GFLOP/s CPU, scaled by this one's matrix-multiply "
-                          "rate, and its own autoencoder with latent diffusion within 76 (32x32 and 64x64 images; "
+                          "rate, and its own autoencoder with latent diffusion within 80 (32x32 and 64x64 images; "
                           "config.COLOR_CPU_BUDGET_SIZES; DDPM_CPU_GFLOPS=R gives the rate)", None, {}),
     ("train.seed", "the random seed", None, {}),
     ("train.device", "auto, cpu, cuda or cuda:N (under torchrun: one GPU per rank)", None, {}),
