@@ -156,8 +156,11 @@ def test_a_short_cpu_budget_sizes_the_color_network(overrides, channels, by_budg
 def test_a_time_budget_has_no_step_cap_unless_one_is_given(data, layer, steps):
     config = compose_config(overrides={"data.name": data, "train.device": "cpu", "train.max_minutes": 30, **layer})
     assert config.train.max_steps == steps
+
+
+def test_a_presets_step_cap_stays_under_a_time_budget():
     assert compose_config("cifar10-ddpm", overrides={"train.max_minutes": 30}).train.max_steps == \
-        load_preset("cifar10-ddpm").train.max_steps  # a preset's cap stays
+        load_preset("cifar10-ddpm").train.max_steps
 
 
 @pytest.mark.parametrize("cuda, channels", [(False, NARROW), (True, WIDE)])

@@ -705,8 +705,9 @@ BUDGET_SIZES_GFLOPS = 171.0
 # these) against 90.8 for pixels. It is chosen where it was measured: up to 80 such minutes (the
 # last point and 5 % more, above the 429-436 GFLOP/s that runs on that machine measured that day,
 # so that the rule does not flip on the machine it was measured on: at 76 a 30-minute run there
-# chose pixels and scored 90.8), 32x32 and 64x64 images held in memory. In 60 minutes (153) it scored 69.1, where the
-# pixel curve predicts 71.4: too close to choose on a prediction (docs/cpu-default.md).
+# chose pixels and scored 90.8), 32x32 and 64x64 images held in memory. In 60 minutes (153) it
+# scored 69.1, where the pixel curve predicts 71.4: too close to choose on a prediction
+# (docs/cpu-default.md).
 #
 # A run that trains its own autoencoder samples in 100 DDPM steps rather than 50: the three 10-minute
 # emoji defaults went from FID 101.0, 97.9 and 97.7 to 95.3, 92.5 and 91.3 (the last 89.2 in 200), the
