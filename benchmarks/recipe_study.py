@@ -67,7 +67,7 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
                        "attention at 16x16 as well as 8x8, on group B"),
     "confirm-batch16": (B, ["--max-steps", str(2 * STEPS)], ["--batch-size", "16"], "batch 16, equal images, on group B"),
     # finalists at equal time (10 minutes, 1,000 samples): each needs the machine to itself. They ran
-    # with 32/64/128 before a short budget on the CPU chose 16/32/64 (config.COLOR_CPU_BUDGET_SIZES), and say so.
+    # with 32/64/128 before a short budget on the CPU chose 16/32/64 (recipe.COLOR_CPU_BUDGET_SIZES), and say so.
     "final10-base-A": (A, ["--minutes", "10"], WIDE, "the color default of then, 10 minutes, group A"),
     "final10-batch16-A": (A, ["--minutes", "10"], [*WIDE, "--batch-size", "16"], "batch 16, 10 minutes, group A"),
     "final10-base-B": (B, ["--minutes", "10"], WIDE, "the color default of then, 10 minutes, group B"),
@@ -85,7 +85,7 @@ POINTS: dict[str, tuple[str, list[str], list[str], str]] = {
 # Sizes at equal time: which width and depth wins at 5, 10 and 30 minutes. They need the machine to
 # themselves, and they train with the color recipe the screens chose (v, min-SNR-5; TIME_OPTIONS).
 # time10-c32 is the configuration of final10-minsnr5-A. Each names its width, since on the CPU a
-# short budget would otherwise choose 16/32/64 by the machine's speed (config.COLOR_CPU_BUDGET_SIZES).
+# short budget would otherwise choose 16/32/64 by the machine's speed (recipe.COLOR_CPU_BUDGET_SIZES).
 TIME_OPTIONS: list[str] = []
 SIZES = {"c16": ["16,32,64"], "c24": ["24,48,96"], "c32": ["32,64,128"], "c32-res2": ["32,64,128", "2"],
          "c48": ["48,96,192"]}

@@ -12,7 +12,7 @@ from ddpm import Config, NoiseSchedule, Prediction
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one of make test's workers, one per core (Makefile):
     torch.set_num_threads(1)  # one thread each, here
     os.environ["OMP_NUM_THREADS"] = "1"  # and in the processes its tests start
-# A color run's time budget sizes its network by this CPU's speed (config.sized_by_budget): the tests
+# A color run's time budget sizes its network by this CPU's speed (recipe.sized_by_budget): the tests
 # give every process the speed of the machine the sizes were measured on, so that none depends on the
 # machine that runs it. The tests of the measure itself unset it.
 os.environ["DDPM_CPU_GFLOPS"] = "171"

@@ -22,7 +22,7 @@ import torch
 import ddpm.storage.checkpoint
 from ddpm.cli import main
 
-training = importlib.import_module("ddpm.training.loop")  # the training module
+training = importlib.import_module("ddpm.training.run")  # the module that writes the checkpoints
 
 kill_at = int(sys.argv[1])
 moment = 0

@@ -1,10 +1,10 @@
 """The package's shape: layers that import only downwards, no import cycle, and a torch-free edge.
 
 Layers, from the bottom up (a module may import its own layer's modules and those below):
-    errors, names, options,  leaves: the error types, the names, typed options, the registries of specs,
-    registry, atomic, speed, the atomic write, the machine's matmul rate, and what a folder of images
-    folders                  holds
-    config, presets          settings, as plain data (no torch)
+    errors, names, settings, leaves: the error types, the names, settings declared once, option sets,
+    options, registry,       the registries of specs, the atomic write, the machine's matmul rate,
+    atomic, speed, folders   and what a folder of images holds
+    config, presets, recipe  the schema, the presets, and the measured recipe over them (no torch)
     models                   the networks
     diffusion                schedules, forward process and loss, guidance, samplers
     data                     images in memory and data sets by name
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import ddpm
 
-LAYERS = [("errors", "names", "options", "registry", "atomic", "signals", "speed", "folders"), ("config", "presets"), ("models",), ("diffusion",),
+LAYERS = [("errors", "names", "settings", "options", "registry", "atomic", "signals", "speed", "folders"),
+          ("config", "presets", "recipe"), ("models",), ("diffusion",),
           ("data",), ("runtime",), ("storage",), ("factory",), ("pipeline",), ("evaluation",), ("pictures",), ("training",), ("cli", "__main__")]
 PACKAGE = Path(ddpm.__file__).parent
 
@@ -99,6 +100,17 @@ def test_every_module_has_a_layer():
     assert {module.split(".")[1] for module in _modules()} <= {name for names in LAYERS for name in names}
 
 
+def test_the_schema_holds_no_measurement_and_no_long_function():
+    """config.py is the schema: it imports no measurement (speed, the recipe, what a folder holds),
+    and its rules between fields stay short; what was measured lives in recipe.py."""
+    config = _modules()["ddpm.config"]
+    assert not _imports("ddpm.config", config, _modules()) & {"ddpm.speed", "ddpm.recipe", "ddpm.folders"}
+    functions = [node for node in ast.walk(ast.parse(config.read_text())) if isinstance(node, ast.FunctionDef)]
+    long = [f"{node.name}: {node.end_lineno - node.lineno + 1} lines" for node in functions
+            if node.end_lineno - node.lineno + 1 > 40]
+    assert not long, long
+
+
 def _torch_free(code: str) -> None:
     script = f"import sys\n{code}\nassert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
@@ -107,6 +119,7 @@ def _torch_free(code: str) -> None:
 def test_the_config_and_the_command_line_start_without_torch():
     _torch_free("import ddpm.config, ddpm; ddpm.config.Config().validate()")
     _torch_free("from ddpm.presets import load_preset; load_preset('cifar10-ddpm').validate()")
+    _torch_free("from ddpm.recipe import compose_config; compose_config(overrides={'data.name': 'emoji'}).validate()")
     _torch_free("from ddpm.cli import main\nassert main(['presets']) == 0")
     _torch_free("from ddpm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
 

@@ -67,7 +67,7 @@ def test_sampling_is_reproducible_from_the_seed(run_dir, tmp_path):
         (["train", "--set", "train.lr"], "must look like section.key=value"),
         (["train", "--batch-size", "0", "--out", "{tmp}/x"], "train.batch_size must be >= 1 (got 0)"),
         (["train", "--timesteps", "0", "--out", "{tmp}/x"], "diffusion.timesteps must be >= 1 (got 0)"),
-        (["train", "--set", "diffusion.beta_end=1.5", "--out", "{tmp}/x"], "beta_start and beta_end must lie in (0, 1)"),
+        (["train", "--set", "diffusion.beta_end=1.5", "--out", "{tmp}/x"], "diffusion.beta_end must be in (0, 1) (got 1.5)"),
         (["train", "--set", "model.attention=[true]", "--out", "{tmp}/x"], "model.attention has 1 entries but model.channels has 3"),
         (["train", "--schedule", "quadratic", "--out", "{tmp}/x"], "invalid choice: 'quadratic'"),
         (["train", "--set", "diffusion.schedule=quadratic", "--out", "{tmp}/x"], "unknown diffusion.schedule 'quadratic'"),

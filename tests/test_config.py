@@ -1,9 +1,10 @@
 import pytest
 
 from ddpm import Config, InputError
-from ddpm.config import COLOR_DEFAULTS, OWN, UNCAPPED_STEPS, own_autoencoder
+from ddpm.config import OWN
+from ddpm.presets import list_presets, load_preset
+from ddpm.recipe import COLOR_DEFAULTS, compose_config, own_autoencoder, requeued
 from ddpm.registry import DATASETS
-from ddpm.presets import compose_config, list_presets, load_preset
 
 
 def test_yaml_round_trip(tmp_path):
@@ -27,7 +28,7 @@ def test_overrides_are_typed():
         ({"train.lr": 0}, "train.lr must be > 0"),
         ({"train.batch_size": 0}, "train.batch_size must be >= 1"),
         ({"diffusion.timesteps": 0}, "diffusion.timesteps must be >= 1"),
-        ({"diffusion.beta_end": 1.5}, "must lie in \\(0, 1\\)"),
+        ({"diffusion.beta_end": 1.5}, "diffusion.beta_end must be in \\(0, 1\\) \\(got 1.5\\)"),
         ({"diffusion.schedule": "square"}, "unknown diffusion.schedule 'square'"),
         ({"sample.sampler": "euler"}, "unknown sample.sampler 'euler'"),
         ({"sample.variance": "medium"}, "unknown sample.variance 'medium'"),
@@ -54,9 +55,11 @@ def test_each_samplers_own_option_reaches_only_that_sampler():
     """A run's DDIM eta and DDPM variance apply when it is sampled with ddim or ddpm; sampled with
     another sampler, they fall back to the values every sampler accepts (get_sampler's check)."""
     ddim_run = Config().override({"sample.sampler": "ddim", "sample.eta": 0.5}).validate().sample
-    assert [ddim_run.option_for(name, "eta") for name in ("ddim", "ddpm", "heun")] == [0.5, 0.0, 0.0]
+    assert [ddim_run.options_for(name).values().get("eta") for name in ("ddim", "ddpm", "heun")] == [0.5, None, None]
     ddpm_run = Config().override({"sample.variance": "large"}).validate().sample
-    assert [ddpm_run.option_for(name, "variance") for name in ("ddpm", "ddim", "heun")] == ["large", "small", "small"]
+    assert [ddpm_run.options_for(name).values().get("variance") for name in ("ddpm", "ddim", "heun")] == \
+        ["large", None, None]
+    assert Config().sample.options_for("ddim").eta == 0.0  # one never set is its declared default
 
 
 def test_unknown_keys_and_bad_types_are_refused():
@@ -149,7 +152,7 @@ def test_a_short_cpu_budget_sizes_the_color_network(overrides, channels, by_budg
 
 @pytest.mark.parametrize("data", ["mnist5k", "emoji"])
 @pytest.mark.parametrize("layer, steps", [
-    ({}, UNCAPPED_STEPS),  # the minutes alone bound the run
+    ({}, None),  # the minutes alone bound the run
     ({"train.max_steps": 500}, 500),  # a flag still caps it as well
     ({"train.max_minutes": None}, Config().train.max_steps),  # without minutes, the defaults' cap
 ])
@@ -186,7 +189,7 @@ def test_the_budget_counts_minutes_of_the_machine_the_sizes_were_measured_on(mon
 
 def test_the_cpu_speed_is_measured_once_and_agreed_under_torchrun(monkeypatch):
     from ddpm import speed
-    from ddpm.config import budget_gflops
+    from ddpm.recipe import budget_gflops
 
     monkeypatch.delenv("DDPM_CPU_GFLOPS")
     speed._measured_cpu_gflops.cache_clear()
@@ -211,7 +214,7 @@ def test_a_run_requeued_on_a_faster_machine_keeps_the_network_its_budget_chose(m
     saved = Config.from_yaml(tmp_path / "config.yaml")
     monkeypatch.setenv("DDPM_CPU_GFLOPS", "400")  # the same command there keeps 32/64/128
     again = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 10})
-    assert again.model.channels == WIDE and saved.requeued(again, "run").model.channels == NARROW
+    assert again.model.channels == WIDE and requeued(saved, again, "run").model.channels == NARROW
 
 
 def test_the_saved_config_says_what_the_budget_chose_and_the_run_keeps_it(tmp_path):
@@ -224,10 +227,10 @@ def test_the_saved_config_says_what_the_budget_chose_and_the_run_keeps_it(tmp_pa
     assert saved == run and saved.model.channels == NARROW
     # a requeued job that gives the run a longer budget resumes the network it started with
     longer = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 30})
-    requeued = saved.requeued(longer, "run")
-    assert requeued.model.channels == NARROW and requeued.train.max_minutes == 30
+    kept = requeued(saved, longer, "run")
+    assert kept.model.channels == NARROW and kept.train.max_minutes == 30
     with pytest.raises(InputError, match="model.channels"):  # one that asks for another network by name is refused
-        saved.requeued(longer.override({"model.channels": "[8,16,32]"}), "run")
+        requeued(saved, longer.override({"model.channels": "[8,16,32]"}), "run")
 
 
 @pytest.mark.parametrize("overrides, own", [
@@ -292,9 +295,9 @@ def test_a_run_requeued_past_the_latent_row_keeps_its_own_autoencoder(tmp_path):
     run = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 20})
     longer = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 90})
     assert run.latent.autoencoder == OWN and longer.latent.autoencoder is None
-    assert run.requeued(longer, "run").latent.autoencoder == OWN and run.requeued(longer, "run").sample.steps == 100
+    assert requeued(run, longer, "run").latent.autoencoder == OWN and requeued(run, longer, "run").sample.steps == 100
     shorter = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 5})
-    assert longer.requeued(run, "run").latent.autoencoder is None and shorter.requeued(run, "run").model.channels == NARROW
+    assert requeued(longer, run, "run").latent.autoencoder is None and requeued(shorter, run, "run").model.channels == NARROW
 
 
 @pytest.mark.parametrize("key, value", [("latent.own_share", 0), ("latent.own_share", 1), ("latent.own_steps", 0),

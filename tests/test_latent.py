@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from ddpm.cli import main
 from ddpm.atomic import file_sha256
-from ddpm.config import AutoencoderRun, own_autoencoder
+from ddpm.config import AutoencoderRun
+from ddpm.recipe import own_autoencoder
 from ddpm.data.datasets import load_data
 from ddpm.errors import InputError
 from ddpm.evaluation.reconstruct import psnr

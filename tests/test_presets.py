@@ -73,4 +73,4 @@ def test_cifar10_ddpm_samples_as_the_paper_did():
     # paper's CIFAR-10 run (§3.2 names both; the package default is beta~_t, which scores better
     # on an under-trained model in 50 steps: README, "Samplers").
     sample = load_preset("cifar10-ddpm").sample
-    assert (sample.sampler, sample.steps, sample.variance) == ("ddpm", 1000, "large")
+    assert (sample.sampler, sample.steps, sample.options_for("ddpm").variance) == ("ddpm", 1000, "large")

@@ -26,10 +26,7 @@ from ddpm.registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, DatasetSpec,
 @dataclass(frozen=True)
 class ShrinkOptions(Options):
     label = "shrink"
-    factor: float = option(1.0, "multiply DDIM's sample by this")
-
-    def check(self, prefix=""):
-        check(self.factor > 0, f"{self.named('factor', prefix)} must be > 0 (got {self.factor})")
+    factor: float = option(1.0, "multiply DDIM's sample by this", gt=0)
 
 
 @torch.no_grad()
@@ -66,7 +63,7 @@ def test_a_sampler_with_an_option_is_one_function_and_one_registration(shrink, r
                                                               "nfe": 4, "factor": 0.5}
     # a run's config may choose it, with its option, and a bad value is one line
     config = Config().override({"sample.sampler": "shrink", "sample.factor": 0.25}).validate()
-    assert config.sample.option_for("shrink", "factor") == 0.25 and config.sample.option_for("ddim", "factor") == 1.0
+    assert config.sample.options_for("shrink").factor == 0.25 and "factor" not in config.sample.options_for("ddim").values()
     with pytest.raises(Exception, match="sample.factor must be > 0"):
         Config().override({"sample.factor": -1}).validate()
     capsys.readouterr()

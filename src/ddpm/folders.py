@@ -1,9 +1,10 @@
 """What a run's images will be, known before they load: the files of a folder, the size the run
 trains at, and whether the images are held in memory. A leaf (no torch), so that the config's
-rules, which choose settings by the data (config.sized_by_budget), can ask before anything loads."""
+rules, which choose settings by the data (recipe.sized_by_budget), can ask before anything loads."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,12 @@ from .registry import DATASETS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 STREAM_ABOVE = 20_000  # folders with more images are decoded on the fly by DataLoader workers
+
+
+def cache_dir() -> Path:
+    """Where ddpm keeps what it derives once (reference features, rendered data sets): $DDPM_CACHE,
+    default ~/.cache/ddpm."""
+    return Path(os.environ.get("DDPM_CACHE", Path.home() / ".cache" / "ddpm"))
 
 
 def image_files(path: Path) -> list[Path]:

@@ -18,7 +18,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from .errors import InputError
 from .factory import build_diffusion, load_codec, load_run
 from .models.codec import Codec
 from .options import Options
-from .registry import SAMPLERS, SamplerSpec, option_fields
+from .registry import SAMPLERS, SamplerSpec
 from .runtime.devices import resolve_device
 from .runtime.distributed import Distributed, init_distributed
 from .storage.checkpoint import load_into, load_weights, verify
@@ -71,17 +71,6 @@ class Plan:
     def function(self) -> Callable[..., Tensor]:
         """The sampler with its options bound."""
         return self.spec.bind(self.options)
-
-    def __getattr__(self, name: str) -> Any:
-        """A sampler option by name (plan.eta); one this sampler does not take reads as its default."""
-        if name.startswith("_") or name == "options":
-            raise AttributeError(name)
-        if name in self.options.fields():
-            return getattr(self.options, name)
-        declared = option_fields(SAMPLERS)
-        if name in declared:
-            return declared[name][1].default
-        raise AttributeError(f"a plan has no attribute {name!r}")
 
     def record(self) -> dict:
         """The settings that change the images, by name, as a run's eval.csv records them."""
@@ -189,11 +178,11 @@ class Pipeline:
         sampler = sampler or s.sampler
         spec = SAMPLERS.get(sampler)
         steps = s.steps if steps is None else steps
-        run_values = {name: s.option_for(sampler, name) for name in spec.options.fields()}
-        resolved = sampler_options(sampler, {k: v for k, v in options.items() if v is not None}, run_values)
+        resolved = sampler_options(sampler, {k: v for k, v in options.items() if v is not None},
+                                   s.options_for(sampler).values())
         if not 1 <= steps <= self.diffusion.timesteps:
             raise InputError(f"--steps must be between 1 and the model's T = {self.diffusion.timesteps} (got {steps})")
-        distilled = self.config.distill.teacher is not None
+        distilled = self.config.kind == "student"
         if distilled and (steps > s.steps or sampler != s.sampler) and (sampler, steps) != self._warned:
             self._warned = (sampler, steps)
             print(f"ddpm: warning: this student was distilled to sample in {s.steps} steps of {s.sampler}; "

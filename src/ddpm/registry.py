@@ -180,32 +180,26 @@ class DDPMOptions(Options):
 @dataclass(frozen=True)
 class DDIMOptions(Options):
     label = "DDIM"
-    eta: float = option(0.0, "DDIM's eta: 0 deterministic, 1 ancestral")
-
-    def check(self, prefix: str = "") -> None:
-        check(0.0 <= self.eta <= 1.0, f"{self.named('eta', prefix)} must lie in [0, 1] (got {self.eta})")
+    eta: float = option(0.0, "DDIM's eta: 0 deterministic, 1 ancestral", ge=0, le=1)
 
 
 @dataclass(frozen=True)
 class EDMSamplerOptions(Options):
     label = "EDM"
-    rho: float = option(7.0, "EDM: the noise levels are evenly spaced in sigma^(1/rho) (Karras et al. eq. 5)")
-    sigma_min: float = option(0.002, "EDM: the lowest noise level (clamped to the model's range)")
+    rho: float = option(7.0, "EDM: the noise levels are evenly spaced in sigma^(1/rho) (Karras et al. eq. 5)", gt=0)
+    sigma_min: float = option(0.002, "EDM: the lowest noise level (clamped to the model's range)", gt=0)
     sigma_max: float = option(80.0, "EDM: the highest noise level (clamped to the model's range)")
-    churn: float = option(0.0, "EDM's S_churn: noise added back per step, in all (0: the deterministic ODE)")
-    s_tmin: float = option(0.0, "EDM's S_tmin: churn only at sigma >= this")
+    churn: float = option(0.0, "EDM's S_churn: noise added back per step, in all (0: the deterministic ODE)", ge=0)
+    s_tmin: float = option(0.0, "EDM's S_tmin: churn only at sigma >= this", ge=0)
     s_tmax: float = option(math.inf, "EDM's S_tmax: churn only at sigma <= this")
-    s_noise: float = option(1.0, "EDM's S_noise: the scale of the noise added back")
+    s_noise: float = option(1.0, "EDM's S_noise: the scale of the noise added back", gt=0)
 
     def check(self, prefix: str = "") -> None:
         n = lambda name: self.named(name, prefix)  # noqa: E731
-        check(self.rho > 0, f"{n('rho')} must be > 0 (got {self.rho})")
-        check(0 < self.sigma_min < self.sigma_max, f"{n('sigma_min')} and {n('sigma_max')} must satisfy 0 < sigma_min "
-                                                   f"< sigma_max (got {self.sigma_min}, {self.sigma_max})")
-        check(self.churn >= 0, f"{n('churn')} must be >= 0, 0 for the deterministic sampler (got {self.churn})")
-        check(0 <= self.s_tmin <= self.s_tmax, f"{n('s_tmin')} and {n('s_tmax')} must satisfy 0 <= s_tmin <= s_tmax "
-                                               f"(got {self.s_tmin}, {self.s_tmax})")
-        check(self.s_noise > 0, f"{n('s_noise')} must be > 0 (got {self.s_noise})")
+        check(self.sigma_min < self.sigma_max, f"{n('sigma_min')} and {n('sigma_max')} must satisfy 0 < sigma_min "
+                                               f"< sigma_max (got {self.sigma_min}, {self.sigma_max})")
+        check(self.s_tmin <= self.s_tmax, f"{n('s_tmin')} and {n('s_tmax')} must satisfy 0 <= s_tmin <= s_tmax "
+                                          f"(got {self.s_tmin}, {self.s_tmax})")
 
 
 SAMPLERS: OptionRegistry[SamplerSpec] = OptionRegistry("sampler")
@@ -249,15 +243,9 @@ class ObjectiveSpec:
 class EDMOptions(Options):
     label = "EDM"
     sigma_data: Optional[float] = option(
-        None, "EDM: the data's standard deviation (null: 0.5 for images in [-1, 1], 1 for a latent run's latents)")
-    p_mean: float = option(-1.2, "EDM: ln(sigma) ~ N(p_mean, p_std^2) in training")
-    p_std: float = option(1.2, "EDM: ln(sigma) ~ N(p_mean, p_std^2) in training")
-
-    def check(self, prefix: str = "") -> None:
-        n = lambda name: self.named(name, prefix)  # noqa: E731
-        check(self.sigma_data is None or self.sigma_data > 0, f"{n('sigma_data')} must be > 0 (got {self.sigma_data})")
-        check(self.p_std > 0, f"{n('p_std')} must be > 0 (got {self.p_std})")
-        check(math.isfinite(self.p_mean), f"{n('p_mean')} must be a finite number (got {self.p_mean})")
+        None, "EDM: the data's standard deviation", gt=0, null="for 0.5 (images in [-1, 1]) or 1 (a latent run's latents)")
+    p_mean: float = option(-1.2, "EDM: ln(sigma) ~ N(p_mean, p_std^2) in training", finite=True)
+    p_std: float = option(1.2, "EDM: ln(sigma) ~ N(p_mean, p_std^2) in training", gt=0)
 
 
 OBJECTIVES: OptionRegistry[ObjectiveSpec] = OptionRegistry("objective")

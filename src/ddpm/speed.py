@@ -1,6 +1,6 @@
 """How fast this machine multiplies matrices: the figure the docs record beside every timed number,
 and what scales a CPU run's time budget to the machine its model sizes were measured on
-(config.sized_by_budget). Torch is imported when a rate is measured, not before."""
+(recipe.sized_by_budget). Torch is imported when a rate is measured, not before."""
 
 from __future__ import annotations
 

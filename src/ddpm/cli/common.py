@@ -7,10 +7,11 @@ import typing
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..config import COLOR_DEFAULTS, Config
+from ..config import Config
 from ..errors import InputError
 from ..names import SPACINGS
-from ..options import hints
+from ..recipe import notes as recipe_notes
+from ..settings import declared, flags_of, hints
 from ..registry import SAMPLERS, option_fields, owners
 
 
@@ -21,33 +22,43 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
-def add_config_flag(parser: argparse.ArgumentParser, key: str, help: str, flag: Optional[str] = None,
-                    schema: type = Config, registry=None, **extra) -> None:
-    """A flag that sets config key `key` ("section.field") of a `schema` config (a diffusion run's, or
-    an autoencoder run's): its type, choices and default come from the field itself. The flag's value
-    is None unless given, so it overrides only when used."""
-    section_name, name = key.split(".")
-    section = getattr(schema(), section_name)
-    hint = typing.get_type_hints(type(section))[name]
-    if typing.get_origin(hint) is typing.Union:  # Optional[X]
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    default = getattr(section, name)
-    flag = flag or "--" + name.replace("_", "-")
-    options = {"dest": key, "default": None, **extra}
-    if hint is bool:
-        parser.add_argument(flag, action="store_true", help=f"{help} (config {key})", **options)
-        return
-    if registry is not None:  # a name of ddpm.registry: the names registered when the parser is built
-        options.setdefault("choices", registry.names())
-    elif typing.get_origin(hint) is typing.Literal:
-        options.setdefault("choices", typing.get_args(hint))
-    else:
-        options["type"] = str if typing.get_origin(hint) is list else hint  # a list is read as YAML: [64,128]
-        options.setdefault("metavar", name.upper())
-    shown = "" if default is None else f", default {default}"
-    if key in COLOR_DEFAULTS and schema is Config:
-        shown += f"; {COLOR_DEFAULTS[key]} for color data"
-    parser.add_argument(flag, help=f"{help} (config {key}{shown})", **options)
+def add_config_flags(parser: argparse.ArgumentParser, schema: type = Config, sections: Sequence[str] = (),
+                     keys: Sequence[str] = ()) -> None:
+    """A flag for every field declared with a flag (settings.setting) in `sections` of a `schema` config
+    (a diffusion run's, or an autoencoder run's), and for each of `keys` ("train.lr"): its spelling,
+    help, type, choices and default come from the declaration, and what the recipe changes for it
+    from recipe.notes(). The flag's value is None unless given, so it overrides only when used."""
+    default = schema()
+    notes = recipe_notes() if schema is Config else {}
+    chosen = [f"{name}.{key}" for name in sections for key in flags_of(type(getattr(default, name)))] + list(keys)
+    for dotted in chosen:
+        section_name, name = dotted.split(".")
+        section = getattr(default, section_name)
+        field = declared(type(section))[name]
+        meta, hint = field.metadata, hints(type(section))[name]
+        if typing.get_origin(hint) is typing.Union:  # Optional[X]
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        flag = meta["flag"] if isinstance(meta["flag"], str) else "--" + name.replace("_", "-")
+        value = getattr(section, name)
+        shown = f", default {value}" if value is not None else f"; null {meta['null']}" if meta["null"] else ""
+        names = meta["names"]  # a registry: its names when the parser is built, plugins' too
+        closed = names is not None and not any(getattr(spec, "prefix", False) for spec in names)
+        help = meta["help"] + (f" (one of {', '.join(names.names())})" if names is not None and not closed else "")
+        help += f" (config {dotted}{shown}{'; ' + notes[dotted] if dotted in notes else ''})"
+        options = {"dest": dotted, "default": None, "help": help.replace("%", "%%")}  # argparse formats help with %
+        if hint is bool:
+            parser.add_argument(flag, action="store_true", **options)
+            continue
+        if closed:
+            options["choices"] = names.names()
+        elif meta["choices"] is not None:
+            options.update(choices=meta["choices"], type=type(meta["choices"][0]))
+        elif typing.get_origin(hint) is typing.Literal:
+            options["choices"] = typing.get_args(hint)
+        else:
+            options["type"] = str if typing.get_origin(hint) is list else hint  # a list is read as YAML: [64,128]
+            options["metavar"] = meta["metavar"] or name.upper()
+        parser.add_argument(flag, **options)
 
 
 def config_overrides(args: argparse.Namespace) -> dict:

@@ -122,7 +122,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _reconstruct(args: argparse.Namespace):
     """--n reconstructions of the autoencoder's data (its run's, or --data for a diffusers one)."""
-    from ..config import AutoencoderRun, DataConfig
+    from ..config import DataConfig
     from ..data.datasets import load_data
     from ..evaluation.reconstruct import psnr, reconstruct
     from ..factory import load_codec
@@ -138,7 +138,7 @@ def _reconstruct(args: argparse.Namespace):
         d = DataConfig(name=args.data, root=args.data_root)
     else:
         config = RunDir(Path(args.reconstruct)).load_config()
-        if not isinstance(config, AutoencoderRun):
+        if config.kind != "autoencoder":
             raise InputError(f"{args.reconstruct} is a diffusion run; --reconstruct takes an autoencoder run")
         d = config.data if args.data is None else DataConfig(name=args.data, root=args.data_root,
                                                              image_size=config.data.image_size)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
-from ..config import cache_dir
+from ..folders import cache_dir
 from ..errors import InputError
 from .imagedata import ImageData
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
-from ..config import cache_dir
+from ..folders import cache_dir
 from ..errors import InputError
 from ..models.codec import Codec
 from .imagedata import ImageData, fixed_subset, to_model_range

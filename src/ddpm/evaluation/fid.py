@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
-from ..config import cache_dir
+from ..folders import cache_dir
 from ..data.datasets import load_data, load_folder
 from ..data.imagedata import fixed_subset
 from ..errors import InputError

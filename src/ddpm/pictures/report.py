@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..config import AutoencoderRun
+
 from ..errors import InputError
 from ..storage.checkpoint import RunDir
 from ..atomic import atomic_write
@@ -56,7 +56,7 @@ def write_report(run_dir: Path, out: Optional[Path] = None) -> tuple[Path, list[
     if loss_curve:
         sections["loss"] = _image(loss_curve, "loss.png", "training loss (mean over each logging interval), log scale")
     grids = run.sample_grids()
-    if isinstance(config, AutoencoderRun):
+    if config.kind == "autoencoder":
         if grids:
             sections["autoencoder"] = _file(grids[-1], f"data set images (top) and their reconstructions (bottom) at "
                                                        f"{_step_of(grids[-1])}, f = {config.autoencoder.factor}")

@@ -177,7 +177,7 @@ def scheduler_config(config: Config) -> dict:
     if d.schedule == "sigmoid" or d.log_snr_shift:  # no named diffusers schedule: its betas, exactly
         named = {"beta_schedule": "linear", "trained_betas": _schedule(config).betas.tolist()}
     return {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
-            "num_train_timesteps": d.timesteps, **named, "variance_type": VARIANCE[s.variance],
+            "num_train_timesteps": d.timesteps, **named, "variance_type": VARIANCE[s.options_for("ddpm").variance],
             "clip_sample": s.clip_denoised, "clip_sample_range": 1.0, "prediction_type": PREDICTION[d.objective],
             "timestep_spacing": SPACING[s.spacing], "steps_offset": 0, "thresholding": False}
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..config import OWN, UNCAPPED_STEPS, Config
+from ..config import OWN, Config
 from ..diffusion.process import Denoiser, levels
 from ..diffusion.schedules import spaced_timesteps
 from ..factory import build_network, load_run, own_autoencoder_dir
@@ -138,7 +138,7 @@ class DistillTask(DiffusionTask):
     def at_phase_end(self) -> bool:
         """Whether the student now is the phase's last: its budget, or the whole run's, is spent."""
         t = self.trainer
-        return self.phase_fraction(t) >= 1 or t.step >= self.config.train.max_steps or t.clock.seconds >= t.clock.limit
+        return self.phase_fraction(t) >= 1 or t.step >= (self.config.train.max_steps or math.inf) or t.clock.seconds >= t.clock.limit
 
     def next_phase(self, trainer) -> None:
         """The student's EMA becomes the teacher; the new student starts from it, with a fresh Adam and EMA."""
@@ -220,10 +220,11 @@ def student_config(teacher: Config, teacher_path: str, checkpoint_step: int, tea
         "sample.guidance": 1.0})
     if teacher.latent.autoencoder == OWN:  # the student decodes with the autoencoder in the teacher's directory
         config.latent.autoencoder = str(own_autoencoder_dir(Path(teacher_path)))
-    config.distill.validate()  # before the budget, which it sizes
+    config.distill.check_fields("distill")  # before the budget, which it sizes
+    config.distill.validate()
     phases = config.distill.phases
     if phase_steps is not None:
         config = config.override({"train.max_steps": phases * phase_steps, "train.max_minutes": None})
     else:
-        config = config.override({"train.max_steps": UNCAPPED_STEPS, "train.max_minutes": phases * phase_minutes})
+        config = config.override({"train.max_steps": None, "train.max_minutes": phases * phase_minutes})
     return config

@@ -24,7 +24,7 @@ def lr_factor(step: int, config: TrainConfig, time_fraction: float = 0.0) -> flo
     elif config.lr_schedule == "step":
         decay = config.lr_gamma ** (step // config.lr_step_size)
     elif config.lr_schedule == "cosine":  # Loshchilov & Hutter 2017, to zero when the first budget runs out
-        progress = min(1.0, max(step / config.max_steps, time_fraction))
+        progress = min(1.0, max(step / config.max_steps if config.max_steps else 0.0, time_fraction))
         decay = 0.5 * (1 + math.cos(math.pi * progress))
     else:
         raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
