@@ -14,7 +14,7 @@ DEMO_DATA    ?= mnist5k
 DEMO_FID_N   ?= 250
 DEMO_FID_REF ?= 500
 
-.PHONY: demo demo-color test test-slow install clean chromium emoji gpu-check
+.PHONY: demo demo-color serve test test-slow install clean chromium emoji gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ demo: $(VENV)/.installed-base
 # The demo in color: the emoji data set, with the defaults for color data.
 demo-color: emoji
 	$(MAKE) demo DEMO_DATA=emoji DEMO_RUN=runs/demo-color
+
+# The demo run's page (after make demo): watch it draw, steer it, inpaint by drawing; Ctrl-C stops.
+SERVE_PORT ?= 8000
+serve: $(VENV)/.installed-base
+	$(BIN)/ddpm serve --run $(DEMO_RUN) --port $(SERVE_PORT)
 
 # One pytest worker per core, each on one thread (tests/conftest.py): most tests are small tensors
 # and process starts, which leave a core idle in one process (docs/tests.md has the measure).

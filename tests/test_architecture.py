@@ -14,6 +14,7 @@ Layers, from the bottom up (a module may import its own layer's modules and thos
     pipeline                 trained model -> images
     evaluation               FID, KID, sweeps, the FID history
     pictures                 pictures of each stage, the report
+    serve                    the interactive page and its server
     training                 the loop and its helpers
     cli, __main__            the command line
 """
@@ -29,7 +30,7 @@ import ddpm
 
 LAYERS = [("errors", "names", "settings", "options", "registry", "atomic", "signals", "speed", "folders"),
           ("config", "presets", "recipe"), ("models",), ("diffusion",),
-          ("data",), ("runtime",), ("storage",), ("factory",), ("pipeline",), ("evaluation",), ("pictures",), ("training",), ("cli", "__main__")]
+          ("data",), ("runtime",), ("storage",), ("factory",), ("pipeline",), ("evaluation",), ("pictures",), ("serve",), ("training",), ("cli", "__main__")]
 PACKAGE = Path(ddpm.__file__).parent
 
 

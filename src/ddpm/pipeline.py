@@ -257,11 +257,12 @@ class Pipeline:
     @torch.no_grad()
     def inpaint(self, image, mask, n: int = 1, sampler: Optional[str] = None, steps: Optional[int] = None,
                 resample: int = 1, jump: int = 10, seed: int = 0, classes: Classes = None,
-                guidance: Optional[float] = None, output: str = "uint8"):
+                guidance: Optional[float] = None, output: str = "uint8", callback=None):
         """n completions of each image where `mask` is white (>= half): white is filled, black is
         kept exactly. Runs the steps of a sampler that takes DDIM's steps (its spec's `repaint_eta`:
         DDPM's, eta 1, or DDIM's with the run's eta) with RePaint's resampling: back `jump` steps,
-        `resample` - 1 times at every jump point."""
+        `resample` - 1 times at every jump point. `callback(level, x, target)` sees every step
+        (editing.inpaint)."""
         x0, plan, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
         if plan.spec.repaint_eta is None:
             takers = [spec.name for spec in SAMPLERS if spec.repaint_eta is not None]
@@ -276,7 +277,8 @@ class Pipeline:
             f = self.codec.factor
             keep_model = -torch.nn.functional.max_pool2d(-keep_model[None].float(), f)[0] > 0.5
         x = editing.inpaint(self.denoiser(plan, labels), self.to_model(x0), keep_model, self.diffusion.schedule,
-                            plan.timesteps, eta=eta, resample=resample, jump=jump, generator=generator)
+                            plan.timesteps, eta=eta, resample=resample, jump=jump, generator=generator,
+                            callback=callback)
         images = self.to_images(x)
         if self.codec is not None:  # the decoder only approximates the kept pixels: those are the image's own
             images = torch.where(keep.cpu(), x0.cpu(), images)
@@ -284,12 +286,14 @@ class Pipeline:
 
     @torch.no_grad()
     def img2img(self, image, strength: float, n: int = 1, sampler: Optional[str] = None, steps: Optional[int] = None,
-                seed: int = 0, classes: Classes = None, guidance: Optional[float] = None, output: str = "uint8"):
+                seed: int = 0, classes: Classes = None, guidance: Optional[float] = None, output: str = "uint8",
+                callback: Optional[Callback] = None):
         """SDEdit: n versions of each image, noised to the level `strength` selects and sampled back
-        (0 returns the image, 1 is plain sampling), with any sampler and guidance."""
+        (0 returns the image, 1 is plain sampling), with any sampler and guidance; `callback` sees
+        the sampler's steps."""
         x0, plan, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
         x = editing.img2img(plan.function(), self.denoiser(plan, labels), self.to_model(x0), strength,
-                            self.diffusion.schedule, plan.timesteps, generator=generator)
+                            self.diffusion.schedule, plan.timesteps, generator=generator, callback=callback)
         return _output(self.to_images(x), output)
 
     @torch.no_grad()

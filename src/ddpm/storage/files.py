@@ -69,16 +69,21 @@ def save_npz(path: Path, images: Tensor, labels: Optional[Tensor] = None) -> Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = [images.permute(0, 2, 3, 1).contiguous().cpu().numpy().astype(np.uint8)]
-    if labels is not None:
-        arrays.append(labels.cpu().numpy().astype(np.int64))
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.savez(handle, *arrays)
+            write_npz(handle, images, labels)
 
     atomic_write(path, write)
     return path
+
+
+def write_npz(handle, images: Tensor, labels: Optional[Tensor] = None) -> None:
+    """The .npz of `save_npz`, into an open binary file (or a BytesIO, as `ddpm serve` offers it)."""
+    arrays = [images.permute(0, 2, 3, 1).contiguous().cpu().numpy().astype(np.uint8)]
+    if labels is not None:
+        arrays.append(labels.cpu().numpy().astype(np.int64))
+    np.savez(handle, *arrays)
 
 
 RESULT_KINDS = ".npz (arr_0 uint8 [N, H, W, C], as ddpm sample writes), .png (a grid), or a folder (one PNG per image)"
