@@ -168,3 +168,30 @@ def test_what_ddpm_cannot_express_is_one_line_and_writes_nothing(cifar10, change
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_unet_option_the_exporter_was_not_taught_exports_only_at_its_default(monkeypatch):
+    """A new UNet option is a declaration in ModelConfig and its use in the UNet; until the exporter
+    maps it, a run that changes it is refused rather than exported as a network it is not."""
+    from dataclasses import dataclass, field
+
+    from ddpm.config import Config, ModelConfig
+    from ddpm.settings import setting
+    from ddpm.errors import InputError
+    from ddpm.storage import diffusers
+
+    monkeypatch.setattr(diffusers, "_uniform_groups", lambda config: 4)  # it builds the UNet, which knows no gate
+
+    @dataclass
+    class Gated(ModelConfig):
+        gate: bool = setting(False, "a new option")
+
+    @dataclass
+    class GatedRun(Config):
+        model: Gated = field(default_factory=Gated)
+
+    exportable = {"model.skips": "block", "model.time_emb_dim": 16, "model.neck_length": 2, "model.norm_groups": 4,
+                  "model.attention_head_dim": 16, "data.image_size": 8, "data.channels": 1}
+    assert diffusers.unet2d_config(GatedRun().override(exportable))["block_out_channels"] == [16, 32, 64]
+    with pytest.raises(InputError, match="model.gate True has no diffusers counterpart; the exporter does not map it"):
+        diffusers.unet2d_config(GatedRun().override({**exportable, "model.gate": True}))

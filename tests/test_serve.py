@@ -289,3 +289,32 @@ def test_the_commands_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, ar
     assert main(["serve", *(["--run", str(run)] if argv[0] != "--run" else []), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.count("\n") == 0, err
+
+
+def test_a_latent_run_streams_decoded_previews_within_their_share_of_the_draw(tmp_path, monkeypatch):
+    """x_t of a latent run are latents; its x0 is decoded for a preview while previews have cost at
+    most PREVIEW_SHARE of the draw so far. Here each decode is made slow: few steps get one."""
+    from test_latent import own_config
+
+    from ddpm import train
+    from ddpm.serve import server as serving
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    run = train(own_config(), tmp_path / "latent", progress=False).path
+    server = Server(load_models([str(run)], "cpu"), "127.0.0.1", 0)
+    pipe = server.models[0].pipe
+    decode = pipe.codec.decode
+    monkeypatch.setattr(pipe.codec, "decode", lambda z: (time.sleep(0.05), decode(z))[1])
+    pipe.network = Slow(pipe.network, 0.02)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        stream = events(request(server, "POST", "/api/draw", {"steps": 20, "n": 2})[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    steps = [value for name, value in stream if name == "step"]
+    previews = sum("x0" in step for step in steps)
+    assert len(steps) == 20 and 1 <= previews < 20 and "x0" in steps[0]
+    assert all(step["preview_share"] <= serving.PREVIEW_SHARE + 0.05 / (0.02 * (k + 1))
+               for k, step in enumerate(steps))  # the share, but for the one decode that crossed it
+    assert steps[-1]["preview_share"] <= 0.3 and stream[-1][0] == "done"

@@ -56,6 +56,12 @@ def _refuse(what: str, fix: str = "") -> None:
 # ---- the network's config ----------------------------------------------------------------------
 
 
+# The model keys unet2d_config maps or checks; any other must be at its default to export.
+UNET2D_KEYS = {"network", "channels", "attention", "num_res", "neck_length", "time_emb_dim", "dropout", "num_classes",
+               "norm", "activation", "upsample", "skips", "neck_attention", "patch_size", "time_freq_shift",
+               "time_cos_first", "downsample_padding", "norm_groups", "norm_eps", "attention_head_dim"}
+
+
 def unet2d_config(config: Config) -> dict:
     """UNet2DModel's config for the run's UNet, or one line naming what it cannot express."""
     m = config.model
@@ -73,6 +79,10 @@ def unet2d_config(config: Config) -> dict:
     ]:
         if value != wanted:
             _refuse(f"{key} {value}", fix)
+    default = type(m)()
+    for key in sorted(set(m.values()) - UNET2D_KEYS):  # an option this exporter was not taught: only its default
+        if getattr(m, key) != getattr(default, key):
+            _refuse(f"model.{key} {getattr(m, key)}", "the exporter does not map it to a UNet2DModel")
     if m.neck_length not in (0, 2) or (m.neck_length == 0 and m.neck_attention):
         _refuse(f"model.neck_length {m.neck_length}", "UNet2DModel's middle is two residual blocks (or none)")
     groups = _uniform_groups(config)
