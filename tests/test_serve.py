@@ -318,3 +318,14 @@ def test_a_latent_run_streams_decoded_previews_within_their_share_of_the_draw(tm
     assert all(step["preview_share"] <= serving.PREVIEW_SHARE + 0.05 / (0.02 * (k + 1))
                for k, step in enumerate(steps))  # the share, but for the one decode that crossed it
     assert steps[-1]["preview_share"] <= 0.3 and stream[-1][0] == "done"
+
+
+def test_several_runs_are_served_side_by_side(run):
+    server = Server(load_models([str(run), str(run)], "cpu"), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        assert [r["name"] for r in json.loads(request(server, "GET", "/api/runs")[1])] == ["run", "run"]
+        assert events(request(server, "POST", "/api/draw", {"run": 1, "steps": 2})[1])[-1][0] == "done"
+    finally:
+        server.shutdown()
+        server.server_close()

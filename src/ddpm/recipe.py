@@ -61,14 +61,14 @@ BUDGET_SIZES_GFLOPS = 171.0
 # scored 69.1, where the pixel curve predicts 71.4: too close to choose on a prediction
 # (docs/cpu-default.md).
 #
-# A run that trains its own autoencoder samples in 100 DDPM steps rather than 50: the three 10-minute
-# emoji defaults went from FID 101.0, 97.9 and 97.7 to 95.3, 92.5 and 91.3 (the last 89.2 in 200), the
-# 30-minute one from 78.5 to 75.2. Sampling 1,000 takes about 63 s instead of 35, under half of what
-# the pixel model takes in 50; the digits' pixel model gained nothing from 100.
-OWN_SAMPLE_STEPS = 100
+# Such a run samples as every run does, with DDPM in 50 steps (50 network evaluations), the best of
+# the samplers at <= 50 NFE on the 10-minute emoji default: FID 98.0 against 94.1 for DDPM in 100 on
+# the same seed (+4.1 %, within the 5 % the project allows for halving the cost; DPM-Solver++(2M) 20
+# and 50 106.8 and 106.4, DDIM 50 107.2, Heun 25 (49 NFE) 106.4). Networks of the recipe before it,
+# with a third of the budget for the autoencoder, had lost 3.7-7.0 % at 50 (docs/cpu-default.md).
 COLOR_CPU_BUDGET_SIZES: tuple[tuple[float, dict[str, object]], ...] = (
     (11.0, {"model.channels": [16, 32, 64]}),
-    (80.0, {"latent.autoencoder": OWN, "sample.steps": OWN_SAMPLE_STEPS}),
+    (80.0, {"latent.autoencoder": OWN}),
 )
 OWN_SIZES = (32, 64)
 
@@ -223,19 +223,17 @@ def defaults_for(chosen: Config, pixels: bool = False) -> Config:
     its name, so a user's own folder of color images gets what emoji and CIFAR-10 get. The color
     loss weight goes with the objective it was measured with: a run on another objective keeps
     that objective's own loss. A short time budget on the CPU chooses a narrower network, a longer
-    one latent diffusion (sized_by_budget, which `pixels` passes to). A run that trains its own
-    autoencoder samples in OWN_SAMPLE_STEPS. With --max-minutes the minutes are the budget: the
+    one latent diffusion (sized_by_budget, which `pixels` passes to). With --max-minutes the minutes are the budget: the
     schema's step cap (20,000) would end the run early wherever it takes more steps than that in its
     minutes (the 30-minute emoji default took 20,000 in 29.4 of its minutes at 434 GFLOP/s; a GPU, or a
     faster CPU, in far fewer), so such a run has none unless a layer gives one."""
-    own = {"sample.steps": OWN_SAMPLE_STEPS} if chosen.latent.autoencoder == OWN else {}
     uncapped = {"train.max_steps": None} if chosen.train.max_minutes is not None else {}
     if data_channels(chosen.data) != 3:
-        return Config().override({**own, **uncapped})
+        return Config().override(uncapped)
     color = dict(COLOR_DEFAULTS)
     if chosen.diffusion.objective != Config().diffusion.objective:
         del color["diffusion.min_snr_gamma"]
-    return Config().override({**color, **own, **uncapped, **sized_by_budget(chosen, pixels)})
+    return Config().override({**color, **uncapped, **sized_by_budget(chosen, pixels)})
 
 
 def compose_config(preset: Optional[str] = None, config_file: Optional[str] = None,
@@ -265,15 +263,16 @@ def compose_config(preset: Optional[str] = None, config_file: Optional[str] = No
 def requeued(run: "Config | AutoencoderRun", given: "Config | AutoencoderRun", path: str):
     """The config of the run at `path` (`run`) for a command that would start it anew with `given` (a
     requeued job's `--resume-if-exists`): the two must agree, but in the budget (the resumable keys,
-    which `given` sets) and in what training resolved where `given` left it unset (sizes, the
-    autoencoder's hash). A network sized by the time budget stays the run's when the budget changes."""
+    which `given` sets), in what training resolved where `given` left it unset (sizes, the
+    autoencoder's hash), and in how the run samples by default (`sample`, which trains nothing: the
+    run keeps its own, as one started when latent runs sampled in 100 steps does). A network sized
+    by the time budget stays the run's when the budget changes."""
     mine, theirs, resumable = run.flat(), given.flat(), run.resumable()
-    latent = bool(getattr(getattr(run, "latent", None), "autoencoder", None))
     differ = [key for key in sorted(mine.keys() | theirs.keys())
               if mine.get(key) != theirs.get(key) and key not in resumable
               and not (key in RESOLVED and theirs.get(key) is None)
               and not (run.kind != "autoencoder" and _sized_alike(run, key, mine.get(key), given, theirs.get(key)))
-              and not (key == "sample.clip_denoised" and latent)]
+              and not key.startswith("sample.")]
     if differ:
         raise InputError(f"{path} holds a run whose config differs from this command's in {', '.join(differ[:4])}"
                          + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
