@@ -14,6 +14,7 @@ of plain data: it imports neither torch nor any measurement, so reading a config
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +239,11 @@ class TrainConfig(Section):
                                         "train.channels_last=false turns it off)", flag=True, resumable=True)
     grad_accum: int = setting(1, "split each batch into K micro-batches (the gradient is the same)", ge=1, flag=True,
                               metavar="K", resumable=True)
+
+    @property
+    def step_limit(self) -> float:
+        """max_steps, or infinity where null means no cap."""
+        return math.inf if self.max_steps is None else self.max_steps
 
     def validate(self) -> None:
         check(self.batch_size % self.grad_accum == 0,

@@ -138,7 +138,7 @@ class DistillTask(DiffusionTask):
     def at_phase_end(self) -> bool:
         """Whether the student now is the phase's last: its budget, or the whole run's, is spent."""
         t = self.trainer
-        return self.phase_fraction(t) >= 1 or t.step >= (self.config.train.max_steps or math.inf) or t.clock.seconds >= t.clock.limit
+        return self.phase_fraction(t) >= 1 or t.step >= self.config.train.step_limit or t.clock.seconds >= t.clock.limit
 
     def next_phase(self, trainer) -> None:
         """The student's EMA becomes the teacher; the new student starts from it, with a fresh Adam and EMA."""

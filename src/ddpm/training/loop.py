@@ -170,7 +170,7 @@ def _train(config: "Config | AutoencoderRun", folder: RunDir, lock: RunLock, sta
                desc=f"training (stops {' or '.join(bounds)})", unit="step",
                disable=not (progress and ranks.is_main), dynamic_ncols=True)
     with stop_on_signal() as stop:
-        while (not capped or trainer.step < tc.max_steps) and not trainer.clock.tick(ranks, device, stop.requested is not None):
+        while trainer.step < tc.step_limit and not trainer.clock.tick(ranks, device, stop.requested is not None):
             if task.phase_done(trainer):  # distillation: a halving ends; its student is kept
                 if ranks.is_main:
                     run.checkpoint(task, trainer)

@@ -164,7 +164,7 @@ class Run:
             train(autoencoder, folder, resume_if_exists=True, progress=progress)
             meta = load_meta(RunDir(folder).newest_intact()[0])
             trained, limit = meta.get("train_seconds", 0.0), 60 * (budget.max_minutes or math.inf)
-            if meta["step"] < (budget.max_steps or math.inf) and trained < limit:
+            if meta["step"] < budget.step_limit and trained < limit:
                 if ranks.is_main:
                     tqdm.write(f"the run's own autoencoder stopped before its budget; continue the run with: "
                                f"ddpm train --resume {run.path}")
