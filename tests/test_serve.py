@@ -6,6 +6,7 @@ The server runs in this process, on a free loopback port, over a tiny run; every
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -200,12 +201,21 @@ def _status(server, key: str) -> dict:
     return json.loads(request(server, "GET", "/api/status")[1])["draws"][key]
 
 
+@contextlib.contextmanager
+def slowed(server, seconds: float):
+    """The served run's network `seconds` slower per call, for the block."""
+    pipe = server.models[0].pipe
+    pipe.network, inner = Slow(pipe.network, seconds), pipe.network
+    try:
+        yield pipe
+    finally:
+        pipe.network = inner
+
+
 @pytest.fixture()
 def slow(server):
-    pipe = server.models[0].pipe
-    pipe.network, inner = Slow(pipe.network, 0.03), pipe.network
-    yield
-    pipe.network = inner
+    with slowed(server, 0.03):
+        yield
 
 
 def test_stop_and_a_closed_page_end_the_computation_within_a_step(server, slow):

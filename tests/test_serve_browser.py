@@ -18,7 +18,7 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
-from test_serve import Slow, request, run  # noqa: F401 (the run fixture)
+from test_serve import request, run, slowed  # noqa: F401 (the run fixture)
 
 from ddpm import Pipeline
 from ddpm.serve.server import Server, load_models
@@ -104,9 +104,7 @@ def test_a_mask_painted_with_the_pointer_is_inpainted_and_the_rest_kept_exactly(
 
 
 def test_stop_mid_draw_ends_the_computation_on_the_server(page, server):
-    pipe = server.models[0].pipe
-    pipe.network, inner = Slow(pipe.network, 0.05), pipe.network
-    try:
+    with slowed(server, 0.05):
         page.fill("#steps", "100")
         page.click("#draw")
         page.wait_for_function("+document.getElementById('frames').textContent >= 3")
@@ -118,8 +116,6 @@ def test_stop_mid_draw_ends_the_computation_on_the_server(page, server):
         page.wait_for_timeout(400)
         assert last["state"] == "cancelled" and last["steps_done"] < 100
         assert server.draws.status()["draws"] == draws and server.draws.status()["running"] is None
-    finally:
-        pipe.network = inner
 
 
 def test_the_forward_process_slider_noises_the_image(page):
@@ -132,9 +128,7 @@ def test_the_forward_process_slider_noises_the_image(page):
 
 def test_screenshot_mid_draw(page, server, tmp_path):
     """The README's picture: a draw of 8 images caught between its steps."""
-    pipe = server.models[0].pipe
-    pipe.network, inner = Slow(pipe.network, 0.1), pipe.network
-    try:
+    with slowed(server, 0.1) as pipe:
         page.fill("#steps", str(min(50, pipe.diffusion.timesteps)))
         page.fill("#n", "8")
         page.click("#draw")
@@ -143,8 +137,6 @@ def test_screenshot_mid_draw(page, server, tmp_path):
         page.screenshot(path=out, clip={"x": 0, "y": 0, "width": 1100, "height": 560})
         page.click("#stop")
         page.wait_for_function("document.getElementById('draw').disabled === false")
-    finally:
-        pipe.network = inner
     assert Image.open(out).size[0] >= 1100 // 2
 
 

@@ -35,6 +35,7 @@ import json
 import math
 import threading
 import time
+import typing
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class Model:
     pipe: Pipeline
     _data: Optional[torch.Tensor] = None
     uploads: OrderedDict = field(default_factory=OrderedDict)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     @property
     def data(self) -> torch.Tensor:
@@ -131,7 +133,7 @@ class Model:
         left, top = (picture.width - side) // 2, (picture.height - side) // 2
         picture = picture.crop((left, top, left + side, top + side)).resize((w, h), Image.BICUBIC)
         image = torch.from_numpy(_array(picture)).permute(2, 0, 1).contiguous()
-        key = f"{len(self.uploads)}-{int(time.time() * 1000) % 10**8}"
+        key = f"u{next(self._ids)}"
         self.uploads[key] = image
         while len(self.uploads) > KEPT:
             self.uploads.popitem(last=False)
@@ -144,7 +146,7 @@ def _sampler_info(spec, s) -> dict:
     options = []
     for name, f in spec.options.fields().items():
         hint = hints(spec.options)[name]
-        choices = list(getattr(hint, "__args__", ())) if getattr(hint, "__origin__", None) is not None else []
+        choices = list(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else []
         value = own.get(name, f.default)
         options.append({"name": name, "help": f.metadata.get("help", name), "value": None if value == math.inf else value,
                         "choices": [c for c in choices if isinstance(c, str)]})
