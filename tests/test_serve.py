@@ -224,20 +224,24 @@ def test_stop_and_a_closed_page_end_the_computation_within_a_step(server, slow):
     name, first = _next_event(response)
     key = json.loads(request(server, "GET", "/api/status")[1])["running"]
     assert request(server, "POST", f"/api/stop?id={key}")[0] == 200
+    at_stop = _status(server, key)["steps_done"]
     assert _next_event(response)[0] in ("step", "cancelled")
     time.sleep(0.3)
     stopped = _status(server, key)
     time.sleep(0.3)
-    assert stopped["state"] == "cancelled" and stopped == _status(server, key) and stopped["steps_done"] < 10
+    # the step under way when the stop came is the last: however busy the machine, no more
+    assert stopped["state"] == "cancelled" and stopped == _status(server, key) and stopped["steps_done"] <= at_stop + 1
     # a page that goes away: the next step's frame cannot be written, and the draw stops there
     response = _open_draw(server, {"steps": 100, "n": 2})
     _next_event(response), _next_event(response)
     key = json.loads(request(server, "GET", "/api/status")[1])["running"]
     response.close()
+    at_close = _status(server, key)["steps_done"]
     deadline = time.monotonic() + 5
     while _status(server, key)["state"] == "running" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _status(server, key)["state"] == "cancelled" and _status(server, key)["steps_done"] < 20
+    # a write after the close may still be taken by the kernel's buffer; the one after it fails
+    assert _status(server, key)["state"] == "cancelled" and _status(server, key)["steps_done"] <= at_close + 3
 
 
 def test_one_draw_at_a_time_two_wait_their_turn_and_more_are_refused(server, slow):
