@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 
 from ..data.datasets import load_data
-from ..data.imagedata import to_uint8
+from ..data.imagedata import to_pil, to_uint8
 from ..diffusion.process import levels, q_sample
 from ..errors import InputError
 from ..pipeline import Pipeline
@@ -147,7 +147,7 @@ def _sampler_info(spec, s) -> dict:
     for name, f in spec.options.fields().items():
         hint = hints(spec.options)[name]
         choices = list(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else []
-        value = own.get(name, f.default)
+        value = own[name]
         options.append({"name": name, "help": f.metadata.get("help", name), "value": None if value == math.inf else value,
                         "choices": [c for c in choices if isinstance(c, str)]})
     return {"name": spec.name, "description": spec.description, "options": options,
@@ -201,10 +201,8 @@ def _array(picture: Image.Image):
 
 def png(images: torch.Tensor) -> bytes:
     """uint8 [C, H, W] as PNG bytes."""
-    array = images.permute(1, 2, 0).numpy()
-    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
     out = io.BytesIO()
-    picture.save(out, format="PNG")
+    to_pil(images).save(out, format="PNG")
     return out.getvalue()
 
 
@@ -564,18 +562,14 @@ class Work:
 
 
 def _mask(value: object, pipe: Pipeline) -> torch.Tensor:
-    """A mask drawn on the page: a PNG data URL, white where the image is to be filled."""
+    """A mask drawn on the page: a PNG data URL, white where the image is to be filled, as floats [H, W]."""
     if not isinstance(value, str) or not value.startswith("data:image/png;base64,"):
         raise Refused("the mask must be a PNG data URL (white: fill, black: keep)")
     try:
         body = base64.b64decode(value.split(",", 1)[1], validate=True)
     except ValueError:
         raise Refused("the mask's data URL is not base64") from None
-    mask = torch.from_numpy(_array(_picture(body, "the mask").convert("L"))).permute(2, 0, 1)
-    _, h, w = pipe.image_shape
-    if tuple(mask.shape[1:]) != (h, w):
-        raise Refused(f"the mask is {mask.shape[2]}x{mask.shape[1]} but the image is {w}x{h}; draw it on the image")
-    return mask[0]
+    return pipe.mask_tensor(_picture(body, "the mask").convert("L"))  # of the image's size, or the pipeline says so
 
 
 class Frames:
