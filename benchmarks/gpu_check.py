@@ -197,6 +197,36 @@ def check_torchrun(plan: Plan, work: Path) -> dict:
     return {"steps_logged": steps}
 
 
+def check_consistency(plan: Plan, work: Path) -> dict:
+    """Consistency tuning on the device: the target's pass replays the device's random state, so with
+    dropout and r a hair below t the loss stays the bounded derivative; then a tiny teacher is tuned
+    (`ddpm distill --method ect`) and its student samples in 1 and 2 steps."""
+    from ddpm.training.consistency import ConsistencyTask
+
+    device = torch.device(plan.device)
+    config = Config().override({"model.channels": [8, 16], "model.attention": [False, True], "model.dropout": 0.5,
+                                "data.image_size": 8})
+    task = ConsistencyTask.__new__(ConsistencyTask)
+    task.config, task.diffusion = config, build_diffusion(config).to(device)
+    network = build_network(config).to(device).train()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.normal_(0, 0.2)
+    x0 = torch.rand(4, 1, 8, 8, device=device) * 2 - 1
+    t = torch.tensor([0.05, 0.5, 3.0, 20.0], dtype=torch.float64, device=device)
+    loss = task.loss(network, x0, None, t, t * (1 - 1e-6), torch.randn(x0.shape, device=device)).item()
+    assert loss < 1e3, f"the target's dropout mask differs from the student's: loss {loss}"
+    tiny = ["--set", "model.channels=[8,16]", "--set", "model.attention=[false,true]", "--batch-size", "8",
+            "--timesteps", "100", "--set", "train.grid_size=4", "--no-progress", "--device", plan.device]
+    teacher, student = work / "ect-teacher", work / "ect-student"
+    assert main_cli(["train", "--out", str(teacher), "--max-steps", "3", "--set", "model.dropout=0.2", *tiny]) == 0
+    assert main_cli(["distill", "--method", "ect", "--run", str(teacher), "--out", str(student), "--max-steps", "4",
+                     "--no-progress", "--device", plan.device]) == 0
+    pipe = Pipeline.from_run(student, device=plan.device)
+    shapes = [list(pipe(2, steps=k, progress=False).shape) for k in (1, 2)]
+    return {"loss_at_a_tiny_gap": round(loss, 3), "sample_shapes": shapes}
+
+
 def check_default(plan: Plan, work: Path) -> dict:
     """The CPU default (mnist5k) trained on this device, and its FID: quality per minute."""
     run = work / "mnist5k"
@@ -281,6 +311,7 @@ def run_checks(plan: Plan, work: Path) -> dict:
                ("bf16_follows_fp32", lambda: check_bf16_follows_fp32(plan, device)),
                ("sampling_images_per_s", lambda: check_sampling(plan, device)),
                ("torchrun", lambda: check_torchrun(plan, work)),
+               ("consistency", lambda: check_consistency(plan, work)),
                ("default_budget", lambda: check_default(plan, work))]
     for name, check in checks:
         started = time.perf_counter()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -35,6 +37,19 @@ def tiny_config(**overrides) -> Config:
     config.sample.steps = 4
     config.diffusion.timesteps = 100
     return config.override(overrides)
+
+
+def refused_cleanly(argv: list, message: str, capsys, kept: Path, absent: Path) -> None:
+    """`ddpm argv` is bad input: exit status 2, one line on stderr holding `message`, no file under `kept`
+    touched and nothing at `absent` written."""
+    from ddpm.cli import main
+
+    before = {p: p.stat().st_mtime_ns for p in kept.rglob("*")}
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+    assert not absent.exists() and {p: p.stat().st_mtime_ns for p in kept.rglob("*")} == before
 
 
 class GaussianDenoiser:

@@ -29,7 +29,7 @@ from pathlib import Path
 import ddpm
 
 LAYERS = [("errors", "names", "settings", "options", "registry", "atomic", "signals", "speed", "folders"),
-          ("config", "presets", "recipe"), ("models",), ("diffusion",),
+          ("config", "students", "presets", "recipe"), ("models",), ("diffusion",),
           ("data",), ("runtime",), ("storage",), ("factory",), ("pipeline",), ("evaluation",), ("pictures",), ("serve",), ("training",), ("cli", "__main__")]
 PACKAGE = Path(ddpm.__file__).parent
 

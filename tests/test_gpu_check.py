@@ -12,7 +12,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import gpu_check  # noqa: E402
 
-CHECKS = ["device", "training", "cpu_match", "bf16_follows_fp32", "sampling_images_per_s", "torchrun", "default_budget"]
+CHECKS = ["device", "training", "cpu_match", "bf16_follows_fp32", "sampling_images_per_s", "torchrun", "consistency",
+          "default_budget"]
 
 
 def test_the_dry_run_takes_every_path(tmp_path):
@@ -30,7 +31,8 @@ def test_the_dry_run_takes_every_path(tmp_path):
 
 
 def test_a_failing_check_is_reported_and_the_rest_still_run(tmp_path, monkeypatch):
-    for name in ("check_training", "check_cpu_match", "check_bf16_follows_fp32", "check_torchrun", "check_default"):
+    for name in ("check_training", "check_cpu_match", "check_bf16_follows_fp32", "check_torchrun", "check_consistency",
+                 "check_default"):
         monkeypatch.setattr(gpu_check, name, lambda *args: {})
     monkeypatch.setattr(gpu_check, "check_device", lambda *args: {"bf16_matmul_tflops": 1.0})
 

@@ -87,9 +87,11 @@ def test_a_config_yaml_written_by_0_2_0_still_loads_as_the_same_run(monkeypatch)
     monkeypatch.setenv("DDPM_CPU_GFLOPS", "171")
     today = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 10,
                                       "sample.eta": 0.3}).validate()
-    assert old.train.max_steps == 10**9 and old.override({"train.max_steps": None}) == today
+    # two representations changed: 10^9 steps is now null (no cap), and distill.steps 4 is null (each method's own)
+    assert old.train.max_steps == 10**9 and old.distill.steps == 4 == today.distill.student_steps
+    assert old.override({"train.max_steps": None, "distill.steps": None}) == today
     assert old.sample.options_for("ddim").eta == 0.3 and old.model.channels == [16, 32, 64]
-    assert requeued(old, today, "run") == today
+    assert requeued(old, today, "run") == today.override({"distill.steps": 4})  # it keeps its own
 
 
 @pytest.mark.parametrize("command", ["train", "train-autoencoder", "distill", "sample", "eval", "sweep", "edit inpaint"])

@@ -31,7 +31,8 @@ _EXPORTS = {
     "UNet": "models.unet",
     "ImageData": "data.imagedata",
     "load_data": "data.datasets",
-    **dict.fromkeys(["train", "distill"], "training.loop"),
+    "train": "training.loop", "distill": "training.students",
+    "sample_consistency": "diffusion.consistency",
 }
 
 __all__ = sorted(_EXPORTS)

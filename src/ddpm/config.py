@@ -40,6 +40,7 @@ from .names import (
 )
 from .registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, OptionRegistry, option_fields
 from .settings import Section, Sections, check, checked, coerce, hints, setting
+from .students import ConsistencyConfig, DistillConfig
 
 OWN = "own"  # latent.autoencoder of a run that trains its own autoencoder first
 
@@ -301,40 +302,6 @@ class LatentConfig(Section):
 
 
 @dataclass
-class DistillConfig(Section):
-    """Progressive distillation (Salimans & Ho 2022, training/distill.py): set for a student run, whose
-    network learns to take in one DDIM step what its teacher takes in two, halving from_steps to
-    steps. The teacher is named and hashed here; its weights travel in the student's checkpoints."""
-
-    teacher: Optional[str] = setting(None, "the teacher run directory", null="for a run that is no student")
-    teacher_sha256: Optional[str] = setting(None, "of the teacher's EMA weights, written when distillation starts")
-    teacher_step: Optional[int] = setting(None, "the teacher's step")
-    from_steps: int = setting(64, "the teacher's DDIM steps at the start: a power of two", flag="--from-steps")
-    steps: int = setting(4, "the student's DDIM steps: a power of two", flag="--steps")
-    guidance: Optional[float] = setting(None, "a class-conditional teacher's guidance weight, fixed in the student",
-                                        ge=0, flag="--guidance")
-    teacher_clip: bool = setting(True, "whether the teacher's steps clip x0, as the teacher run samples")
-    phase_steps: Optional[int] = setting(None, "each halving's optimiser steps", ge=1, flag="--phase-steps")
-    phase_minutes: Optional[float] = setting(None, "each halving's minutes (default: the teacher's training time "
-                                                   "shared out over the halvings)", gt=0, flag="--phase-minutes")
-
-    @property
-    def phases(self) -> int:
-        return max(0, self.from_steps.bit_length() - self.steps.bit_length())
-
-    def validate(self) -> None:
-        if self.teacher is None:
-            return
-        power = lambda n: n >= 1 and n & (n - 1) == 0  # noqa: E731
-        check(power(self.from_steps), f"--from-steps must be a power of two (got {self.from_steps})")
-        check(power(self.steps), f"--steps must be a power of two: 1, 2, 4, 8, ... (got {self.steps})")
-        check(self.steps < self.from_steps, f"--steps ({self.steps}) must be fewer than --from-steps ({self.from_steps}), "
-                                            f"each phase halving the teacher's steps")
-        check((self.phase_steps is None) != (self.phase_minutes is None),
-              "give a distillation phase's budget as --phase-steps or --phase-minutes, one of them")
-
-
-@dataclass
 class Config(Sections):
     """A diffusion run."""
 
@@ -345,10 +312,11 @@ class Config(Sections):
     sample: SampleConfig = field(default_factory=SampleConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
     def validate(self) -> "Config":
         super().validate()
-        if self.distill.teacher is not None:
+        if self.distill.teacher is not None and self.distill.method == "progressive":
             check(self.distill.from_steps <= self.diffusion.timesteps,
                   f"--from-steps ({self.distill.from_steps}) cannot exceed the teacher's T = {self.diffusion.timesteps}")
         check(self.sample.steps <= self.diffusion.timesteps,

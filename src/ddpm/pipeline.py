@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .config import Config
 from .data.imagedata import to_pil, to_uint8
 from .diffusion import editing
+from .diffusion.consistency import ConsistencyFunction, consistency_sigma_data
 from .diffusion.process import Denoiser, Diffusion
 from .diffusion.samplers import Callback, sample_ddim, sampler_options
 from .diffusion.schedules import spaced_timesteps
@@ -182,7 +183,8 @@ class Pipeline:
                                    s.options_for(sampler).values())
         if not 1 <= steps <= self.diffusion.timesteps:
             raise InputError(f"--steps must be between 1 and the model's T = {self.diffusion.timesteps} (got {steps})")
-        distilled = self.config.kind == "student"
+        # a progressive student learnt its own steps; a consistency student samples in any of 1 to 8
+        distilled = self.config.kind == "student" and self.config.distill.method == "progressive"
         if distilled and (steps > s.steps or sampler != s.sampler) and (sampler, steps) != self._warned:
             self._warned = (sampler, steps)
             print(f"ddpm: warning: this student was distilled to sample in {s.steps} steps of {s.sampler}; "
@@ -223,6 +225,8 @@ class Pipeline:
         """What the sampler calls: the network through its objective, clipped as the run samples,
         guided towards `labels` if given."""
         denoiser = self.diffusion.denoiser(self.network, plan.clip_denoised)
+        if self.config.kind == "student" and self.config.distill.method == "ect":  # its network is read as f(x, sigma)
+            denoiser = ConsistencyFunction(denoiser, consistency_sigma_data(self.config))
         return denoiser if labels is None else denoiser.conditioned(labels.to(self.device), plan.guidance)
 
     @torch.no_grad()

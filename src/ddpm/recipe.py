@@ -265,14 +265,16 @@ def requeued(run: "Config | AutoencoderRun", given: "Config | AutoencoderRun", p
     requeued job's `--resume-if-exists`): the two must agree, but in the budget (the resumable keys,
     which `given` sets), in what training resolved where `given` left it unset (sizes, the
     autoencoder's hash), and in how the run samples by default (`sample`, which trains nothing: the
-    run keeps its own, as one started when latent runs sampled in 100 steps does). A network sized
-    by the time budget stays the run's when the budget changes."""
+    run keeps its own, as one started when latent runs sampled in 100 steps does), and, for a run that
+    is no student, in the student's sections. A network sized by the time budget stays the run's when
+    the budget changes."""
     mine, theirs, resumable = run.flat(), given.flat(), run.resumable()
     differ = [key for key in sorted(mine.keys() | theirs.keys())
               if mine.get(key) != theirs.get(key) and key not in resumable
               and not (key in RESOLVED and theirs.get(key) is None)
               and not (run.kind != "autoencoder" and _sized_alike(run, key, mine.get(key), given, theirs.get(key)))
-              and not key.startswith("sample.")]
+              and not key.startswith("sample.")
+              and not (key.startswith(("distill.", "consistency.")) and run.kind == given.kind != "student")]
     if differ:
         raise InputError(f"{path} holds a run whose config differs from this command's in {', '.join(differ[:4])}"
                          + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")

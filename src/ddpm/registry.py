@@ -202,6 +202,14 @@ class EDMSamplerOptions(Options):
                                           f"(got {self.s_tmin}, {self.s_tmax})")
 
 
+@dataclass(frozen=True)
+class ConsistencyOptions(Options):
+    label = "consistency"
+    sigmas: str = option("", "consistency: the intermediate noise levels, descending and comma-separated, e.g. 0.821",
+                         what="the intermediate sigmas")
+    sigma_max: float = option(80.0, "consistency: the first noise level (clamped to the model's range)", gt=0)
+
+
 SAMPLERS: OptionRegistry[SamplerSpec] = OptionRegistry("sampler")
 _SAMPLERS = "ddpm.diffusion.samplers:"
 SAMPLERS.register(SamplerSpec(
@@ -220,6 +228,9 @@ SAMPLERS.register(SamplerSpec(
     "edm", _SAMPLERS + "sample_edm", "Heun on EDM's rho = 7 noise levels, optionally churned", EDMSamplerOptions,
     evaluations=lambda k: 2 * k - 1, stochastic=lambda options: options.churn > 0,
     citation="Karras et al. 2022, Algorithm 2"))
+SAMPLERS.register(SamplerSpec(
+    "consistency", "ddpm.diffusion.consistency:sample_consistency", "a consistency model's steps, re-noised between "
+    "(default: 0.821 at 2 steps)", ConsistencyOptions, stochastic=True, citation="Song et al. 2023, Algorithm 1"))
 
 
 # ---- objectives -------------------------------------------------------------------------------

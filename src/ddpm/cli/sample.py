@@ -59,7 +59,8 @@ def add_commands(commands) -> None:
     sweep.add_argument("--ref-n", type=int, help="reference images (default: the whole data set)")
     sweep.add_argument("--out", help="folder for sweep.csv and sweep.png (default: the run directory)")
     sweep.add_argument("--student", action="append", default=[], metavar="RUN",
-                       help="a student distilled from the run (ddpm distill): each of its phases beside the samplers")
+                       help="a student of the run (ddpm distill) beside the samplers: a progressive one's every "
+                            "phase, a consistency one at each --steps up to 8")
     sweep.add_argument("--device", default="auto")
     sweep.set_defaults(command=run_sweep)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..pipeline import Pipeline
+from ..students import MAX_CONSISTENCY_STEPS
 from .fid import Evaluator
 
 FIELDS = ("sampler", "steps", "nfe", "fid", "kid", "seconds", "samples")
@@ -17,7 +18,8 @@ def sweep(pipe: Pipeline, samplers: Sequence[str], steps: Sequence[int], n: int,
           spacing: Optional[str] = None, seed: int = 0, batch_size: int = 256, out_csv: Optional[Path] = None,
           students: Sequence[Path] = ()) -> list[dict]:
     """Sample `n` images with each sampler at each step count, time it, and score it; then, beside
-    them, each distilled student of `students` (every phase's, at the steps it was distilled for).
+    them, each student of `students`: a progressive one's every phase, at the steps it was distilled for;
+    a consistency one (distill.method ect) at each of `steps` up to 8.
 
     Every pair starts from the same seed, with the run's own options for the rest (a
     class-conditional run draws every class with its guidance). Rows are appended to `out_csv` as
@@ -28,8 +30,10 @@ def sweep(pipe: Pipeline, samplers: Sequence[str], steps: Sequence[int], n: int,
             if k <= pipe.diffusion.timesteps]
     for path in students:
         student = Pipeline.from_run(path, device=str(pipe.device))
-        for folder in student_phases(path):
-            jobs.append((student, folder, None))
+        if student.config.distill.method == "ect":  # a consistency student: its sampler at each step count it takes
+            jobs += [(student, None, student.plan(n, steps=k)) for k in steps if k <= MAX_CONSISTENCY_STEPS]
+        else:
+            jobs += [(student, folder, None) for folder in student_phases(path)]
     if out_csv is not None:  # every plan was checked above: an unknown name fails before hours of work
         with open(out_csv, "w", newline="") as handle:
             csv.DictWriter(handle, FIELDS).writeheader()

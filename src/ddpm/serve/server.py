@@ -149,7 +149,7 @@ def _sampler_info(spec, s) -> dict:
         choices = list(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else []
         value = own[name]
         options.append({"name": name, "help": f.metadata.get("help", name), "value": None if value == math.inf else value,
-                        "choices": [c for c in choices if isinstance(c, str)]})
+                        "choices": [c for c in choices if isinstance(c, str)], "text": hint is str and not choices})
     return {"name": spec.name, "description": spec.description, "options": options,
             "nfe": [spec.evaluations(k) for k in (1, 2)]}
 

@@ -94,6 +94,24 @@ def distillation_loss(student, teacher, schedule, grid: list[int], x0: Tensor, l
     return (weight * (student(x_t, t).x0.float() - target.float()) ** 2).flatten(1).mean(1).mean()
 
 
+def teacher_autoencoder(teacher: Config, teacher_path: str):
+    """The autoencoder a student of a latent teacher decodes with: the teacher's, and for a teacher that
+    trained its own, the one in the teacher's directory."""
+    if teacher.latent.autoencoder == OWN:
+        return str(own_autoencoder_dir(Path(teacher_path)))
+    return teacher.latent.autoencoder
+
+
+def start_from_teacher(network: nn.Module, d) -> None:
+    """Load into `network` the EMA weights of the teacher that the student's `distill` section names,
+    refusing any other than those it hashed when the student started."""
+    loaded = load_run(d.teacher, RunDir(d.teacher).checkpoints / f"step_{d.teacher_step:06d}", "ema")
+    if file_sha256(loaded.folder / "ema.safetensors") != d.teacher_sha256:
+        raise InputError(f"the teacher {d.teacher}'s weights at step {d.teacher_step} are not those this "
+                         f"distillation started from; start it again with ddpm distill")
+    network.load_state_dict(loaded.network.state_dict())
+
+
 class DistillTask(DiffusionTask):
     """Ho et al.'s loop, training a student on a teacher's two-step DDIM map; see the module's docstring."""
 
@@ -103,12 +121,8 @@ class DistillTask(DiffusionTask):
         d = self.config.distill
         self.teacher = build_network(self.config).to(device).eval().requires_grad_(False)
         if not resume:  # the student and its teacher start as the teacher run's EMA weights, those it hashed
-            loaded = load_run(d.teacher, RunDir(d.teacher).checkpoints / f"step_{d.teacher_step:06d}", "ema")
-            if file_sha256(loaded.folder / "ema.safetensors") != d.teacher_sha256:
-                raise InputError(f"the teacher {d.teacher}'s weights at step {d.teacher_step} are not those this "
-                                 f"distillation started from; start it again with ddpm distill")
-            self.network.load_state_dict(loaded.network.state_dict())
-            self.teacher.load_state_dict(loaded.network.state_dict())
+            start_from_teacher(self.network, d)
+            self.teacher.load_state_dict(self.network.state_dict())
         self.phase, self.phase_start_step, self.phase_start_seconds = 0, 0, 0.0
         self.guidance = 1.0 if d.guidance is None else d.guidance
         self.trainer = None
@@ -213,13 +227,12 @@ def student_config(teacher: Config, teacher_path: str, checkpoint_step: int, tea
     budget, the phases' added up."""
     config = teacher.override({
         "distill.teacher": teacher_path, "distill.teacher_step": checkpoint_step, "distill.teacher_sha256": teacher_sha256,
-        "distill.steps": steps, "distill.from_steps": from_steps, "distill.phase_steps": phase_steps,
-        "distill.phase_minutes": phase_minutes, "distill.guidance": guidance,
+        "distill.method": "progressive", "distill.steps": steps, "distill.from_steps": from_steps,
+        "distill.phase_steps": phase_steps, "distill.phase_minutes": phase_minutes, "distill.guidance": guidance,
         "distill.teacher_clip": teacher.sample.clip_denoised, "sample.sampler": "ddim", "sample.steps": steps,
         "sample.spacing": "trailing", "sample.eta": 0.0, "sample.clip_denoised": False,
         "sample.guidance": 1.0})
-    if teacher.latent.autoencoder == OWN:  # the student decodes with the autoencoder in the teacher's directory
-        config.latent.autoencoder = str(own_autoencoder_dir(Path(teacher_path)))
+    config.latent.autoencoder = teacher_autoencoder(teacher, teacher_path)
     config.distill.check_fields("distill")  # before the budget, which it sizes
     config.distill.validate()
     phases = config.distill.phases

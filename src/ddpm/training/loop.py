@@ -1,10 +1,10 @@
 """The training loop (Ho et al. 2020, Algorithm 1), with the care a long run needs.
 
-Two ways in: `train(config, out)`, and `distill(teacher, out)`, which trains a student through the
-same loop (distill.py). `train` reads top to bottom: load the data, build the network, EMA and optimiser,
-restore a checkpoint when resuming, then repeat {draw a batch, take a gradient step on the
-denoising loss, update the EMA} until the step or wall-clock budget runs out, logging, sampling
-and checkpointing along the way.
+`train(config, out)` trains any run: a diffusion model, an autoencoder, or a student that `distill`
+(students.py) configured, each a task (tasks.py, distill.py, consistency.py). `train` reads top to
+bottom: load the data, build the network, EMA and optimiser, restore a checkpoint when resuming,
+then repeat {draw a batch, take a gradient step on the task's loss, update the EMA} until the step
+or wall-clock budget runs out, logging, sampling and checkpointing along the way.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import file_sha256
 from ..config import OWN, AutoencoderRun, Config
 from ..data.datasets import load_data
 from ..data.imagedata import iterate_batches
 from ..errors import InputError, TrainingDiverged, WriteFailed
-from ..factory import build_optimizer, load_run
+from ..factory import build_optimizer
 from ..recipe import requeued
 from ..runtime.devices import resolve_device
 from ..runtime.distributed import init_distributed
@@ -32,7 +31,8 @@ from ..signals import stop_on_signal
 from ..storage.checkpoint import RunDir
 from ..storage.files import plot_loss
 from ..storage.lock import RunLock
-from .distill import DistillTask, student_config
+from .consistency import ConsistencyTask
+from .distill import DistillTask
 from .ema import EMA
 from .optim import make_lr_scheduler
 from .precision import autocast, make_scaler
@@ -70,31 +70,6 @@ def train(config: "Config | AutoencoderRun", out: Path, *, resume: bool = False,
                           f"command again") from None
     finally:
         lock.release()  # the operating system also drops it when the process dies
-
-
-def distill(teacher: str, out: str, steps=None, from_steps=None, phase_steps=None, phase_minutes=None,
-            guidance=None, checkpoint=None, overrides=None, progress: bool = True):
-    """Distil the run `teacher` into a student run `out` that samples in `steps` DDIM steps, halving from
-    `from_steps` (each None: the `distill` section's default). Each phase's budget is `phase_steps` or
-    `phase_minutes`; with neither, each phase gets an equal share of the teacher's own training time,
-    so that distilling costs no more than training did. Everything is checked before anything is written."""
-    loaded = load_run(teacher, checkpoint, "ema")  # a diffusion run with an intact checkpoint, or one line
-    config = loaded.config
-    if guidance is not None and not config.model.num_classes:
-        raise InputError(f"--guidance needs a class-conditional teacher; {teacher} was trained without classes")
-    given = {"steps": steps, "from_steps": from_steps, "phase_steps": phase_steps, "phase_minutes": phase_minutes,
-             "guidance": guidance}
-    wanted = Config().override({f"distill.{key}": value for key, value in given.items() if value is not None}).distill
-    if phase_steps is None and phase_minutes is None:
-        seconds = loaded.meta.get("train_seconds", 0.0)
-        if not seconds:
-            raise InputError(f"{teacher} records no training time to share out; give --phase-steps or --phase-minutes")
-        wanted.phase_minutes = round(seconds / 60 / max(1, wanted.phases), 3)
-    student = student_config(config, str(teacher), loaded.meta["step"], file_sha256(loaded.folder / "ema.safetensors"),
-                             wanted.steps, wanted.from_steps, wanted.phase_steps, wanted.phase_minutes,
-                             wanted.guidance).override(overrides or {})
-    student.validate()
-    return train(student, out, progress=progress)
 
 
 @dataclass
@@ -265,7 +240,9 @@ def make_task(config, data, device: torch.device, resume: bool, progress: bool, 
     config = config.override({"data.image_size": data.image_size, "data.channels": data.channels})
     if config.kind == "autoencoder":
         return AutoencoderTask(config, data)
-    kind = DistillTask if config.kind == "student" else DiffusionTask
+    kind = DiffusionTask
+    if config.kind == "student":
+        kind = ConsistencyTask if config.distill.method == "ect" else DistillTask
     return kind(config, data, device, resume, progress, run)
 
 

@@ -1,0 +1,99 @@
+"""The schema of a student run: a network that learns from a teacher run to sample in a few steps.
+
+Two ways, chosen by `distill.method`:
+
+- progressive: progressive distillation (Salimans & Ho 2022, training/distill.py), halvings of the
+  teacher's DDIM steps, each phase with its own budget;
+- ect: easy consistency tuning (Geng et al. 2024, training/consistency.py), a consistency model
+  tuned from the teacher's weights, sampled in 1 to 8 steps; its own settings are the
+  `consistency` section.
+
+Part of the schema (config.py imports these sections): plain data, no torch, no measurement.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Optional
+
+from .settings import Section, check, setting
+
+METHODS = ("progressive", "ect")
+# Each method's student steps when --steps is not given.
+DEFAULT_STEPS = {"progressive": 4, "ect": 2}
+MAX_CONSISTENCY_STEPS = 8
+
+
+@dataclass
+class DistillConfig(Section):
+    """Set for a student run: its teacher (named and hashed here), how it learns, and in how many steps it
+    samples. Progressive distillation's student learns to take in one DDIM step what its teacher takes
+    in two, halving from_steps to steps, and carries the teacher's weights in its checkpoints."""
+
+    teacher: Optional[str] = setting(None, "the teacher run directory", null="for a run that is no student")
+    teacher_sha256: Optional[str] = setting(None, "of the teacher's EMA weights, written when distillation starts")
+    teacher_step: Optional[int] = setting(None, "the teacher's step")
+    method: typing.Literal["progressive", "ect"] = setting(
+        "progressive", "progressive: halvings of DDIM steps (Salimans & Ho 2022); ect: easy consistency tuning "
+                       "(Geng et al. 2024), 1 to 8 steps", flag=True)
+    from_steps: int = setting(64, "progressive: the teacher's DDIM steps at the start, a power of two",
+                              flag="--from-steps")
+    steps: Optional[int] = setting(None, "the student's sampling steps", ge=1, flag="--steps",
+                                   null="for 4 (progressive: a power of two) or 2 (ect: 1 to 8)")
+    guidance: Optional[float] = setting(None, "a class-conditional teacher's guidance weight: fixed in a progressive "
+                                              "student, an ect student's sampling default", ge=0, flag="--guidance")
+    teacher_clip: bool = setting(True, "whether the teacher's steps clip x0, as the teacher run samples")
+    phase_steps: Optional[int] = setting(None, "progressive: each halving's optimiser steps", ge=1,
+                                         flag="--phase-steps")
+    phase_minutes: Optional[float] = setting(None, "progressive: each halving's minutes (default: the teacher's "
+                                                   "training time shared out over the halvings)", gt=0,
+                                             flag="--phase-minutes")
+
+    @property
+    def student_steps(self) -> int:
+        return DEFAULT_STEPS[self.method] if self.steps is None else self.steps
+
+    @property
+    def phases(self) -> int:
+        return max(0, self.from_steps.bit_length() - self.student_steps.bit_length())
+
+    def validate(self) -> None:
+        if self.teacher is None:
+            return
+        if self.method == "ect":
+            check(self.student_steps <= MAX_CONSISTENCY_STEPS,
+                  f"--steps must be 1 to {MAX_CONSISTENCY_STEPS} for a consistency student (got {self.student_steps})")
+            check(self.phase_steps is None and self.phase_minutes is None,
+                  "--phase-steps and --phase-minutes budget progressive distillation's halvings; an ect student's "
+                  "budget is --max-steps or --max-minutes")
+            return
+        power = lambda n: n >= 1 and n & (n - 1) == 0  # noqa: E731
+        check(power(self.from_steps), f"--from-steps must be a power of two (got {self.from_steps})")
+        check(power(self.student_steps), f"--steps must be a power of two: 1, 2, 4, 8, ... (got {self.student_steps})")
+        check(self.student_steps < self.from_steps, f"--steps ({self.student_steps}) must be fewer than --from-steps "
+                                                    f"({self.from_steps}), each phase halving the teacher's steps")
+        check((self.phase_steps is None) != (self.phase_minutes is None),
+              "give a distillation phase's budget as --phase-steps or --phase-minutes, one of them")
+
+
+@dataclass
+class ConsistencyConfig(Section):
+    """Easy consistency tuning (Geng et al. 2024, training/consistency.py), for distill.method ect. The
+    defaults are ECT's for CIFAR-10 (their code's ECMLoss): noise levels t with ln t ~ N(-1.1, 2^2), the
+    partner level r = t (1 - q^-(stage+1) (1 + k sigmoid(-b t))), and the loss's pseudo-Huber c."""
+
+    p_mean: float = setting(-1.1, "ln(t) ~ N(p_mean, p_std^2): the noise levels tuned", finite=True)
+    p_std: float = setting(2.0, "ln(t) ~ N(p_mean, p_std^2): the noise levels tuned", gt=0)
+    q: float = setting(2.0, "the gap t - r shrinks by this factor from one stage to the next", gt=1)
+    k: float = setting(8.0, "the gap's factor n(t) = 1 + k sigmoid(-b t): wider at low noise", ge=0)
+    b: float = setting(1.0, "the gap's factor n(t) = 1 + k sigmoid(-b t)", finite=True)
+    stages: int = setting(4, "stages of the gap over the student's budget (the last: t - r ~ t q^-stages)", ge=1,
+                          flag="--stages")
+    c: float = setting(0.0, "the loss sqrt(|f_t - f_r|^2 + c^2) - c (0: ECT's default, the distance itself)", ge=0)
+    sigma_data: Optional[float] = setting(None, "the data's std in the consistency function's c_skip", gt=0,
+                                          null="for 0.5 (images in [-1, 1]) or 1 (a latent run's latents)")
+    lr_share: float = setting(0.1, "without --lr, the learning rate: this share of the teacher's (ECT tunes CIFAR-10 at "
+                                   "1e-4, a tenth of EDM's training rate)", gt=0)
+    share: float = setting(0.25, "without --max-steps or --max-minutes, the budget: this share of the teacher's "
+                                 "training time", gt=0, flag="--share")
