@@ -1,0 +1,94 @@
+"""Consistency students (easy consistency tuning, `ddpm distill --method ect`) against their teacher.
+
+    python benchmarks/consistency.py --teacher runs/ect-digits/teacher --out runs/ect-digits
+    python benchmarks/consistency.py --data emoji --minutes 30 --out runs/ect-emoji
+
+1. A teacher: --teacher RUN, or one trained for --minutes with the data set's defaults.
+2. For each share of --shares (of the teacher's training time): `ddpm distill --method ect --share S`,
+   with --extra flags if given (e.g. "--stages 8").
+3. `ddpm eval` of each student at each of --steps, and of the teacher with its own sampler and with
+   each of --teacher-samplers ("dpm++2m:4"), all with --n samples against --ref-n data images.
+
+Writes OUT/consistency.json and prints one row per score, with the matmul rate and the wall times.
+Run it alone on the machine: the students' budgets are minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+import torch
+from distillation import timed  # beside this script
+from throughput import matmul_rate
+
+from ddpm.storage.checkpoint import RunDir, load_meta
+
+
+def score(run: Path, n: int, ref_n: int, out: Path, *flags: str) -> dict:
+    timed(["eval", "--run", str(run), "--n", str(n), "--ref-n", str(ref_n), "--json", str(out), *flags])
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", help="a trained teacher run (default: train one)")
+    parser.add_argument("--data", default="mnist5k")
+    parser.add_argument("--minutes", type=float, default=30.0, help="the teacher's budget, when training one")
+    parser.add_argument("--shares", default="0.1,0.25,0.5", help="tuning budgets, as shares of the teacher's time")
+    parser.add_argument("--steps", default="1,2,4", help="the students' sampling steps to score")
+    parser.add_argument("--teacher-samplers", default="", help="more teacher scores, SAMPLER:STEPS,...")
+    parser.add_argument("--extra", default="", help="more flags for ddpm distill, e.g. '--stages 8'")
+    parser.add_argument("--name", default="ect", help="the students' folder prefix")
+    parser.add_argument("--no-teacher", action="store_true", help="score the students only")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--ref-n", type=int, default=1000)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gflops = matmul_rate(torch.device("cpu"), torch.float32, size=2048) / 1e9
+    print(f"this machine: {gflops:.0f} GFLOP/s fp32 matrix multiply", flush=True)
+    teacher = Path(args.teacher) if args.teacher else out / "teacher"
+    if not args.teacher:
+        timed(["train", "--out", str(teacher), "--data", args.data, "--max-minutes", f"{args.minutes:g}", "--no-progress"])
+    teacher_meta = load_meta(RunDir(teacher).latest())
+    rows, students = [], []
+    for share in [float(s) for s in args.shares.split(",") if s.strip()]:  # all the tuning first, then the scoring
+        student = out / f"{args.name}-{share:g}"
+        seconds = timed(["distill", "--method", "ect", "--run", str(teacher), "--out", str(student), "--share",
+                         f"{share:g}", "--no-progress", *shlex.split(args.extra)])
+        students.append((share, student, seconds))
+    print("tuning done", flush=True)
+    for share, student, seconds in students:
+        meta = load_meta(RunDir(student).latest())
+        for k in [int(s) for s in args.steps.split(",") if s.strip()]:
+            result = score(student, args.n, args.ref_n, out / f"{student.name}-{k}.json", "--steps", str(k))
+            rows.append({"who": student.name, "share": share, "steps": k, "nfe": result["nfe"],
+                         "fid": round(result["fid"], 2), "kid": round(result["kid"], 4), "tuning_steps": meta["step"],
+                         "tuning_minutes": round(meta["train_seconds"] / 60, 2), "command_minutes": round(seconds / 60, 2)})
+            print(rows[-1], flush=True)
+    if args.no_teacher:
+        (out / f"{args.name}.json").write_text(json.dumps({"cpu_gflops": round(gflops), "rows": rows}, indent=2))
+        return
+    own = score(teacher, args.n, args.ref_n, out / "teacher-own.json")
+    rows.append({"who": "teacher", "sampler": own["sampler"], "steps": own["steps"], "nfe": own["nfe"],
+                 "fid": round(own["fid"], 2), "kid": round(own["kid"], 4)})
+    for item in [s for s in args.teacher_samplers.split(",") if s.strip()]:
+        sampler, steps = item.split(":")
+        result = score(teacher, args.n, args.ref_n, out / f"teacher-{sampler}-{steps}.json", "--sampler", sampler,
+                       "--steps", steps)
+        rows.append({"who": "teacher", "sampler": sampler, "steps": int(steps), "nfe": result["nfe"],
+                     "fid": round(result["fid"], 2), "kid": round(result["kid"], 4)})
+    for row in rows[-1 - len(args.teacher_samplers.split(",")):]:
+        print(row, flush=True)
+    result = {"data": teacher_meta.get("data", args.data), "cpu_gflops": round(gflops), "n": args.n, "ref_n": args.ref_n,
+              "teacher_steps": teacher_meta["step"], "teacher_train_minutes": round(teacher_meta["train_seconds"] / 60, 2),
+              "extra": args.extra, "rows": rows}
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
