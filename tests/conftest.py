@@ -39,6 +39,18 @@ def tiny_config(**overrides) -> Config:
     return config.override(overrides)
 
 
+def trained(tmp_path_factory, name: str, *flags: str) -> Path:
+    """A tiny run for a module's tests, trained by the command line with test_cli.TINY and `flags`
+    (its budget, data, objective...)."""
+    from test_cli import TINY
+
+    from ddpm.cli import main
+
+    out = tmp_path_factory.mktemp(name) / "run"
+    assert main(["train", "--out", str(out), *flags, *TINY]) == 0
+    return out
+
+
 def refused_cleanly(argv: list, message: str, capsys, kept: Path, absent: Path) -> None:
     """`ddpm argv` is bad input: exit status 2, one line on stderr holding `message`, no file under `kept`
     touched and nothing at `absent` written."""

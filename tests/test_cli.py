@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import trained
 from PIL import Image
 
 from ddpm.cli import main
@@ -17,9 +18,7 @@ TINY = ["--set", "model.channels=[8,16]", "--set", "model.attention=[false,true]
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "4", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory, "cli", "--max-steps", "4")
 
 
 def test_sample_writes_a_valid_npz_and_grid(run_dir, tmp_path):

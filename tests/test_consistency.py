@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import GaussianDenoiser, refused_cleanly
+from conftest import GaussianDenoiser, refused_cleanly, trained
 from safetensors.torch import load_file
 from test_cli import TINY
 from torch import nn
@@ -209,9 +209,7 @@ def test_the_target_shares_the_students_noise_and_dropout_mask():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "4", "--set", "model.dropout=0.2", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory, "teacher", "--max-steps", "4", "--set", "model.dropout=0.2")
 
 
 def test_the_stage_follows_the_budget(teacher, tmp_path):

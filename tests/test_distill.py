@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import GaussianDenoiser, refused_cleanly
+from conftest import GaussianDenoiser, refused_cleanly, trained
 from safetensors.torch import load_file
 from test_cli import TINY
 
@@ -90,9 +90,7 @@ def test_on_gaussian_data_the_target_is_the_analytic_two_step_map():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "4", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory, "teacher", "--max-steps", "4")
 
 
 def test_a_halving_makes_the_students_ema_the_next_teacher(teacher, tmp_path):

@@ -3,19 +3,17 @@ pixels they must keep, and the inputs they refuse."""
 
 import numpy as np
 import pytest
+from conftest import trained
 import torch
 from PIL import Image
 
 from ddpm import InputError, Pipeline, load_data
 from ddpm.cli import main
-from test_cli import TINY
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("edit") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "2", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory, "edit", "--max-steps", "2")
 
 
 @pytest.fixture(scope="module")

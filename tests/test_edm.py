@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import GaussianDenoiser
+from conftest import GaussianDenoiser, trained
 from test_cli import TINY
 
 from ddpm import Config, Diffusion, Pipeline
@@ -224,9 +224,7 @@ def test_an_edm_network_works_with_every_sampler(objective, sampler):
 
 @pytest.fixture(scope="module")
 def edm_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("edm") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "3", "--objective", "edm", "--classes", "10", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory, "edm", "--max-steps", "3", "--objective", "edm", "--classes", "10")
 
 
 def test_an_edm_run_samples_with_every_sampler_edits_and_guides(edm_run, tmp_path):

@@ -7,19 +7,17 @@ import json
 
 import numpy as np
 import pytest
+from conftest import trained
 from PIL import Image
 
 import ddpm.evaluation.fid
 from ddpm.cli import main
 from ddpm.evaluation.history import append_eval_history
-from test_cli import TINY
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "2", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory, "eval", "--max-steps", "2")
 
 
 @pytest.fixture

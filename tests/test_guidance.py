@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import GaussianDenoiser
+from conftest import GaussianDenoiser, trained
 from ddpm import Config, Denoiser, Diffusion, Pipeline, UNet, make_schedule
 from ddpm.cli import main
 from ddpm.diffusion.guidance import drop_labels
@@ -89,9 +89,7 @@ def test_conditional_sampling_draws_each_label_from_its_class():
 
 @pytest.fixture(scope="module")
 def conditional_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cond") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "2", "--classes", "10", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory, "cond", "--max-steps", "2", "--classes", "10")
 
 
 def test_sample_class_all_writes_labels_and_a_row_per_class(conditional_run, tmp_path):

@@ -5,18 +5,16 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import GaussianDenoiser
+from conftest import GaussianDenoiser, trained
 from PIL import Image
 from test_cli import TINY
 
 from ddpm import Config, Diffusion, InputError, Pipeline, make_schedule
-from ddpm.cli import main
 
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipe") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "2", *TINY]) == 0
+    out = trained(tmp_path_factory, "pipe", "--max-steps", "2")
     return Pipeline.from_run(out, device="cpu")
 
 

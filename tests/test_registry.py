@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import trained
 import torch
 from test_cli import TINY
 
@@ -44,9 +45,7 @@ def shrink():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("registry") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "2", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory, "registry", "--max-steps", "2")
 
 
 def test_a_sampler_with_an_option_is_one_function_and_one_registration(shrink, run, tmp_path, capsys, monkeypatch):

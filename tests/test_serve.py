@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import trained
 import torch
 from PIL import Image
-from test_cli import TINY
 
 from ddpm import Pipeline
 from ddpm.cli import main
@@ -44,9 +44,7 @@ def files_of(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve") / "run"
-    assert main(["train", "--out", str(out), "--max-steps", "4", "--data", "digits", *TINY]) == 0
-    return out
+    return trained(tmp_path_factory, "serve", "--max-steps", "4", "--data", "digits")
 
 
 @pytest.fixture(scope="module")
