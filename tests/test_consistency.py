@@ -7,6 +7,7 @@ tuning is the uninterrupted one bit for bit; and the student is a run that every
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -303,3 +304,36 @@ def test_bad_tunings_are_one_line_exit_2_and_write_nothing(argv, message, teache
             command[index] = argv[argv.index(flag) + 1]
             argv = argv[:argv.index(flag)] + argv[argv.index(flag) + 2:]
     refused_cleanly([*command, *argv], message, capsys, teacher, tmp_path / "student")
+
+
+def test_the_page_streams_a_consistency_students_steps(teacher, tmp_path):
+    """`ddpm serve` on a student: its own sampler's steps stream, the intermediate sigmas come as text,
+    and the images are the pipeline's."""
+    import io
+    import threading
+
+    import numpy as np
+    from PIL import Image
+    from test_serve import events, request
+
+    from ddpm.serve.server import Server, load_models
+
+    student = distill(str(teacher), str(tmp_path / "s"), method="ect", progress=False, overrides={"train.max_steps": 2})
+    server = Server(load_models([str(student.path)], "cpu"), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        status, body = request(server, "POST", "/api/draw", {"task": "sample", "steps": 3, "seed": 1, "n": 2,
+                                                             "options": {"sigmas": "5,0.5"}})
+        stream = events(body)
+        assert status == 200 and [name for name, _ in stream] == ["start"] + ["step"] * 3 + ["done"]
+        assert [value["sigma"] for name, value in stream if name == "step"] == pytest.approx([80.0, 5.0, 0.5], rel=1e-4)
+        expected = Pipeline.from_run(student.path, device="cpu")(2, None, 3, seed=1, sigmas="5,0.5", progress=False)
+        for k, url in enumerate(stream[-1][1]["png"]):
+            status, image = request(server, "GET", url)
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(image))), expected[k, 0].numpy())
+        status, info = request(server, "GET", "/api/runs")
+        options = [o for s in json.loads(info)[0]["samplers"] if s["name"] == "consistency" for o in s["options"]]
+        assert {o["name"]: o["text"] for o in options} == {"sigmas": True, "sigma_max": False}
+    finally:
+        server.shutdown()
+        server.server_close()
