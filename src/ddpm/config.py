@@ -316,7 +316,7 @@ class Config(Sections):
 
     def validate(self) -> "Config":
         super().validate()
-        if self.distill.teacher is not None and self.distill.method == "progressive":
+        if self.student == "progressive":
             check(self.distill.from_steps <= self.diffusion.timesteps,
                   f"--from-steps ({self.distill.from_steps}) cannot exceed the teacher's T = {self.diffusion.timesteps}")
         check(self.sample.steps <= self.diffusion.timesteps,
@@ -333,9 +333,15 @@ class Config(Sections):
     def kind(self) -> str:
         """What the run trains, decided here alone: "student" (distilled from a teacher run), "latent"
         (a diffusion model on an autoencoder's latents) or "pixels"; an autoencoder run is "autoencoder"."""
-        if self.distill.teacher is not None:
+        if self.student is not None:
             return "student"
         return "pixels" if self.latent.autoencoder is None else "latent"
+
+    @property
+    def student(self) -> Optional[str]:
+        """How a student run learns from its teacher ("progressive" or "ect", distill.method); None for a
+        run that is no student."""
+        return self.distill.method if self.distill.teacher is not None else None
 
     def model_input(self) -> tuple[int, int]:
         """(channels, size) of what the UNet denoises: the images, or a latent run's latents."""

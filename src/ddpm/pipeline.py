@@ -184,7 +184,7 @@ class Pipeline:
         if not 1 <= steps <= self.diffusion.timesteps:
             raise InputError(f"--steps must be between 1 and the model's T = {self.diffusion.timesteps} (got {steps})")
         # a progressive student learnt its own steps; a consistency student samples in any of 1 to 8
-        distilled = self.config.kind == "student" and self.config.distill.method == "progressive"
+        distilled = self.config.student == "progressive"
         if distilled and (steps > s.steps or sampler != s.sampler) and (sampler, steps) != self._warned:
             self._warned = (sampler, steps)
             print(f"ddpm: warning: this student was distilled to sample in {s.steps} steps of {s.sampler}; "
@@ -225,7 +225,7 @@ class Pipeline:
         """What the sampler calls: the network through its objective, clipped as the run samples,
         guided towards `labels` if given."""
         denoiser = self.diffusion.denoiser(self.network, plan.clip_denoised)
-        if self.config.kind == "student" and self.config.distill.method == "ect":  # its network is read as f(x, sigma)
+        if self.config.student == "ect":  # its network is read as f(x, sigma)
             denoiser = ConsistencyFunction(denoiser, consistency_sigma_data(self.config))
         return denoiser if labels is None else denoiser.conditioned(labels.to(self.device), plan.guidance)
 

@@ -30,7 +30,7 @@ def sweep(pipe: Pipeline, samplers: Sequence[str], steps: Sequence[int], n: int,
             if k <= pipe.diffusion.timesteps]
     for path in students:
         student = Pipeline.from_run(path, device=str(pipe.device))
-        if student.config.distill.method == "ect":  # a consistency student: its sampler at each step count it takes
+        if student.config.student == "ect":  # a consistency student: its sampler at each step count it takes
             jobs += [(student, None, student.plan(n, steps=k)) for k in steps if k <= MAX_CONSISTENCY_STEPS]
         else:
             jobs += [(student, folder, None) for folder in student_phases(path)]

@@ -69,7 +69,7 @@ def unet2d_config(config: Config) -> dict:
         _refuse(f"model.network {m.network}")
     if config.latent.autoencoder:
         _refuse("a latent run (its UNet denoises an autoencoder's latents)")
-    if config.kind == "student" and config.distill.method == "ect":
+    if config.student == "ect":
         _refuse("a consistency student (DDPMPipeline's scheduler would read its network as a denoiser; diffusers' "
                 "consistency scheduler expects EDM's parametrisation)")
     for key, value, wanted, fix in [

@@ -240,9 +240,7 @@ def make_task(config, data, device: torch.device, resume: bool, progress: bool, 
     config = config.override({"data.image_size": data.image_size, "data.channels": data.channels})
     if config.kind == "autoencoder":
         return AutoencoderTask(config, data)
-    kind = DiffusionTask
-    if config.kind == "student":
-        kind = ConsistencyTask if config.distill.method == "ect" else DistillTask
+    kind = {"ect": ConsistencyTask, "progressive": DistillTask}.get(config.student, DiffusionTask)
     return kind(config, data, device, resume, progress, run)
 
 
