@@ -343,6 +343,12 @@ class Config(Sections):
         run that is no student."""
         return self.distill.method if self.distill.teacher is not None else None
 
+    @property
+    def data_std(self) -> float:
+        """What EDM's and the consistency function's sigma_data default to: 0.5 for images in [-1, 1]
+        (Karras et al.), 1 for a latent run's latents, scaled to unit std."""
+        return 1.0 if self.latent.autoencoder else 0.5
+
     def model_input(self) -> tuple[int, int]:
         """(channels, size) of what the UNet denoises: the images, or a latent run's latents."""
         if self.latent.autoencoder is None:

@@ -48,7 +48,7 @@ def build_diffusion(config: Config) -> Diffusion:
     d = config.diffusion
     options = d.options_for(d.objective, "diffusion")
     if "sigma_data" in options.fields() and options.sigma_data is None:
-        options = dataclasses.replace(options, sigma_data=1.0 if config.latent.autoencoder else 0.5)
+        options = dataclasses.replace(options, sigma_data=config.data_std)
     return Diffusion(build_schedule(config), make_objective(d.objective, options), d.loss, d.timestep_sampling,
                      d.min_snr_gamma)
 

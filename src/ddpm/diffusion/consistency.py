@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from .objectives import Prediction
+from .samplers import _progress, noise_like
 from .schedules import NoiseSchedule
 
 ECT_TWO_STEP_SIGMA = 0.821  # the intermediate level of 2-step sampling (Song et al. 2023, §6; ECT's too)
@@ -54,10 +55,9 @@ def consistency_weights(sigma: Tensor, sigma_min: float, sigma_data: float) -> t
 
 
 def consistency_sigma_data(config) -> float:
-    """A run's consistency.sigma_data, or 0.5 for images in [-1, 1] and 1 for a latent run's unit-variance
-    latents."""
+    """A run's consistency.sigma_data, or its data's std as EDM's objective takes it (Config.data_std)."""
     given = config.consistency.sigma_data
-    return given if given is not None else 1.0 if config.latent.autoencoder else 0.5
+    return given if given is not None else config.data_std
 
 
 class ConsistencyFunction(nn.Module):
@@ -175,8 +175,6 @@ def sample_consistency(denoiser, x: Tensor, schedule: NoiseSchedule, timesteps: 
     x0 = f(x~, sigma_i). The levels are `consistency_sigmas`; the steps' own timesteps are not used.
     With a consistency function (a student of distill.method ect) one step is a sample; with a
     diffusion model's denoiser it is the x0 prediction re-noised, a poor sampler."""
-    from .samplers import _progress, noise_like
-
     levels = consistency_sigmas(len(timesteps), sigmas, sigma_max, schedule)
     times = schedule.timestep(torch.tensor(levels, dtype=torch.float64)).tolist()
     x = x * float(schedule.levels(torch.tensor([times[0]]))[1][0])  # the VP image of x~ = sigma_1 z: s_1 z
