@@ -36,6 +36,7 @@ from ..diffusion.process import Denoiser
 from ..errors import InputError
 from ..students import DistillConfig
 from .distill import start_from_teacher, teacher_autoencoder
+from .optim import budget_spent
 from .tasks import DiffusionTask
 
 
@@ -61,10 +62,8 @@ class ConsistencyTask(DiffusionTask):
 
     def stage(self, step: int) -> int:
         """Which of consistency.stages equal parts of the budget (steps, or minutes) the run is in."""
-        tc, stages = self.config.train, self.config.consistency.stages
-        spent = step / tc.max_steps if tc.max_steps else 0.0
-        if self.trainer is not None and tc.max_minutes:
-            spent = max(spent, self.trainer.clock.fraction())
+        stages = self.config.consistency.stages
+        spent = budget_spent(step, self.config.train, self.trainer.clock.fraction() if self.trainer is not None else 0.0)
         return min(stages - 1, int(spent * stages))
 
     def draws(self, x0: Tensor, classes, generator: torch.Generator, step: int) -> list:

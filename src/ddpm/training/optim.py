@@ -15,6 +15,12 @@ import torch
 from ..config import TrainConfig
 
 
+def budget_spent(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
+    """How much of the run's budget is spent at `step`, from 0 to 1: of train.max_steps, or of the time
+    budget (`time_fraction` of train.max_minutes), whichever runs out first."""
+    return min(1.0, max(step / config.max_steps if config.max_steps else 0.0, time_fraction))
+
+
 def lr_factor(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
     """The multiplier of the base learning rate at `step` (0-based), when `time_fraction` of the
     time budget (train.max_minutes) is spent."""
@@ -24,8 +30,7 @@ def lr_factor(step: int, config: TrainConfig, time_fraction: float = 0.0) -> flo
     elif config.lr_schedule == "step":
         decay = config.lr_gamma ** (step // config.lr_step_size)
     elif config.lr_schedule == "cosine":  # Loshchilov & Hutter 2017, to zero when the first budget runs out
-        progress = min(1.0, max(step / config.max_steps if config.max_steps else 0.0, time_fraction))
-        decay = 0.5 * (1 + math.cos(math.pi * progress))
+        decay = 0.5 * (1 + math.cos(math.pi * budget_spent(step, config, time_fraction)))
     else:
         raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
     return warmup * decay
