@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from test_cli import TINY
+from test_emoji import needs_font
 
 from ddpm import Pipeline
 from ddpm.cli import main
@@ -92,6 +93,24 @@ def test_the_imported_run_samples_as_diffusers_pipelines_do(cifar10, tmp_path, k
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
+def _ddim_alike(run, folder, latent: bool = False):
+    """The exported folder's pipeline (DDIMPipeline, or LDMPipeline) with a DDIMScheduler and ddpm's
+    DDIM, each from the same x_T: 3 images in 5 trailing steps, as HWC floats in [0, 1]. Trailing,
+    because diffusers' DDIM steps from t to t - T/K on any grid, which only that grid's steps are.
+    DDIMPipeline recomputes eps from the clipped x0, as ddpm does; a latent run clips nothing."""
+    if latent:
+        pipeline, clipped = diffusers.LDMPipeline.from_pretrained(folder), {}
+    else:
+        pipeline, clipped = diffusers.DDIMPipeline.from_pretrained(folder), {"use_clipped_model_output": True}
+    pipeline.scheduler = diffusers.DDIMScheduler.from_config(pipeline.scheduler.config, timestep_spacing="trailing")
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(batch_seed(2, 0))
+    theirs = pipeline(batch_size=3, generator=generator, num_inference_steps=5, eta=0.0, output_type="np",
+                      **clipped).images
+    ours = Pipeline.from_run(run, device="cpu")(3, "ddim", 5, seed=2, output="float", progress=False, spacing="trailing")
+    return theirs, ours.permute(0, 2, 3, 1).numpy()
+
+
 def test_export_then_import_is_bit_exact_and_diffusers_samples_ddpm_runs_ddim(tmp_path, capsys):
     """A run whose network maps (per-block skips, a time embedding as wide as its first level, one
     GroupNorm size, a two-block middle) exports; DDIMPipeline then draws ddpm's own DDIM samples."""
@@ -103,12 +122,8 @@ def test_export_then_import_is_bit_exact_and_diffusers_samples_ddpm_runs_ddim(tm
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "exported")]) == 0
     index = json.loads((tmp_path / "exported" / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
-    pipeline = diffusers.DDIMPipeline.from_pretrained(tmp_path / "exported")
-    pipeline.set_progress_bar_config(disable=True)
-    theirs = pipeline(batch_size=3, generator=torch.Generator().manual_seed(batch_seed(2, 0)), num_inference_steps=5,
-                      eta=0.0, use_clipped_model_output=True, output_type="np").images
-    ours = Pipeline.from_run(run, device="cpu")(3, "ddim", 5, seed=2, output="float", progress=False)
-    np.testing.assert_allclose(ours.permute(0, 2, 3, 1).numpy().squeeze(-1), theirs.squeeze(-1), atol=1e-4, rtol=0)
+    theirs, ours = _ddim_alike(run, tmp_path / "exported")
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
     assert diffusers.DDPMPipeline.from_pretrained(tmp_path / "exported").scheduler.config.prediction_type == "v_prediction"
     # ... and back: the same weights, bit for bit, and the same process
     assert main(["import", "--from", str(tmp_path / "exported"), "--out", str(tmp_path / "back"), "--data", "mnist5k"]) == 0
@@ -132,8 +147,26 @@ def test_export_then_import_is_bit_exact_and_diffusers_samples_ddpm_runs_ddim(tm
     (["--set", "model.skips=block", "--set", "model.time_emb_dim=8"], "model.neck_length 1 has no diffusers counterpart"),
     (["--set", "model.skips=block", "--set", "model.time_emb_dim=8", "--set", "model.neck_length=2", "--set",
       "model.attention_head_dim=8"], "GroupNorms of [2, 4, 8] groups in one network has no diffusers counterpart"),
-    (["--set", "model.skips=block", "--set", "model.time_emb_dim=8", "--set", "model.neck_length=2", "--set",
-      "model.norm_groups=4", "--set", "model.attention_head_dim=8", "--objective", "edm"], "diffusion.objective edm has no diffusers counterpart"),
+])
+def test_a_network_no_unet2dmodel_computes_exports_as_ddpms_own_and_says_why(flags, message, tmp_path, capsys):
+    import ddpm.storage.diffusers_models  # noqa: F401 (diffusers finds DdpmUNet there)
+
+    run, out = tmp_path / "run", tmp_path / "exported"
+    assert main(["train", "--out", str(run), "--max-steps", "1", *TINY, *flags]) == 0
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "DdpmUNet" in said and message in said, said
+    assert json.loads((out / "model_index.json").read_text())["unet"] == ["ddpm.storage.diffusers_models", "DdpmUNet"]
+    unet, ours = diffusers.DDPMPipeline.from_pretrained(out).unet, Pipeline.from_run(run, device="cpu")
+    channels, size = ours.config.model_input()
+    x, t = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0)), torch.tensor(37)
+    # the same network and weights: equal but for the rounding of another memory format (ddpm runs NHWC)
+    torch.testing.assert_close(unet(x, t).sample, ours.network(x, t.expand(2)), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--objective", "edm"], "diffusion.objective edm has no diffusers counterpart"),
     (["--set", "model.skips=block", "--set", "model.time_emb_dim=8", "--set", "model.neck_length=2", "--set",
       "model.norm_groups=4", "--set", "model.attention_head_dim=8", "--set", "sample.spacing=quadratic"], "sample.spacing quadratic has no diffusers counterpart"),
     (["--set", "model.skips=block", "--set", "model.time_emb_dim=8", "--set", "model.neck_length=2", "--set",
@@ -195,3 +228,56 @@ def test_a_unet_option_the_exporter_was_not_taught_exports_only_at_its_default(m
     assert diffusers.unet2d_config(GatedRun().override(exportable))["block_out_channels"] == [16, 32, 64]
     with pytest.raises(InputError, match="model.gate True has no diffusers counterpart; the exporter does not map it"):
         diffusers.unet2d_config(GatedRun().override({**exportable, "model.gate": True}))
+
+
+# ---- every default run exports (issue #56) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", ["mnist5k", pytest.param("emoji", marks=needs_font)])
+def test_a_default_run_exports_and_ddim_pipeline_draws_its_samples(data, tmp_path, capsys):
+    """`ddpm train --max-minutes 0.2 && ddpm export` on the default gray and color runs: one skip per
+    level, which no UNet2DModel computes, so the folder holds ddpm's network and says so."""
+    import ddpm.storage.diffusers_models  # noqa: F401 (diffusers finds DdpmUNet there)
+
+    run, out = tmp_path / "run", tmp_path / "exported"
+    assert main(["train", "--out", str(run), "--data", data, "--max-minutes", "0.2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    assert "with ddpm's own DdpmUNet" in capsys.readouterr().out
+    theirs, ours = _ddim_alike(run, out)
+    assert theirs.shape == ours.shape == (3, 32 if data == "emoji" else 28, 32 if data == "emoji" else 28,
+                                         3 if data == "emoji" else 1)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("autoencoder", ["own", "diffusers"])
+def test_a_latent_run_exports_as_an_ldm_pipeline_that_decodes_as_ddpm_does(autoencoder, tmp_path, monkeypatch, capsys):
+    """The color default's kind of run (its own autoencoder, then the UNet on its latents), and a
+    run on a diffusers AutoencoderKL: LDMPipeline divides by the vqvae's scaling_factor and decodes,
+    as ddpm's codec does."""
+    import ddpm.storage.diffusers_models  # noqa: F401
+    from conftest import tiny_config
+    from test_latent import own_config
+
+    from ddpm.training.loop import train
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    if autoencoder == "own":
+        config = own_config()
+    else:
+        torch.manual_seed(0)
+        diffusers.AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                                up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=2,
+                                norm_num_groups=4, layers_per_block=1, scaling_factor=0.5).save_pretrained(tmp_path / "vae")
+        config = tiny_config(**{"data.name": "digits", "data.image_size": 16, "train.max_steps": 2,
+                                "latent.autoencoder": f"diffusers:{tmp_path / 'vae'}"})
+    run, out = train(config, tmp_path / "run", progress=False).path, tmp_path / "exported"
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    vqvae = "DdpmAutoencoder" if autoencoder == "own" else "AutoencoderKL"
+    assert ("DdpmUNet and DdpmAutoencoder" if autoencoder == "own" else "own DdpmUNet,") in capsys.readouterr().out
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "LDMPipeline" and index["vqvae"][1] == vqvae
+    theirs, ours = _ddim_alike(run, out, latent=True)
+    assert theirs.shape == ours.shape == (3, 16, 16, 1)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)

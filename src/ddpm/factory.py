@@ -22,7 +22,7 @@ from .diffusion.objectives import make_objective
 from .diffusion.process import Diffusion
 from .diffusion.schedules import NoiseSchedule, make_schedule
 from .errors import CheckpointDamaged, InputError
-from .models.autoencoder import Autoencoder
+from .models.autoencoder import autoencoder_from_run
 from .atomic import file_sha256
 from .models.codec import DIFFUSERS, Codec, autoencoder_codec, diffusers_codec
 from .registry import NETWORKS
@@ -69,14 +69,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
         return Lion(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
-
-
-def autoencoder_from_run(config: AutoencoderRun) -> Autoencoder:
-    """The network an autoencoder run's config describes."""
-    a = config.autoencoder
-    return Autoencoder(config.data.channels or 3, a.channels, a.z_channels, a.num_res, a.norm, a.activation, a.upsample,
-                       discriminator_layers=a.disc_layers if a.disc_weight else 0,
-                       discriminator_channels=a.disc_channels)
 
 
 # ---- trained runs -----------------------------------------------------------------------------------

@@ -10,8 +10,11 @@ from pathlib import Path
 def add_commands(commands) -> None:
     export = commands.add_parser("export", help="write a run as a diffusers DDPMPipeline folder",
                                  description="Write RUN's network (its EMA weights) and schedule as a folder that "
-                                             "diffusers' DDPMPipeline and DDIMPipeline load with from_pretrained. "
-                                             "What UNet2DModel or DDPMScheduler cannot express is refused.")
+                                             "diffusers' DDPMPipeline and DDIMPipeline load with from_pretrained "
+                                             "(a latent run: LDMPipeline). The network is a UNet2DModel where one "
+                                             "computes it, else ddpm's own network class (import "
+                                             "ddpm.storage.diffusers_models first). What DDPMScheduler cannot "
+                                             "express is refused.")
     export.add_argument("--run", required=True)
     export.add_argument("--out", required=True, help="the folder to create")
     export.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest)")
@@ -32,12 +35,22 @@ def add_commands(commands) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..factory import load_run
-    from ..storage.diffusers import export_run
+    from ..factory import load_codec, load_run
+    from ..storage.diffusers import MODELS, export_run
 
     loaded = load_run(args.run, args.checkpoint, "model" if args.no_ema else "ema")
-    out = export_run(loaded.config, loaded.network.state_dict(), Path(args.out), args.spacing)
-    print(f"{args.run} (step {loaded.meta['step']}) written to {out}: DDPMPipeline.from_pretrained('{out}')")
+    latent = loaded.config.latent
+    codec = load_codec(latent.autoencoder, latent.sha256, run=Path(args.run)) if latent.autoencoder else None
+    done = export_run(loaded.config, loaded.network.state_dict(), Path(args.out), args.spacing, codec)
+    load = f"{done.pipeline}.from_pretrained('{done.path}')"
+    own = [name for name in (done.unet, done.vqvae) if name.startswith("Ddpm")]
+    if not own:
+        print(f"{args.run} (step {loaded.meta['step']}) written to {done.path}: {load}")
+        return 0
+    print(f"{args.run} (step {loaded.meta['step']}) written to {done.path} with ddpm's own {' and '.join(own)}, "
+          f"exactly the run's: import {MODELS}; {load}")
+    if done.why:
+        print(f"  (a UNet2DModel cannot compute this network: {done.why})")
     return 0
 
 

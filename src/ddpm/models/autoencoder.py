@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import AutoencoderRun
 from ..names import element_loss
 from .unet import ACTIVATIONS, ResidualBlock, group_norm, make_norm, make_upsample
 
@@ -153,6 +154,14 @@ class Autoencoder(nn.Module):
         posterior = self.encode(x)
         z = posterior.mean if noise is None else posterior.sample(noise)
         return self.decode(z), posterior
+
+
+def autoencoder_from_run(config: AutoencoderRun, discriminator: bool = True) -> Autoencoder:
+    """The network an autoencoder run's config describes (without its discriminator: what decodes)."""
+    a = config.autoencoder
+    return Autoencoder(config.data.channels or 3, a.channels, a.z_channels, a.num_res, a.norm, a.activation, a.upsample,
+                       discriminator_layers=a.disc_layers if a.disc_weight and discriminator else 0,
+                       discriminator_channels=a.disc_channels)
 
 
 def autoencoder_loss(model: nn.Module, x: Tensor, noise: Tensor, kl_weight: float, reconstruction: str,

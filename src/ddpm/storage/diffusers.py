@@ -22,7 +22,11 @@ network, key for key (`to_diffusers_key`):
     up.i.upsample.1                 up_blocks.i.upsamplers.0.conv
     head_norm, head                 conv_norm_out, conv_out
 
-Whatever either side can express and the other cannot is refused with one line that names it.
+A network no UNet2DModel computes (the CPU defaults' skip per level among them) exports as itself,
+ddpm's own class in diffusers' form (diffusers_models.DdpmUNet), and a latent run as an LDMPipeline
+whose vqvae is its autoencoder: every run exports but what no pipeline folder can hold (a
+class-conditional run, a consistency student) and what no diffusers scheduler names. Those, and
+what ddpm cannot express of a diffusers folder, are refused with one line that names them.
 """
 
 from __future__ import annotations
@@ -30,18 +34,21 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
 from ..atomic import TMP_PREFIX, atomic_write
-from ..config import Config
+from ..config import Config, read_config
 from ..diffusion.schedules import NoiseSchedule, make_schedule
 from ..errors import InputError
+from ..models.codec import DIFFUSERS, Codec
 
-UNET, SCHEDULER, WEIGHTS = "unet", "scheduler", "diffusion_pytorch_model.safetensors"
+UNET, SCHEDULER, VQVAE, WEIGHTS = "unet", "scheduler", "vqvae", "diffusion_pytorch_model.safetensors"
 DIFFUSERS_VERSION = "0.27.0"  # the oldest version the folder is written for (our optional extra's floor)
 PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 VARIANCE = {"small": "fixed_small", "large": "fixed_large"}
@@ -62,21 +69,24 @@ UNET2D_KEYS = {"network", "channels", "attention", "num_res", "neck_length", "ti
                "time_cos_first", "downsample_padding", "norm_groups", "norm_eps", "attention_head_dim"}
 
 
+def pipeline_refusals(config: Config) -> None:
+    """What no pipeline folder can hold for the run, whatever network it writes: one line naming it."""
+    if config.student == "ect":
+        _refuse("a consistency student (DDPMPipeline's scheduler would read its network as a denoiser; diffusers' "
+                "consistency scheduler expects EDM's parametrisation)")
+    if config.model.num_classes:
+        _refuse(f"model.num_classes {config.model.num_classes}", "DDPMPipeline draws without labels")
+
+
 def unet2d_config(config: Config) -> dict:
     """UNet2DModel's config for the run's UNet, or one line naming what it cannot express."""
     m = config.model
     if m.network != "unet":
         _refuse(f"model.network {m.network}")
-    if config.latent.autoencoder:
-        _refuse("a latent run (its UNet denoises an autoencoder's latents)")
-    if config.student == "ect":
-        _refuse("a consistency student (DDPMPipeline's scheduler would read its network as a denoiser; diffusers' "
-                "consistency scheduler expects EDM's parametrisation)")
     for key, value, wanted, fix in [
         ("model.skips", m.skips, "block", "UNet2DModel keeps a skip per residual block: train with --set model.skips=block"),
         ("model.norm", m.norm, "group", ""), ("model.activation", m.activation, "silu", ""),
         ("model.upsample", m.upsample, "nearest", ""), ("model.patch_size", m.patch_size, 1, ""),
-        ("model.num_classes", m.num_classes, 0, "DDPMPipeline draws without labels"),
         ("model.time_emb_dim", m.time_emb_dim, m.channels[0],
          f"UNet2DModel's time embedding is as wide as its first level: set model.time_emb_dim={m.channels[0]}"),
     ]:
@@ -94,10 +104,10 @@ def unet2d_config(config: Config) -> dict:
     if head_dim is not None and any(c % head_dim for c in attended):
         _refuse(f"model.attention_head_dim {head_dim} with attention at {attended} channels",
                 "UNet2DModel's heads split every attention layer into that many channels")
+    channels, size = config.model_input()
     return {
         "_class_name": "UNet2DModel", "_diffusers_version": DIFFUSERS_VERSION,
-        "sample_size": config.data.image_size, "in_channels": config.data.channels or 1,
-        "out_channels": config.data.channels or 1, "center_input_sample": False,
+        "sample_size": size, "in_channels": channels, "out_channels": channels, "center_input_sample": False,
         "time_embedding_type": "positional", "time_embedding_dim": 4 * m.time_emb_dim,
         "freq_shift": m.time_freq_shift, "flip_sin_to_cos": m.time_cos_first,
         "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in m.attention],
@@ -375,37 +385,92 @@ def import_config(folder: Path, data: str, base: Optional[Config] = None) -> tup
     return config, from_diffusers(theirs, unet_from_config(config).state_dict())
 
 
-def export_run(config: Config, weights: dict[str, Tensor], out: Path, spacing: Optional[str] = None) -> Path:
-    """Write a DDPMPipeline folder for a run: checked whole before anything is written, then written
-    into a temporary folder renamed into place, so a refusal or a crash leaves nothing behind."""
-    from safetensors.torch import save_file
+MODELS = "ddpm.storage.diffusers_models"  # the module diffusers finds ddpm's own network classes in
 
+
+@dataclass
+class Exported:
+    """What `export_run` wrote: the folder, its pipeline, its UNet's class and a latent run's
+    autoencoder's, and for ddpm's own network (DdpmUNet) what a UNet2DModel could not express."""
+
+    path: Path
+    pipeline: str
+    unet: str
+    vqvae: str = ""
+    why: str = ""
+
+
+def diffusers_unet(config: Config, weights: dict[str, Tensor]) -> tuple[list, dict, dict[str, Tensor], str]:
+    """The run's network as a UNet2DModel where the layouts agree key for key, else as ddpm's own
+    network (diffusers_models.DdpmUNet), exactly: (model_index entry, config.json, weights, why)."""
+    try:
+        return ["diffusers", "UNet2DModel"], unet2d_config(config), to_diffusers(weights), ""
+    except InputError as layout:
+        channels, size = config.model_input()
+        unet = {"_class_name": "DdpmUNet", "_diffusers_version": DIFFUSERS_VERSION, "ddpm": config.to_dict(),
+                "sample_size": size, "in_channels": channels, "out_channels": channels}
+        return [MODELS, "DdpmUNet"], unet, _under_network(weights), str(layout)
+
+
+def diffusers_vqvae(codec: Codec) -> tuple[list, Optional[dict], dict[str, Tensor]]:
+    """A latent run's autoencoder as LDMPipeline's `vqvae`: ddpm's own (DdpmAutoencoder, with the
+    codec's scale as its scaling_factor) or the diffusers AutoencoderKL it was (config None: it saves itself)."""
+    if codec.reference.startswith(DIFFUSERS):
+        return ["diffusers", "AutoencoderKL"], None, {}
+    run = read_config(Path(codec.reference) / "config.yaml")
+    config = {"_class_name": "DdpmAutoencoder", "_diffusers_version": DIFFUSERS_VERSION, "ddpm": run.to_dict(),
+              "scaling_factor": codec.scale, "latent_channels": codec.channels}
+    weights = {k: v for k, v in codec.module.state_dict().items() if not k.startswith("discriminator.")}
+    return [MODELS, "DdpmAutoencoder"], config, _under_network(weights)
+
+
+def _under_network(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {f"network.{key}": value.contiguous() for key, value in weights.items()}
+
+
+def export_run(config: Config, weights: dict[str, Tensor], out: Path, spacing: Optional[str] = None,
+               codec: Optional[Codec] = None) -> Exported:
+    """Write a DDPMPipeline folder for a run (an LDMPipeline folder for a latent run, whose `codec` it
+    takes): checked whole before anything is written, then written into a temporary folder renamed
+    into place, so a refusal or a crash leaves nothing behind."""
     if spacing is not None:
         config = config.override({"sample.spacing": spacing})
-    unet, scheduler = unet2d_config(config), scheduler_config(config)
-    converted = to_diffusers(weights)
+    pipeline_refusals(config)
+    scheduler = scheduler_config(config)
+    unet_class, unet, converted, why = diffusers_unet(config, weights)
+    index = {"_class_name": "LDMPipeline" if codec else "DDPMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
+             "scheduler": ["diffusers", "DDPMScheduler"], "unet": unet_class}
+    parts = {UNET: (unet, converted), SCHEDULER: (scheduler, None)}
+    if codec is not None:
+        index["vqvae"], vqvae, vqvae_weights = diffusers_vqvae(codec)
+        parts[VQVAE] = (vqvae, vqvae_weights)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} exists; export into a new folder")
     tmp = out.with_name(f"{TMP_PREFIX}{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        (tmp / UNET).mkdir(parents=True)
-        (tmp / SCHEDULER).mkdir()
-        index = {"_class_name": "DDPMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
-                 "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
-        for path, value in ((tmp / "model_index.json", index), (tmp / UNET / "config.json", unet),
-                            (tmp / SCHEDULER / "scheduler_config.json", scheduler)):
-            atomic_write(path, lambda file, value=value: file.write_text(json.dumps(value, indent=2) + "\n"))
-        save_file(converted, str(tmp / UNET / WEIGHTS), metadata={"format": "pt"})
+        tmp.mkdir(parents=True)
+        _write_json(tmp / "model_index.json", index)
+        for name, (part, part_weights) in parts.items():
+            if part is None:  # a diffusers model that writes itself
+                codec.module.save_pretrained(str(tmp / name))
+                continue
+            (tmp / name).mkdir()
+            _write_json(tmp / name / ("scheduler_config.json" if name == SCHEDULER else "config.json"), part)
+            if part_weights is not None:
+                save_file(part_weights, str(tmp / name / WEIGHTS), metadata={"format": "pt"})
         if out.exists():
             out.rmdir()
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    return Exported(out, index["_class_name"], unet_class[1], index.get("vqvae", ["", ""])[1], why)
 
+
+def _write_json(path: Path, value: dict) -> None:
+    atomic_write(path, lambda file: file.write_text(json.dumps(value, indent=2) + "\n"))
 
 
 def write_imported_run(config: Config, weights: dict[str, Tensor], out: Path, source: Path) -> Path:
