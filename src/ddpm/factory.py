@@ -141,6 +141,12 @@ def load_codec(reference: str, sha256: Optional[str] = None, device: torch.devic
     return codec.to(device)
 
 
+def run_codec(config: Config, run: "str | Path", device: torch.device = torch.device("cpu")) -> Optional[Codec]:
+    """A latent run's autoencoder, exactly the one it was trained with; None for a pixel run."""
+    latent = config.latent
+    return load_codec(latent.autoencoder, latent.sha256, device, run=Path(run)) if latent.autoencoder else None
+
+
 def own_autoencoder_dir(run: Path) -> Path:
     """Where a run with latent.autoencoder: own keeps the autoencoder it trained."""
     return Path(run) / "autoencoder"

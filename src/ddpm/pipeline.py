@@ -33,7 +33,7 @@ from .diffusion.process import Denoiser, Diffusion
 from .diffusion.samplers import Callback, sample_ddim, sampler_options
 from .diffusion.schedules import spaced_timesteps
 from .errors import InputError
-from .factory import build_diffusion, load_codec, load_run
+from .factory import build_diffusion, load_run, run_codec
 from .models.codec import Codec
 from .options import Options
 from .registry import SAMPLERS, SamplerSpec
@@ -108,8 +108,7 @@ class Pipeline:
         config = loaded.config
         if "student_steps" in loaded.meta:  # a distillation phase's student samples in its own steps
             config = config.override({"sample.steps": loaded.meta["student_steps"]})
-        latent = config.latent
-        codec = load_codec(latent.autoencoder, latent.sha256, device, run=Path(path)) if latent.autoencoder else None
+        codec = run_codec(config, path, device)
         # the run's memory format: channels_last convolutions sample 1.5-1.8x faster on 2 CPU cores (docs/cpu-default.md)
         memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
         network = loaded.network.to(device, memory_format=memory_format).eval()

@@ -35,12 +35,11 @@ def add_commands(commands) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..factory import load_codec, load_run
+    from ..factory import load_run, run_codec
     from ..storage.diffusers import MODELS, export_run
 
     loaded = load_run(args.run, args.checkpoint, "model" if args.no_ema else "ema")
-    latent = loaded.config.latent
-    codec = load_codec(latent.autoencoder, latent.sha256, run=Path(args.run)) if latent.autoencoder else None
+    codec = run_codec(loaded.config, args.run)
     done = export_run(loaded.config, loaded.network.state_dict(), Path(args.out), args.spacing, codec)
     load = f"{done.pipeline}.from_pretrained('{done.path}')"
     own = [name for name in (done.unet, done.vqvae) if name.startswith("Ddpm")]

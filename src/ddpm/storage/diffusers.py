@@ -440,10 +440,10 @@ def export_run(config: Config, weights: dict[str, Tensor], out: Path, spacing: O
     unet_class, unet, converted, why = diffusers_unet(config, weights)
     index = {"_class_name": "LDMPipeline" if codec else "DDPMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
              "scheduler": ["diffusers", "DDPMScheduler"], "unet": unet_class}
-    parts = {UNET: (unet, converted), SCHEDULER: (scheduler, None)}
+    parts, vqvae_class = {UNET: (unet, converted), SCHEDULER: (scheduler, None)}, ["", ""]
     if codec is not None:
-        index["vqvae"], vqvae, vqvae_weights = diffusers_vqvae(codec)
-        parts[VQVAE] = (vqvae, vqvae_weights)
+        vqvae_class, vqvae, vqvae_weights = diffusers_vqvae(codec)
+        index["vqvae"], parts[VQVAE] = vqvae_class, (vqvae, vqvae_weights)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} exists; export into a new folder")
@@ -466,7 +466,7 @@ def export_run(config: Config, weights: dict[str, Tensor], out: Path, spacing: O
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Exported(out, index["_class_name"], unet_class[1], index.get("vqvae", ["", ""])[1], why)
+    return Exported(out, index["_class_name"], unet_class[1], vqvae_class[1], why)
 
 
 def _write_json(path: Path, value: dict) -> None:
