@@ -19,6 +19,7 @@ from ddpm.pipeline import batch_seed
 from ddpm.storage.checkpoint import RunDir, load_weights
 
 diffusers = pytest.importorskip("diffusers")  # the test extra installs it; the package itself does not need it
+pytest.importorskip("ddpm.storage.diffusers_models")  # diffusers finds ddpm's own network classes there
 
 # The configs of the converted checkpoints of Ho et al. (2020), as published with their weights.
 CIFAR10_32 = {"act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
@@ -149,8 +150,6 @@ def test_export_then_import_is_bit_exact_and_diffusers_samples_ddpm_runs_ddim(tm
       "model.attention_head_dim=8"], "GroupNorms of [2, 4, 8] groups in one network has no diffusers counterpart"),
 ])
 def test_a_network_no_unet2dmodel_computes_exports_as_ddpms_own_and_says_why(flags, message, tmp_path, capsys):
-    import ddpm.storage.diffusers_models  # noqa: F401 (diffusers finds DdpmUNet there)
-
     run, out = tmp_path / "run", tmp_path / "exported"
     assert main(["train", "--out", str(run), "--max-steps", "1", *TINY, *flags]) == 0
     capsys.readouterr()
@@ -237,8 +236,6 @@ def test_a_unet_option_the_exporter_was_not_taught_exports_only_at_its_default(m
 def test_a_default_run_exports_and_ddim_pipeline_draws_its_samples(data, tmp_path, capsys):
     """`ddpm train --max-minutes 0.2 && ddpm export` on the default gray and color runs: one skip per
     level, which no UNet2DModel computes, so the folder holds ddpm's network and says so."""
-    import ddpm.storage.diffusers_models  # noqa: F401 (diffusers finds DdpmUNet there)
-
     run, out = tmp_path / "run", tmp_path / "exported"
     assert main(["train", "--out", str(run), "--data", data, "--max-minutes", "0.2", "--no-progress"]) == 0
     capsys.readouterr()
@@ -255,7 +252,6 @@ def test_a_latent_run_exports_as_an_ldm_pipeline_that_decodes_as_ddpm_does(autoe
     """The color default's kind of run (its own autoencoder, then the UNet on its latents), and a
     run on a diffusers AutoencoderKL: LDMPipeline divides by the vqvae's scaling_factor and decodes,
     as ddpm's codec does."""
-    import ddpm.storage.diffusers_models  # noqa: F401
     from conftest import tiny_config
     from test_latent import own_config
 

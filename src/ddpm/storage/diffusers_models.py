@@ -66,7 +66,3 @@ class DdpmAutoencoder(ModelMixin, ConfigMixin):
     def decode(self, z: torch.Tensor, return_dict: bool = True):
         images = self.network.decode(z)
         return NetworkOutput(sample=images) if return_dict else (images,)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The scaled posterior mean: what ddpm's codec gives the UNet."""
-        return self.network.encode(x).mean * self.config.scaling_factor
