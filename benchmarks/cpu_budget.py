@@ -167,7 +167,7 @@ def main() -> None:
 
     last = last_logged(out)
     sample_options = shlex.split(args.sample)
-    options = Pipeline.from_run(out, device="cpu").options(  # the run's own, as `ddpm sample` resolved them
+    options = Pipeline.from_run(out, device="cpu").plan(None,   # the run's own, as `ddpm sample` resolved them
         _option(sample_options, "--sampler", None), _int_or_none(_option(sample_options, "--steps", None)))
     result = {
         "budget": budget, "train_options": args.train_options, "steps": int(last["step"]),

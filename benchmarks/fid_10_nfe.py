@@ -42,7 +42,7 @@ def main() -> None:
         images = pipe(args.n, sampler, steps, seed=0, spacing=spacing)
         seconds = time.perf_counter() - started
         fid = evaluator(images)["fid"]
-        row = {"sampler": sampler, "steps": steps, "spacing": spacing, "nfe": pipe.options(sampler, steps).nfe,
+        row = {"sampler": sampler, "steps": steps, "spacing": spacing, "nfe": pipe.plan(None, sampler, steps).nfe,
                "fid": round(fid, 3), "seconds": round(seconds, 1)}
         print(f"{sampler:>8} {steps:>5} steps {spacing:>9} ({row['nfe']:>4} NFE): FID {fid:8.3f}  ({seconds:.0f} s)", flush=True)
         return row

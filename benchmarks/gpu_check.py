@@ -38,7 +38,7 @@ from throughput import matmul_rate  # noqa: E402  (beside this script)
 
 from ddpm import Config, Pipeline, build_diffusion, build_network, build_optimizer  # noqa: E402
 from ddpm.cli import main as main_cli  # noqa: E402
-from ddpm.presets import load_preset  # noqa: E402
+from ddpm.config.presets import load_preset  # noqa: E402
 from ddpm.training.precision import autocast, make_scaler  # noqa: E402
 
 MATCH_TOLERANCE = 1e-3  # GPU vs CPU, one fp32 step (TF32 off): max |grad difference| / max |grad|

@@ -27,7 +27,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from ddpm import Pipeline, load_data, train
-from ddpm.presets import load_preset
+from ddpm.config.presets import load_preset
 
 
 def fit_classifier(seed: int = 0) -> tuple[LogisticRegression, float]:
@@ -64,7 +64,7 @@ def main() -> None:
     c = pipe.config
     classifier, real_accuracy = fit_classifier()
 
-    labels = pipe.labels(10 * args.per_class)  # every class in turn
+    labels = pipe.plan(10 * args.per_class).labels  # every class in turn
     results = {"run": str(run), "step": pipe.step, "images_per_s": float(rows[-1]["images_per_s"]) if rows else None,
                "sampler": c.sample.sampler, "steps": c.sample.steps, "samples_per_weight": len(labels),
                "classifier_accuracy_on_real_digits": real_accuracy, "accuracy": {}}

@@ -25,9 +25,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm import Pipeline, build_diffusion, build_network, load_data
-from ddpm.recipe import compose_config
+from ddpm.config.recipe import compose_config
 from ddpm.runtime.devices import resolve_device
-from ddpm.speed import matmul_rate, synchronize  # matmul_rate: the other benchmarks import it from here
+from ddpm.runtime.speed import matmul_rate, synchronize  # matmul_rate: the other benchmarks import it from here
 from ddpm.training.precision import autocast
 
 

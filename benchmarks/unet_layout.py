@@ -29,8 +29,8 @@ import torch
 from cpu_budget import _run, last_logged  # benchmarks/, beside this script
 from throughput import matmul_rate
 
-from ddpm.recipe import compose_config
-from ddpm.speed import CPU_GFLOPS_VARIABLE
+from ddpm.config.recipe import compose_config
+from ddpm.runtime.speed import CPU_GFLOPS_VARIABLE
 
 
 def arms(data: str, minutes: float) -> dict[str, list[str]]:

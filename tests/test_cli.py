@@ -6,14 +6,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import trained
 from PIL import Image
 
+from helpers import trained
 from ddpm.cli import main
 
-TINY = ["--set", "model.channels=[8,16]", "--set", "model.attention=[false,true]", "--set", "model.time_emb_dim=16",
-        "--batch-size", "8", "--timesteps", "100", "--set", "sample.steps=5", "--set", "train.grid_size=4",
-        "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ import pytest
 
 from ddpm import Config, InputError
 from ddpm.config import OWN
-from ddpm.presets import list_presets, load_preset
-from ddpm.recipe import COLOR_DEFAULTS, compose_config, own_autoencoder, requeued
+from ddpm.config.presets import list_presets, load_preset
+from ddpm.config.recipe import COLOR_DEFAULTS, compose_config, own_autoencoder, requeued
 from ddpm.registry import DATASETS
 
 
@@ -188,8 +188,8 @@ def test_the_budget_counts_minutes_of_the_machine_the_sizes_were_measured_on(mon
 
 
 def test_the_cpu_speed_is_measured_once_and_agreed_under_torchrun(monkeypatch):
-    from ddpm import speed
-    from ddpm.recipe import budget_gflops
+    from ddpm.runtime import speed
+    from ddpm.config.recipe import budget_gflops
 
     monkeypatch.delenv("DDPM_CPU_GFLOPS")
     speed._measured_cpu_gflops.cache_clear()

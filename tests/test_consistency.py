@@ -13,11 +13,10 @@ import shutil
 
 import pytest
 import torch
-from conftest import GaussianDenoiser, refused_cleanly, trained
 from safetensors.torch import load_file
-from test_cli import TINY
 from torch import nn
 
+from helpers import GaussianDenoiser, refused_cleanly, TINY, trained
 from ddpm import Pipeline, train
 from ddpm.cli import main
 from ddpm.config import Config
@@ -268,7 +267,7 @@ def test_the_student_is_a_run_every_command_takes(teacher, tmp_path, capsys, mon
 
 
 def test_latent_and_conditional_teachers_tune(tmp_path):
-    from test_latent import tiny_autoencoder
+    from helpers import tiny_autoencoder
 
     autoencoder = train(tiny_autoencoder(), tmp_path / "ae", progress=False).path
     latent = tmp_path / "latent"
@@ -292,7 +291,7 @@ def test_latent_and_conditional_teachers_tune(tmp_path):
     (["--out", "{teacher}"], "already holds a run"),
 ])
 def test_bad_tunings_are_one_line_exit_2_and_write_nothing(argv, message, teacher, tmp_path, capsys):
-    from test_latent import tiny_autoencoder
+    from helpers import tiny_autoencoder
 
     ae = train(tiny_autoencoder(**{"train.max_steps": 1}), tmp_path / "ae", progress=False).path
     names = {"ae": ae, "teacher": teacher}
@@ -314,7 +313,7 @@ def test_the_page_streams_a_consistency_students_steps(teacher, tmp_path):
 
     import numpy as np
     from PIL import Image
-    from test_serve import events, request
+    from helpers import events, request
 
     from ddpm.serve.server import Server, load_models
 

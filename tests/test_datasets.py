@@ -1,8 +1,6 @@
 """Every data set loads from small files written here in its real on-disk format, offline; bad
 data is a one-line error."""
 
-import pickle
-import struct
 import urllib.error
 from pathlib import Path
 
@@ -11,50 +9,33 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import TINY, write_cifar, write_idx
 from ddpm.cli import main
 from ddpm.data import load_data
 from ddpm.data.datasets import load_mnist5k
 from ddpm.registry import DATASETS
 
-from test_cli import TINY
 
 RNG = np.random.default_rng(0)
 
 
-def _write_idx(folder, prefix, count):
-    """MNIST's idx format: big-endian magic, sizes, then raw uint8 pixels / labels."""
-    images = RNG.integers(0, 256, (count, 28, 28), dtype=np.uint8)
-    labels = RNG.integers(0, 10, count, dtype=np.uint8)
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
-    return images, labels
 
 
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
 def test_idx_files(tmp_path, name, folder):
     raw = tmp_path / folder / "raw"
     raw.mkdir(parents=True)
-    images, labels = _write_idx(raw, "train", 12)
-    _write_idx(raw, "t10k", 3)
+    images, labels = write_idx(raw, "train", 12)
+    write_idx(raw, "t10k", 3)
     data = load_data(name, str(tmp_path))
     assert data.images.shape == (12, DATASETS.get(name).channels, 28, 28)
     assert np.array_equal(data.images[:, 0].numpy(), images) and np.array_equal(data.labels.numpy(), labels)
 
 
-def _write_cifar(root, per_batch=4):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rows = []
-    for i in range(1, 6):
-        data = RNG.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        rows.append(data)
-        with open(folder / f"data_batch_{i}", "wb") as handle:
-            pickle.dump({"data": data, "labels": [i] * per_batch, "batch_label": f"batch {i}"}, handle)
-    return np.concatenate(rows).reshape(-1, 3, 32, 32)
 
 
 def test_cifar10_pickle_batches(tmp_path):
-    pixels = _write_cifar(tmp_path)
+    pixels = write_cifar(tmp_path)
     data = load_data("cifar10", str(tmp_path))
     assert data.images.shape == (20, DATASETS.get("cifar10").channels, 32, 32) and np.array_equal(data.images.numpy(), pixels)
     assert data.labels.tolist() == [i for i in range(1, 6) for _ in range(4)]
@@ -92,7 +73,7 @@ def test_folder_with_nested_classes_png_and_jpeg(tmp_path):
 
 
 def test_train_through_the_command_line_on_a_written_data_set(tmp_path):
-    _write_cifar(tmp_path / "data")
+    write_cifar(tmp_path / "data")
     out = tmp_path / "run"
     assert main(["train", "--data", "cifar10", "--data-root", str(tmp_path / "data"), "--out", str(out),
                  "--max-steps", "2", "--flip", *TINY]) == 0
@@ -142,7 +123,7 @@ def test_a_large_folder_streams_through_workers_in_the_same_order(tmp_path, monk
     the batches it would see with the folder in memory."""
     import csv
 
-    from conftest import tiny_config
+    from helpers import tiny_config
     from ddpm import train
     from ddpm.data.datasets import ImageFiles
 

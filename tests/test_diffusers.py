@@ -6,20 +6,21 @@ exports to a folder they load, and comes back bit for bit."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from test_cli import TINY
-from test_emoji import needs_font
 
+from helpers import needs_font, TINY
 from ddpm import Pipeline
 from ddpm.cli import main
 from ddpm.pipeline import batch_seed
 from ddpm.storage.checkpoint import RunDir, load_weights
 
 diffusers = pytest.importorskip("diffusers")  # the test extra installs it; the package itself does not need it
-pytest.importorskip("ddpm.storage.diffusers_models")  # diffusers finds ddpm's own network classes there
+pytest.importorskip("ddpm.storage.diffusers_models")  # ddpm's own network classes, which `ddpm` names
 
 # The configs of the converted checkpoints of Ho et al. (2020), as published with their weights.
 CIFAR10_32 = {"act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
@@ -156,12 +157,32 @@ def test_a_network_no_unet2dmodel_computes_exports_as_ddpms_own_and_says_why(fla
     assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert "DdpmUNet" in said and message in said, said
-    assert json.loads((out / "model_index.json").read_text())["unet"] == ["ddpm.storage.diffusers_models", "DdpmUNet"]
+    assert json.loads((out / "model_index.json").read_text())["unet"] == ["ddpm", "DdpmUNet"]
     unet, ours = diffusers.DDPMPipeline.from_pretrained(out).unet, Pipeline.from_run(run, device="cpu")
     channels, size = ours.config.model_input()
     x, t = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0)), torch.tensor(37)
     # the same network and weights: equal but for the rounding of another memory format (ddpm runs NHWC)
     torch.testing.assert_close(unet(x, t).sample, ours.network(x, t.expand(2)), rtol=0, atol=1e-6)
+
+
+def _loads_in_a_fresh_process(folder, imports: str) -> str:
+    """The class of the UNet that DDPMPipeline.from_pretrained(folder) loads in a new Python that ran
+    only `imports` before it, as a diffusers user's script would."""
+    code = f"{imports}\nfrom diffusers import DDPMPipeline\nprint(type(DDPMPipeline.from_pretrained({str(folder)!r}).unet).__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_an_exported_folder_loads_after_import_ddpm_alone_and_one_exported_before_the_move_still_loads(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "exported"
+    assert main(["train", "--out", str(run), "--max-steps", "1", *TINY]) == 0
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    assert _loads_in_a_fresh_process(out, "import ddpm") == "DdpmUNet"
+    index = json.loads((out / "model_index.json").read_text())
+    index["unet"] = ["ddpm.storage.diffusers_models", "DdpmUNet"]  # as `ddpm export` wrote it until 2026-12-06
+    (out / "model_index.json").write_text(json.dumps(index))
+    assert _loads_in_a_fresh_process(out, "import ddpm.storage.diffusers_models") == "DdpmUNet"
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -208,7 +229,7 @@ def test_a_unet_option_the_exporter_was_not_taught_exports_only_at_its_default(m
     from dataclasses import dataclass, field
 
     from ddpm.config import Config, ModelConfig
-    from ddpm.settings import setting
+    from ddpm.config.settings import setting
     from ddpm.errors import InputError
     from ddpm.storage import diffusers
 
@@ -252,8 +273,8 @@ def test_a_latent_run_exports_as_an_ldm_pipeline_that_decodes_as_ddpm_does(autoe
     """The color default's kind of run (its own autoencoder, then the UNet on its latents), and a
     run on a diffusers AutoencoderKL: LDMPipeline divides by the vqvae's scaling_factor and decodes,
     as ddpm's codec does."""
-    from conftest import tiny_config
-    from test_latent import own_config
+    from helpers import tiny_config
+    from helpers import own_config
 
     from ddpm.training.loop import train
 

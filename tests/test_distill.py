@@ -9,10 +9,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import GaussianDenoiser, refused_cleanly, trained
 from safetensors.torch import load_file
-from test_cli import TINY
 
+from helpers import GaussianDenoiser, refused_cleanly, TINY, trained
 from ddpm import Pipeline, UNet, train
 from ddpm.cli import main
 from ddpm.diffusion.objectives import Prediction
@@ -146,7 +145,7 @@ def test_the_student_is_a_run_every_command_takes(teacher, tmp_path, capsys, mon
 
 
 def test_latent_and_guided_teachers_distil(tmp_path):
-    from test_latent import tiny_autoencoder
+    from helpers import tiny_autoencoder
 
     autoencoder = train(tiny_autoencoder(), tmp_path / "ae", progress=False).path
     latent = tmp_path / "latent"
@@ -170,7 +169,7 @@ def test_latent_and_guided_teachers_distil(tmp_path):
     (["--out", "{teacher}"], "already holds a run"),
 ])
 def test_bad_distillations_are_one_line_exit_2_and_write_nothing(argv, message, teacher, tmp_path, capsys):
-    from test_latent import tiny_autoencoder
+    from helpers import tiny_autoencoder
 
     ae = train(tiny_autoencoder(**{"train.max_steps": 1}), tmp_path / "ae", progress=False).path
     empty = tmp_path / "empty"

@@ -12,14 +12,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from helpers import TINY, tiny_config, TORCHRUN
 from ddpm import train
 from ddpm.storage.checkpoint import RunDir, load_state
 from ddpm.cli import main
 
-from test_cli import TINY
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpm", "--"]  # "--": torchrun would take --run for its --run-path
 
 
 def _assert_same_step(a, b, rtol=1e-4):

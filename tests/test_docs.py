@@ -77,10 +77,10 @@ def registries():
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
 def test_the_blocks_run(path, tmp_path, monkeypatch, registries):
-    from test_datasets import _write_cifar
+    from helpers import write_cifar
 
     monkeypatch.chdir(tmp_path)
-    _write_cifar(tmp_path / "data")  # the real format, a few images: what docs/diffusers.md evaluates against
+    write_cifar(tmp_path / "data")  # the real format, a few images: what docs/diffusers.md evaluates against
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
     namespace: dict = {}
     for language, code in blocks(path):

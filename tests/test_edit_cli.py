@@ -3,11 +3,11 @@ pixels they must keep, and the inputs they refuse."""
 
 import numpy as np
 import pytest
-from conftest import trained
 import torch
 from PIL import Image
 
-from ddpm import InputError, Pipeline, load_data
+from helpers import trained
+from ddpm import Editor, InputError, Pipeline, load_data
 from ddpm.cli import main
 
 
@@ -36,23 +36,23 @@ def files(tmp_path_factory):
 
 
 def test_the_pipeline_keeps_the_known_pixels_and_returns_the_input_at_strength_0(run_dir):
-    pipe = Pipeline.from_run(run_dir, device="cpu")
+    edit = Editor(Pipeline.from_run(run_dir, device="cpu"))
     digit = load_data("mnist5k").images[0]
     mask = np.zeros((28, 28), bool)
     mask[10:20, 10:20] = True
-    out = pipe.inpaint(digit, mask, n=3, resample=2, jump=2)
+    out = edit.inpaint(digit, mask, n=3, resample=2, jump=2)
     keep = torch.from_numpy(~mask).expand(3, 1, 28, 28)
     assert out.shape == (3, 1, 28, 28) and torch.equal(out[keep], digit.expand(3, -1, -1, -1)[keep])
     assert not torch.equal(out[~keep], digit.expand(3, -1, -1, -1)[~keep])
-    assert torch.equal(pipe.img2img(Image.fromarray(digit[0].numpy()), 0.0, n=2), digit.expand(2, -1, -1, -1))
-    x_T = pipe.invert(digit.float() / 255)  # a float tensor in [0, 1] is an image too
+    assert torch.equal(edit.img2img(Image.fromarray(digit[0].numpy()), 0.0, n=2), digit.expand(2, -1, -1, -1))
+    x_T = edit.invert(digit.float() / 255)  # a float tensor in [0, 1] is an image too
     assert x_T.shape == (1, 1, 28, 28)
-    frames = pipe.interpolate(digit, load_data("mnist5k").images[1], frames=4, output="pil")
+    frames = edit.interpolate(digit, load_data("mnist5k").images[1], frames=4, output="pil")
     assert len(frames) == 4 and frames[0].size == (28, 28)
-    for edit in (lambda: pipe.inpaint(digit, mask, output="numpy"), lambda: pipe.img2img(digit, 0.5, output="numpy"),
-                 lambda: pipe.interpolate(digit, digit, output="numpy")):
+    for call in (lambda: edit.inpaint(digit, mask, output="numpy"), lambda: edit.img2img(digit, 0.5, output="numpy"),
+                 lambda: edit.interpolate(digit, digit, output="numpy")):
         with pytest.raises(InputError, match="unknown output 'numpy'"):
-            edit()
+            call()
 
 
 def test_each_edit_writes_its_picture(run_dir, files, tmp_path):

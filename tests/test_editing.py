@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import GaussianDenoiser
+from helpers import GaussianDenoiser
 from ddpm import InputError, Prediction, make_schedule, sample_ddim, sample_ddpm, spaced_timesteps
 from ddpm.diffusion.editing import img2img, inpaint, invert, repaint_schedule, slerp
 

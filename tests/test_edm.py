@@ -9,10 +9,9 @@ import math
 
 import pytest
 import torch
-from conftest import GaussianDenoiser, trained
-from test_cli import TINY
 
-from ddpm import Config, Diffusion, Pipeline
+from helpers import GaussianDenoiser, TINY, trained
+from ddpm import Config, Diffusion, Editor, Pipeline
 from ddpm.cli import main
 from ddpm.diffusion.objectives import EDM, Eps, V, X0
 from ddpm.diffusion.process import Denoiser, training_loss
@@ -234,18 +233,18 @@ def test_an_edm_run_samples_with_every_sampler_edits_and_guides(edm_run, tmp_pat
         images = pipe(4, name, 4, guidance=2.0, classes=[1, 2], progress=False)
         assert images.shape == (4, 1, 28, 28)
     digit = pipe(1, progress=False)[0]
-    mask = torch.zeros(28, 28)
+    edit, mask = Editor(pipe), torch.zeros(28, 28)
     mask[:, 14:] = 1
-    filled = pipe.inpaint(digit, mask, n=2, steps=4)
+    filled = edit.inpaint(digit, mask, n=2, steps=4)
     assert torch.equal(filled[:, :, :, :14], digit[None, :, :, :14].expand(2, -1, -1, -1))
-    assert torch.equal(pipe.img2img(digit, 0.0, steps=4), digit[None])
-    assert pipe.reconstruct(pipe.invert(digit, steps=4), steps=4).shape == (1, 1, 28, 28)
+    assert torch.equal(edit.img2img(digit, 0.0, steps=4), digit[None])
+    assert edit.reconstruct(edit.invert(digit, steps=4), steps=4).shape == (1, 1, 28, 28)
     assert main(["sample", "--run", str(edm_run), "--n", "2", "--sampler", "edm", "--steps", "3", "--churn", "5",
                  "--out", str(tmp_path / "s.npz"), "--grid", str(tmp_path / "g.png"), "--device", "cpu"]) == 0
 
 
 def test_an_edm_latent_run_trains_and_samples(tmp_path):
-    from test_latent import tiny_autoencoder
+    from helpers import tiny_autoencoder
 
     from ddpm.training.loop import train
 

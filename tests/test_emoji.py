@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import needs_font, TINY
 from ddpm.cli import main
-from ddpm.data.emoji import EMOJI_TEST, FONT, emoji_sequences, load_emoji, render
-from test_cli import TINY
+from ddpm.data.emoji import FONT, emoji_sequences, load_emoji, render
 
-needs_font = pytest.mark.skipif(not (FONT.is_file() and EMOJI_TEST.is_file()),
-                                reason="needs Debian's fonts-noto-color-emoji and unicode-data (make test installs them as root)")
 
 # emoji-test.txt's own format: groups, then one line per sequence with its status
 SMALL_LIST = """# group: Smileys & Emotion

@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import trained
 from PIL import Image
 
+from helpers import trained
 import ddpm.evaluation.fid
 from ddpm.cli import main
 from ddpm.evaluation.history import append_eval_history

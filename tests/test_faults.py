@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from safetensors.torch import load_file
-from test_cli import TINY
 
+from helpers import TINY, tiny_config
 from ddpm import Pipeline, train
-from ddpm.atomic import file_sha256
+from ddpm.storage.atomic import file_sha256
 from ddpm.cli import main
 from ddpm.errors import CheckpointDamaged
 from ddpm.storage.checkpoint import TMP_PREFIX, RunDir, _sealed, load_meta, verify

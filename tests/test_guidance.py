@@ -6,12 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import GaussianDenoiser, trained
+from helpers import GaussianDenoiser, TINY, trained
 from ddpm import Config, Denoiser, Diffusion, Pipeline, UNet, make_schedule
 from ddpm.cli import main
 from ddpm.diffusion.guidance import drop_labels
 
-from test_cli import TINY
 
 
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
@@ -79,7 +78,7 @@ def test_conditional_sampling_draws_each_label_from_its_class():
     config = Config().override({"data.image_size": 1, "data.channels": 1, "model.num_classes": 3,
                                 "sample.clip_denoised": False, "sample.guidance": 1.0})
     pipe = Pipeline(_GaussianClasses(schedule, mus, sigma), Diffusion(schedule, "eps"), config)
-    labels = pipe.labels(3000)  # 0, 1, 2, 0, 1, 2, ...
+    labels = pipe.plan(3000).labels  # 0, 1, 2, 0, 1, 2, ...
     images = pipe(3000, "ddpm", 1000, seed=1, progress=False, batch_size=700)
     x = images.float().flatten() / 127.5 - 1  # uint8 rounding adds noise of 1/127.5: far below the tolerance
     for c, mu in enumerate(mus):

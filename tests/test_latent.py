@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from safetensors.torch import load_file
 
+from helpers import own_config, tiny_autoencoder, tiny_config
 from ddpm.cli import main
-from ddpm.atomic import file_sha256
+from ddpm.storage.atomic import file_sha256
 from ddpm.config import AutoencoderRun
-from ddpm.recipe import own_autoencoder
+from ddpm.config.recipe import own_autoencoder
 from ddpm.data.datasets import load_data
 from ddpm.errors import InputError
 from ddpm.evaluation.reconstruct import psnr
@@ -28,21 +28,12 @@ from ddpm.models.autoencoder import (
     autoencoder_loss,
     hinge_discriminator_loss,
 )
+from ddpm.editor import Editor
 from ddpm.pipeline import Pipeline
 from ddpm.storage.checkpoint import RunDir, load_meta
 from ddpm.training.loop import train
 
 
-def tiny_autoencoder(**overrides) -> AutoencoderRun:
-    """An f = 2 autoencoder of digits at 16 px that trains a step in milliseconds."""
-    config = AutoencoderRun()
-    config.autoencoder.channels = [8, 16]
-    config.autoencoder.z_channels = 2
-    config.data.name, config.data.image_size, config.data.flip = "digits", 16, True
-    t = config.train
-    t.batch_size, t.max_steps, t.log_every, t.sample_every, t.checkpoint_every, t.device = 8, 6, 1, 1000, 1000, "cpu"
-    t.grid_size = 4
-    return config.override(overrides)
 
 
 def latent_config(autoencoder, **overrides):
@@ -275,9 +266,9 @@ def test_a_latent_run_samples_images_of_the_data_size_and_records_its_autoencode
     pipe = Pipeline.from_run(run.path, device="cpu")
     images = pipe(3, steps=3, progress=False)
     assert images.shape == (3, 1, 16, 16) and images.dtype == torch.uint8
-    x_T = pipe.invert(images[:1], steps=3)
+    x_T = Editor(pipe).invert(images[:1], steps=3)
     assert x_T.shape == (1, 2, 8, 8)  # inversion lives in the latent space
-    assert pipe.reconstruct(x_T, steps=3).shape == (1, 1, 16, 16)
+    assert Editor(pipe).reconstruct(x_T, steps=3).shape == (1, 1, 16, 16)
 
 
 def test_the_commands_downstream_decode_a_class_conditional_latent_run(autoencoder, tmp_path, monkeypatch):
@@ -388,12 +379,6 @@ def test_a_missing_autoencoder_is_one_line(tmp_path, monkeypatch):
 # ---- a run that trains its own autoencoder -------------------------------------------------------
 
 
-def own_config(**overrides):
-    """A tiny run of digits at 16 px that trains its own f = 2 autoencoder for 4 steps first, then
-    its UNet for 4 on the latents, each with a checkpoint at step 2."""
-    return tiny_config(**{"data.name": "digits", "data.image_size": 16, "latent.autoencoder": "own",
-                          "latent.own_widths": "[8,16]", "latent.own_steps": 4, "train.max_steps": 4,
-                          "train.checkpoint_every": 2, **overrides})
 
 
 def _weights(run: RunDir) -> dict:

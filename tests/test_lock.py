@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
 from safetensors.torch import load_file
-from test_cli import TINY
-from test_distributed import TORCHRUN
 
+from helpers import TINY, tiny_config, TORCHRUN
 from ddpm import InputError, train
 from ddpm.evaluation.history import EVAL_FIELDS, append_eval_history
 from ddpm.storage.checkpoint import RunDir, load_meta

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
+from helpers import tiny_config
 from ddpm import Pipeline, load_data, make_schedule, train
 from ddpm.cli import main
 from ddpm.data import to_model_range, to_uint8

@@ -5,10 +5,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import GaussianDenoiser, trained
 from PIL import Image
-from test_cli import TINY
 
+from helpers import GaussianDenoiser, trained
 from ddpm import Config, Diffusion, InputError, Pipeline, make_schedule
 
 
@@ -35,13 +34,13 @@ def test_float_output_is_the_uint8_output_before_rounding(pipe):
 
 def test_unspecified_options_are_the_runs_own(pipe):
     s = pipe.config.sample  # TINY trains with sample.steps=5, the default ddpm sampler
-    options = pipe.options()
+    options = pipe.plan()
     assert (options.sampler, options.steps, options.spacing, options.options) == \
         (s.sampler, 5, s.spacing, s.options_for("ddpm"))
-    assert pipe.options("ddim").options == s.options_for("ddim") and pipe.options("heun").options.values() == {}
+    assert pipe.plan(None, "ddim").options == s.options_for("ddim") and pipe.plan(None, "heun").options.values() == {}
     changed = Pipeline(pipe.network, pipe.diffusion, copy.deepcopy(pipe.config))
     changed.config.sample.sampler, changed.config.sample.options["eta"] = "ddim", 0.5
-    assert changed.options().sampler == "ddim" and changed.options().options.eta == 0.5
+    assert changed.plan().sampler == "ddim" and changed.plan().options.eta == 0.5
     # the run's sampler decides the images: the default call equals the explicit one
     assert torch.equal(changed(2, progress=False), pipe(2, "ddim", eta=0.5, progress=False))
     assert not torch.equal(changed(2, progress=False), pipe(2, progress=False))

@@ -5,21 +5,21 @@ import csv
 import pytest
 from PIL import Image
 
+from helpers import write_cifar, write_idx
 from ddpm import build_network, train
-from ddpm.presets import list_presets, load_preset
+from ddpm.config.presets import list_presets, load_preset
 
-from test_datasets import _write_cifar, _write_idx
 
 
 def _stand_in(name, root):
     """A few files of data set `name` in its real on-disk format under `root`."""
     if name == "cifar10":
-        _write_cifar(root, per_batch=2)
+        write_cifar(root, per_batch=2)
     elif name in ("mnist", "fashion-mnist"):
         raw = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
         raw.mkdir(parents=True)
-        _write_idx(raw, "train", 4)
-        _write_idx(raw, "t10k", 2)
+        write_idx(raw, "train", 4)
+        write_idx(raw, "t10k", 2)
     elif name == "celeba":
         (root / "celeba" / "img_align_celeba").mkdir(parents=True)
         for i in range(1, 4):
@@ -40,7 +40,7 @@ def test_each_preset_trains_two_steps(name, tmp_path):
 
         if config.data.name == "emoji" and not (FONT.is_file() and EMOJI_TEST.is_file()):
             pytest.skip("needs Debian's fonts-noto-color-emoji and unicode-data (make test installs them as root)")
-        from test_latent import tiny_autoencoder
+        from helpers import tiny_autoencoder
 
         ae = train(tiny_autoencoder(**{"data.name": config.data.name, "data.image_size": config.data.image_size,
                                        "train.max_steps": 1}), tmp_path / "ae", progress=False)

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import trained
 import torch
-from test_cli import TINY
 
+from helpers import TINY, trained
 from ddpm import Config, Pipeline
 from ddpm.cli import main
 from ddpm.data.imagedata import ImageData
@@ -20,7 +19,7 @@ from ddpm.diffusion.objectives import Eps, Objective
 from ddpm.diffusion.process import Denoiser, training_loss
 from ddpm.diffusion.samplers import sample_ddim
 from ddpm.diffusion.schedules import make_schedule
-from ddpm.options import Options, check, option
+from ddpm.config.options import Options, option
 from ddpm.registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, DatasetSpec, NetworkSpec, ObjectiveSpec, SamplerSpec
 
 
@@ -184,7 +183,7 @@ def test_a_sampler_in_a_users_module_reaches_the_command_line_as_a_plugin(run, t
 
     (tmp_path / "my_samplers.py").write_text(
         "from dataclasses import dataclass\n"
-        "from ddpm.options import Options, option\n"
+        "from ddpm.config.options import Options, option\n"
         "from ddpm.registry import SAMPLERS, SamplerSpec\n"
         "@dataclass(frozen=True)\n"
         "class ShrinkOptions(Options):\n"

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
+from helpers import tiny_config
 from ddpm import InputError, Pipeline, train
-from ddpm.atomic import file_sha256
+from ddpm.storage.atomic import file_sha256
 from ddpm.storage.checkpoint import TMP_PREFIX, RunDir, _sealed, load_meta, load_state, load_weights
 from ddpm.cli import main
 from ddpm.errors import TrainingDiverged

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import tiny_config
+from helpers import tiny_config
 from ddpm import train
 from ddpm.cli import main
 from ddpm.evaluation.history import append_eval_history

@@ -4,7 +4,7 @@ the DDIM / DDPM identities of Song et al."""
 import pytest
 import torch
 
-from conftest import GaussianDenoiser
+from helpers import GaussianDenoiser
 from ddpm import InputError, make_schedule, sample_ddim, sample_ddpm, spaced_timesteps
 from ddpm.diffusion.samplers import get_sampler, network_evaluations, sample_dpmpp_2m, sample_heun
 

@@ -6,7 +6,6 @@ The server runs in this process, on a free loopback port, over a tiny run; every
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import io
 import json
@@ -17,25 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import trained
-import torch
 from PIL import Image
 
+from helpers import events, request, Slow, slowed, trained
 from ddpm import Pipeline
 from ddpm.cli import main
-from ddpm.serve.server import MAX_UPLOAD, Server, load_models
+from ddpm.serve.limits import MAX_UPLOAD, PREVIEW_SHARE
+from ddpm.serve.server import Server, load_models
 
 
-class Slow(torch.nn.Module):
-    """The run's network, `seconds` slower per call: long enough draws to stop and to queue behind."""
-
-    def __init__(self, network, seconds: float):
-        super().__init__()
-        self.network, self.seconds = network, seconds
-
-    def forward(self, *args, **kwargs):
-        time.sleep(self.seconds)
-        return self.network(*args, **kwargs)
 
 
 def files_of(path: Path) -> dict:
@@ -59,22 +48,8 @@ def server(run):
     assert files_of(run) == before, "the server wrote into the run directory"
 
 
-def request(server, method: str, path: str, body=None, headers=None) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
-    if isinstance(body, dict):
-        body = json.dumps(body).encode()
-    connection.request(method, path, body=body, headers=headers or {})
-    response = connection.getresponse()
-    return response.status, response.read()
 
 
-def events(data: bytes) -> list[tuple[str, dict]]:
-    found = []
-    for block in data.decode().split("\n\n"):
-        if block.strip():
-            name, value = block.split("\n", 1)
-            found.append((name[len("event: "):], json.loads(value[len("data: "):])))
-    return found
 
 
 def png_bytes(picture: Image.Image) -> bytes:
@@ -103,13 +78,20 @@ def test_a_draw_streams_every_step_and_gives_what_ddpm_sample_gives(server, run,
 
 
 @pytest.mark.parametrize("method, path, body, message", [
-    ("POST", "/api/draw", {"steps": 0}, "steps must be in 1..100 (got 0)"),
-    ("POST", "/api/draw", {"n": 17}, "n must be in 1..16 (got 17)"),
+    ("POST", "/api/draw", {"steps": 0}, "steps must be >= 1 (got 0)"),
+    ("POST", "/api/draw", {"n": 17}, "n must be in [1, 16] (got 17)"),
     ("POST", "/api/draw", {"sampler": "euler"}, "unknown sampler 'euler'"),
     ("POST", "/api/draw", {"sampler": "ddpm", "options": {"eta": 0.5}}, "applies to the ddim sampler only"),
     ("POST", "/api/draw", {"sampler": "ddim", "options": {"eta": 2}}, "DDIM's eta must be in [0, 1]"),
     ("POST", "/api/draw", {"task": "paint"}, "unknown task 'paint'"),
     ("POST", "/api/draw", {"stpes": 5}, "unknown field 'stpes'"),
+    ("POST", "/api/draw", {"steps": 101}, "steps must be in [1, 100] (got 101)"),  # the run's T, known with the run
+    ("POST", "/api/draw", {"task": "img2img", "image": "data:0", "strength": 1.5}, "strength must be in [0, 1] (got 1.5)"),
+    ("POST", "/api/draw", {"task": "interpolate", "strength": 0.5},
+     "unknown field 'strength'; interpolate takes frames, image, image_b, run, steps, task"),
+    ("POST", "/api/draw", {"task": "inpaint", "image": "data:0", "sampler": "dpm++2m", "mask": "data:image/png;base64," +
+                           __import__("base64").b64encode(png_bytes(Image.new("L", (8, 8), 255))).decode()},
+     "inpainting takes ddpm or ddim steps, not dpm++2m"),
     ("POST", "/api/draw", b"{not json", "the request is not JSON"),
     ("POST", "/api/draw", {"task": "inpaint", "image": "data:0", "mask": "data:image/png;base64," +
                            __import__("base64").b64encode(png_bytes(Image.new("L", (4, 4), 255))).decode()},
@@ -117,8 +99,8 @@ def test_a_draw_streams_every_step_and_gives_what_ddpm_sample_gives(server, run,
     ("POST", "/api/draw", {"task": "inpaint", "image": "data:0", "mask": "a mask"}, "the mask must be a PNG data URL"),
     ("POST", "/api/draw", {"task": "img2img", "image": "data:99999"}, "the index must be in 0..1796"),
     ("POST", "/api/draw", {"task": "img2img", "image": "/etc/passwd"}, "unknown image '/etc/passwd'"),
-    ("POST", "/api/draw", {"run": 3}, "run must be in 0..0 (got 3)"),
-    ("GET", "/api/forward?t=5000", None, "t must be in 0..99 (got 5000)"),
+    ("POST", "/api/draw", {"run": 3}, "run must be in [0, 0] (got 3)"),
+    ("GET", "/api/forward?t=5000", None, "t must be in [0, 99] (got 5000)"),
     ("POST", "/api/upload", b"GIF89a not really", "the upload is not an image that can be read"),
     ("POST", "/api/upload", png_bytes(Image.new("1", (5000, 5000))), "is 5000x5000 pixels; at most"),
     ("POST", "/api/upload", b"\0" * (MAX_UPLOAD + 1), f"the request has {MAX_UPLOAD + 1} bytes; at most {MAX_UPLOAD}"),
@@ -199,15 +181,6 @@ def _status(server, key: str) -> dict:
     return json.loads(request(server, "GET", "/api/status")[1])["draws"][key]
 
 
-@contextlib.contextmanager
-def slowed(server, seconds: float):
-    """The served run's network `seconds` slower per call, for the block."""
-    pipe = server.models[0].pipe
-    pipe.network, inner = Slow(pipe.network, seconds), pipe.network
-    try:
-        yield pipe
-    finally:
-        pipe.network = inner
 
 
 @pytest.fixture()
@@ -306,10 +279,9 @@ def test_the_commands_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, ar
 def test_a_latent_run_streams_decoded_previews_within_their_share_of_the_draw(tmp_path, monkeypatch):
     """x_t of a latent run are latents; its x0 is decoded for a preview while previews have cost at
     most PREVIEW_SHARE of the draw so far. Here each decode is made slow: few steps get one."""
-    from test_latent import own_config
+    from helpers import own_config
 
     from ddpm import train
-    from ddpm.serve import server as serving
 
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
     run = train(own_config(), tmp_path / "latent", progress=False).path
@@ -327,7 +299,7 @@ def test_a_latent_run_streams_decoded_previews_within_their_share_of_the_draw(tm
     steps = [value for name, value in stream if name == "step"]
     previews = sum("x0" in step for step in steps)
     assert len(steps) == 20 and 1 <= previews < 20 and "x0" in steps[0]
-    assert all(step["preview_share"] <= serving.PREVIEW_SHARE + 0.05 / (0.02 * (k + 1))
+    assert all(step["preview_share"] <= PREVIEW_SHARE + 0.05 / (0.02 * (k + 1))
                for k, step in enumerate(steps))  # the share, but for the one decode that crossed it
     assert steps[-1]["preview_share"] <= 0.3 and stream[-1][0] == "done"
 

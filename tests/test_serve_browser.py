@@ -18,8 +18,8 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
-from test_serve import request, run, slowed  # noqa: F401 (the run fixture)
 
+from helpers import request, slowed, trained
 from ddpm import Pipeline
 from ddpm.serve.server import Server, load_models
 
@@ -31,7 +31,12 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--
 
 
 @pytest.fixture(scope="module")
-def server(run):  # noqa: F811
+def run(tmp_path_factory):
+    return trained(tmp_path_factory, "serve", "--max-steps", "4", "--data", "digits")
+
+
+@pytest.fixture(scope="module")
+def server(run):
     server = Server(load_models([os.environ.get("DDPM_SERVE_RUN", str(run))], "cpu"), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield server

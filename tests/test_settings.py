@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import pytest
-import yaml
 
 from ddpm import Config, InputError
 from ddpm.cli.common import Parser, add_config_flags, config_overrides
-from ddpm.settings import Section, Sections, flags_of, setting
+from ddpm.config.settings import Section, Sections, flags_of, setting
 
 
 @dataclass
@@ -81,7 +80,7 @@ def test_a_config_yaml_written_by_0_2_0_still_loads_as_the_same_run(monkeypatch)
     job's command resumes it."""
     from pathlib import Path
 
-    from ddpm.recipe import compose_config, requeued
+    from ddpm.config.recipe import compose_config, requeued
 
     old = Config.from_yaml(Path(__file__).parent / "data" / "config-0.2.0.yaml").validate()
     monkeypatch.setenv("DDPM_CPU_GFLOPS", "171")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from helpers import tiny_config
 from ddpm import InputError, Pipeline, train
 from ddpm.data import iterate_batches
 

@@ -19,6 +19,7 @@ _EXPORTS = {
     **dict.fromkeys(["Config", "DataConfig", "DiffusionConfig", "ModelConfig", "SampleConfig", "TrainConfig"], "config"),
     **dict.fromkeys(["InputError", "TrainingDiverged"], "errors"),
     **dict.fromkeys(["Pipeline", "Plan"], "pipeline"),
+    "Editor": "editor",
     **dict.fromkeys(["build_diffusion", "build_network", "build_optimizer", "build_schedule"], "factory"),
     **dict.fromkeys(["Denoiser", "Diffusion", "Prediction", "q_posterior", "q_sample", "target", "to_prediction",
                      "training_loss"], "diffusion.process"),
@@ -37,6 +38,10 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+# ddpm's own network and autoencoder as diffusers models (they need diffusers): an exported folder's
+# model_index.json names them in `ddpm`, so that `import ddpm` lets diffusers' from_pretrained find them.
+_DIFFUSERS_MODELS = dict.fromkeys(["DdpmUNet", "DdpmAutoencoder"], "storage.diffusers_models")
+
 
 def _version() -> str:
     from importlib import metadata  # on first use: reading the installed metadata costs a command's start
@@ -51,12 +56,13 @@ def __getattr__(name: str):
     if name == "__version__":
         globals()[name] = value = _version()
         return value
-    if name not in _EXPORTS:
+    module = _EXPORTS.get(name) or _DIFFUSERS_MODELS.get(name)
+    if module is None:
         raise AttributeError(f"module 'ddpm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted([*globals(), *_EXPORTS, *_DIFFUSERS_MODELS])

@@ -42,3 +42,8 @@ class WriteFailed(RuntimeError):
 
 
 FAILURES = (InputError, TrainingDiverged, WriteFailed)  # what the command line reports in one line
+
+
+class DdpmWarning(UserWarning):
+    """Something the library allows but doubts (a student asked for steps it was not distilled for).
+    Library code warns through `warnings`; the command line prints each as one line, "ddpm: warning: ..."."""

@@ -23,7 +23,7 @@ from .diffusion.process import Diffusion
 from .diffusion.schedules import NoiseSchedule, make_schedule
 from .errors import CheckpointDamaged, InputError
 from .models.autoencoder import autoencoder_from_run
-from .atomic import file_sha256
+from .storage.atomic import file_sha256
 from .models.codec import DIFFUSERS, Codec, autoencoder_codec, diffusers_codec
 from .registry import NETWORKS
 from .storage.checkpoint import RunDir, load_into, load_meta, load_weights, verify

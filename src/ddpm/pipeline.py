@@ -15,27 +15,25 @@ and the benchmarks all draw through a plan.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import Config
 from .data.imagedata import to_pil, to_uint8
-from .diffusion import editing
 from .diffusion.consistency import ConsistencyFunction, consistency_sigma_data
 from .diffusion.process import Denoiser, Diffusion
-from .diffusion.samplers import Callback, sample_ddim, sampler_options
+from .diffusion.samplers import Callback, sampler_options
 from .diffusion.schedules import spaced_timesteps
-from .errors import InputError
+from .errors import DdpmWarning, InputError
 from .factory import build_diffusion, load_run, run_codec
 from .models.codec import Codec
-from .options import Options
+from .config.options import Options
 from .registry import SAMPLERS, SamplerSpec
 from .runtime.devices import resolve_device
 from .runtime.distributed import Distributed, init_distributed
@@ -118,10 +116,10 @@ class Pipeline:
     @classmethod
     def from_diffusers(cls, folder: Union[str, Path], data: str = "cifar10", device: str = "auto") -> "Pipeline":
         """A diffusers DDPM folder (UNet2DModel and DDPMScheduler, as google/ddpm-cifar10-32 is saved),
-        converted to ddpm's UNet and process (storage/diffusers.py); `data` names the data set it
+        converted to ddpm's UNet and process (storage/diffusers_folders.py); `data` names the data set it
         models, for evaluation. `ddpm import` writes the same as a run directory."""
         from .models.unet import unet_from_config
-        from .storage.diffusers import import_config
+        from .storage.diffusers_folders import import_config
 
         config, weights = import_config(Path(folder), data)
         network = unet_from_config(config)
@@ -147,7 +145,7 @@ class Pipeline:
         return (d.channels or 1, d.image_size, d.image_size)
 
     @property
-    def model_shape(self) -> tuple[int, int, int]:
+    def _model_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of what the network denoises: the images, or a latent run's latents."""
         channels, size = self.config.model_input()
         return (channels, size, size)
@@ -157,14 +155,6 @@ class Pipeline:
         if self.codec is not None:
             x = self.codec.decode(x.to(self.device))
         return x.clamp(-1, 1).float().cpu()
-
-    def to_model(self, x: Tensor) -> Tensor:
-        """Images in [-1, 1] as what the network denoises: a latent run encodes."""
-        return x if self.codec is None else self.codec.encode(x.to(self.device))
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.model.num_classes
 
     def plan(self, n: Optional[int] = None, sampler: Optional[str] = None, steps: Optional[int] = None,
              spacing: Optional[str] = None, classes: Classes = None, guidance: Optional[float] = None,
@@ -186,37 +176,32 @@ class Pipeline:
         distilled = self.config.student == "progressive"
         if distilled and (steps > s.steps or sampler != s.sampler) and (sampler, steps) != self._warned:
             self._warned = (sampler, steps)
-            print(f"ddpm: warning: this student was distilled to sample in {s.steps} steps of {s.sampler}; "
-                  f"{steps} steps of {sampler} ask it what it was not trained for", file=sys.stderr)
-        if guidance is not None and (not self.num_classes or guidance < 0):
+            warnings.warn(f"this student was distilled to sample in {s.steps} steps of {s.sampler}; {steps} steps "
+                          f"of {sampler} ask it what it was not trained for", DdpmWarning, stacklevel=2)
+        if guidance is not None and (not self.config.model.num_classes or guidance < 0):
             raise InputError(f"--guidance needs a class-conditional run and a weight >= 0 (got {guidance})")
         if spacing is None:
             spacing = s.spacing if sampler == s.sampler else spec.spacing or s.spacing
         schedule = self.diffusion.schedule
         timesteps = tuple(spaced_timesteps(schedule.timesteps, steps, spacing, schedule))
-        labels = self.labels(n, classes) if n is not None else self.labels(1, classes) and None
+        labels = self._labels(n, classes) if n is not None else self._labels(1, classes) and None
         return Plan(sampler, steps, spacing, resolved, s.guidance if guidance is None else guidance, s.clip_denoised,
                     timesteps, labels, n)
 
-    def options(self, sampler: Optional[str] = None, steps: Optional[int] = None, spacing: Optional[str] = None,
-                guidance: Optional[float] = None, **options) -> Plan:
-        """What a call would use, for any number of images: `plan` without labels."""
-        return self.plan(None, sampler, steps, spacing, None, guidance, **options)
-
-    def labels(self, n: int, classes: Classes = None) -> Optional[Tensor]:
+    def _labels(self, n: int, classes: Classes = None) -> Optional[Tensor]:
         """Class labels for n samples, cycling through `classes` (an int, a list, or "all"/None for
         every class); None for an unconditional run."""
-        if not self.num_classes:
+        if not self.config.model.num_classes:
             if classes is not None:
                 raise InputError("this run was trained without classes; train with --classes K to use --class")
             return None
         if classes is None or classes == "all":
-            classes = range(self.num_classes)
+            classes = range(self.config.model.num_classes)
         elif isinstance(classes, int):
             classes = [classes]
         classes = list(classes)
-        if not classes or not all(isinstance(c, int) and 0 <= c < self.num_classes for c in classes):
-            raise InputError(f"--class must be 'all' or class numbers in 0..{self.num_classes - 1}, e.g. 3 or "
+        if not classes or not all(isinstance(c, int) and 0 <= c < self.config.model.num_classes for c in classes):
+            raise InputError(f"--class must be 'all' or class numbers in 0..{self.config.model.num_classes - 1}, e.g. 3 or "
                              f"1,4,7 (got {classes})")
         return class_labels(n, classes)
 
@@ -235,7 +220,7 @@ class Pipeline:
                  callback: Optional[Callback] = None, **options):
         """Draw n images: `draw(plan(n, ...))`. Options left out are the run's own (`plan`); the
         sampler's own are keywords (eta=0.5, variance="large", churn=10)."""
-        _check_output(output)
+        check_output(output)
         if n < 1:
             raise InputError(f"the number of samples must be >= 1 (got {n})")
         plan = self.plan(n, sampler, steps, spacing, classes, guidance, **options)
@@ -248,120 +233,12 @@ class Pipeline:
         or "pil", a list of PIL images. Batch b starts from noise seeded with (seed, b), so the images
         do not depend on how many ranks share the work. `callback(i, t, x_t, prediction)` sees every
         sampler step of every batch (the trajectory picture uses it)."""
-        _check_output(output)
+        check_output(output)
         if plan.n is None:
             raise InputError("this plan was made without a number of images; make it with pipe.plan(n, ...)")
         if batch_size < 1:
             raise InputError(f"the batch size must be >= 1 (got {batch_size})")
-        return _output(self._sample(plan, seed, batch_size, progress, callback), output)
-
-    # ---- editing (diffusion/editing.py); images as PIL, uint8 arrays or float tensors in [0, 1] ----
-
-    @torch.no_grad()
-    def inpaint(self, image, mask, n: int = 1, sampler: Optional[str] = None, steps: Optional[int] = None,
-                resample: int = 1, jump: int = 10, seed: int = 0, classes: Classes = None,
-                guidance: Optional[float] = None, output: str = "uint8", callback=None):
-        """n completions of each image where `mask` is white (>= half): white is filled, black is
-        kept exactly. Runs the steps of a sampler that takes DDIM's steps (its spec's `repaint_eta`:
-        DDPM's, eta 1, or DDIM's with the run's eta) with RePaint's resampling: back `jump` steps,
-        `resample` - 1 times at every jump point. `callback(level, x, target)` sees every step
-        (editing.inpaint)."""
-        x0, plan, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
-        if plan.spec.repaint_eta is None:
-            takers = [spec.name for spec in SAMPLERS if spec.repaint_eta is not None]
-            raise InputError(f"inpainting takes {' or '.join(takers)} steps, not {plan.sampler}; use --sampler ddpm")
-        keep = self.mask_tensor(mask) < 0.5
-        if keep.all() or not keep.any():
-            raise InputError("the mask must mark some pixels to fill (white) and some to keep (black); "
-                             f"this one {'keeps' if keep.all() else 'fills'} every pixel")
-        eta = plan.spec.repaint_eta(plan.options)
-        keep_model = keep.to(self.device)
-        if self.codec is not None:  # a latent is kept only where all the pixels it covers are kept
-            f = self.codec.factor
-            keep_model = -torch.nn.functional.max_pool2d(-keep_model[None].float(), f)[0] > 0.5
-        x = editing.inpaint(self.denoiser(plan, labels), self.to_model(x0), keep_model, self.diffusion.schedule,
-                            plan.timesteps, eta=eta, resample=resample, jump=jump, generator=generator,
-                            callback=callback)
-        images = self.to_images(x)
-        if self.codec is not None:  # the decoder only approximates the kept pixels: those are the image's own
-            images = torch.where(keep.cpu(), x0.cpu(), images)
-        return _output(images, output)
-
-    @torch.no_grad()
-    def img2img(self, image, strength: float, n: int = 1, sampler: Optional[str] = None, steps: Optional[int] = None,
-                seed: int = 0, classes: Classes = None, guidance: Optional[float] = None, output: str = "uint8",
-                callback: Optional[Callback] = None):
-        """SDEdit: n versions of each image, noised to the level `strength` selects and sampled back
-        (0 returns the image, 1 is plain sampling), with any sampler and guidance; `callback` sees
-        the sampler's steps."""
-        x0, plan, labels, generator = self._edit_setup(image, n, sampler, steps, guidance, classes, seed, output)
-        x = editing.img2img(plan.function(), self.denoiser(plan, labels), self.to_model(x0), strength,
-                            self.diffusion.schedule, plan.timesteps, generator=generator, callback=callback)
-        return _output(self.to_images(x), output)
-
-    @torch.no_grad()
-    def invert(self, image, steps: Optional[int] = None) -> Tensor:
-        """DDIM inversion: the x_T [N, C, H, W] from which `reconstruct` (DDIM, eta 0, the same steps)
-        returns about `image`. Neither clips x0, which would make the map non-invertible."""
-        x0, plan, _, _ = self._edit_setup(image, 1, "ddim", steps, None, None, 0, eta=0.0)
-        denoiser = self.diffusion.denoiser(self.network, clip_denoised=False)
-        return editing.invert(denoiser, self.to_model(x0), self.diffusion.schedule, plan.timesteps)
-
-    @torch.no_grad()
-    def reconstruct(self, x_T: Tensor, steps: Optional[int] = None, output: str = "uint8"):
-        """Deterministic DDIM (eta 0, no clipping) from x_T: the inverse of `invert`."""
-        _check_output(output)
-        plan = self.options("ddim", steps, eta=0.0)
-        denoiser = self.diffusion.denoiser(self.network, clip_denoised=False)
-        x = sample_ddim(denoiser, x_T.to(self.device), self.diffusion.schedule, plan.timesteps)
-        return _output(self.to_images(x), output)
-
-    @torch.no_grad()
-    def interpolate(self, a, b, frames: int = 8, steps: Optional[int] = None, output: str = "uint8"):
-        """`frames` images between a and b (both included, about): each inverted to x_T, the noises
-        walked along a spherical path (slerp), and each point sampled back with DDIM."""
-        _check_output(output)
-        if frames < 2:
-            raise InputError(f"--frames must be >= 2 (got {frames})")
-        noise_a, noise_b = self.invert(a, steps), self.invert(b, steps)
-        if len(noise_a) != 1 or len(noise_b) != 1:
-            raise InputError("interpolate takes one image for each end")
-        path = editing.slerp(noise_a[0], noise_b[0], [k / (frames - 1) for k in range(frames)])
-        return self.reconstruct(path, steps, output)
-
-    def image_tensor(self, images) -> Tensor:
-        """PIL image(s), uint8 arrays [H, W(, C)] or [N, H, W, C], uint8 tensors [(N,) C, H, W], or float
-        tensors in [0, 1], as floats [N, C, H, W] in [-1, 1] on the pipeline's device, of the run's shape."""
-        x = _as_tensor(images)
-        if x.ndim == 3:
-            x = x[None]
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-        if tuple(x.shape[1:]) != self.image_shape:
-            c, h, w = self.image_shape
-            raise InputError(f"the image is {'x'.join(map(str, x.shape[1:]))} (channels x height x width) but "
-                             f"this run makes {c}x{h}x{w} images; convert or resize it first")
-        return (x * 2 - 1).to(self.device)
-
-    def mask_tensor(self, mask) -> Tensor:
-        """A mask as floats [H, W] in [0, 1] (uint8 / 255), of the run's image size: >= 0.5 is filled."""
-        m = _as_tensor(mask)
-        m = m.float() / 255 if m.dtype == torch.uint8 else m.float()
-        if m.ndim == 3 and m.shape[0] in (1, 3, 4):  # a gray or RGB(A) picture: its first channel
-            m = m[0]
-        _, h, w = self.image_shape
-        if tuple(m.shape) != (h, w):
-            raise InputError(f"the mask is {'x'.join(map(str, m.shape))} but the image is {h}x{w}; give a mask of the "
-                             "image's size (white: fill, black: keep)")
-        return m
-
-    def _edit_setup(self, image, n: int, sampler, steps, guidance, classes, seed: int, output: str = "uint8", eta=None):
-        """Everything an edit checks before its work, and what it starts from."""
-        _check_output(output)
-        if n < 1:
-            raise InputError(f"--n must be >= 1 (got {n})")
-        x0 = self.image_tensor(image).repeat_interleave(n, dim=0)
-        plan = self.plan(len(x0), sampler, steps, None, classes, guidance, eta=eta)
-        return x0, plan, plan.labels, torch.Generator(device=self.device).manual_seed(batch_seed(seed, 0))
+        return as_output(self._sample(plan, seed, batch_size, progress, callback), output)
 
     def _sample(self, plan: Plan, seed: int, batch_size: int, progress: bool, callback: Optional[Callback]) -> Tensor:
         """The batch loop: float images in [-1, 1] on the CPU, gathered from every rank."""
@@ -374,7 +251,7 @@ class Pipeline:
             for start in starts[ranks.rank :: ranks.world_size]:  # under torchrun, every world_size-th batch
                 count = min(batch_size, n - start)
                 generator = torch.Generator(device=self.device).manual_seed(batch_seed(seed, start // batch_size))
-                x = torch.randn((count, *self.model_shape), generator=generator, device=self.device)
+                x = torch.randn((count, *self._model_shape), generator=generator, device=self.device)
                 denoiser = self.denoiser(plan, None if labels is None else labels[start : start + count])
                 x = sample(denoiser, x, schedule, plan.timesteps, generator=generator, callback=callback)
                 batches.append((start, self.to_images(x)))
@@ -386,31 +263,18 @@ class Pipeline:
         return torch.cat([images for _, images in batches])
 
 
-def _check_output(output: str) -> None:
+def check_output(output: str) -> None:
     if output not in OUTPUTS:
         raise InputError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
 
 
-def _output(x: Tensor, output: str):
-    """Float images in [-1, 1] as `output` asks (checked before the work by _check_output): uint8
+def as_output(x: Tensor, output: str):
+    """Float images in [-1, 1] as `output` asks (checked before the work by check_output): uint8
     [N, C, H, W], float in [0, 1], or PIL images."""
     if output == "float":
         return (x.cpu() + 1) / 2
     images = to_uint8(x.cpu())
     return images if output == "uint8" else [to_pil(image) for image in images]
-
-
-def _as_tensor(images) -> Tensor:
-    """PIL images and numpy arrays (channels last) as tensors (channels first); tensors as they are."""
-    if isinstance(images, Tensor):
-        return images
-    if isinstance(images, (list, tuple)):
-        return torch.stack([_as_tensor(image) for image in images])
-    array = np.asarray(images)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    tensor = torch.from_numpy(np.array(array))  # a copy: PIL arrays are read-only
-    return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
 
 
 def class_labels(n: int, classes: Sequence[int]) -> Tensor:

@@ -1,6 +1,6 @@
 """The pluggable ideas, one registry per kind: samplers, objectives, networks and data sets.
 
-A spec owns a name, its options (a small dataclass with defaults, `ddpm.options`) and its facts: a
+A spec owns a name, its options (a small dataclass with defaults, `ddpm.config.options`) and its facts: a
 sampler's network evaluations for K steps, a data set's channels. Everything that needs a list of
 names or an option's type reads these registries: config validation, the command line's flags
 and choices, the pipeline's records, `ddpm sweep`, and the tables in docs/. So adding a sampler is
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, Literal, Optional, TypeVar, Union
 
 from .errors import InputError
-from .options import Options, check, option
+from .config.options import Options, check, option
 
 S = TypeVar("S")
 
@@ -125,7 +125,7 @@ def option_fields(registry: Registry) -> dict[str, tuple[type[Options], dataclas
 
 def _check_options_agree(registry: Registry, spec) -> None:
     """Two specs may share an option name (one flag serves both) only with the same type."""
-    from .options import hints
+    from .config.options import hints
 
     for other in list(registry._specs.values()):  # as registered so far: registering loads no plugin
         for name in other.options.fields().keys() & spec.options.fields().keys():

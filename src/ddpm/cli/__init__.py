@@ -13,16 +13,17 @@ checkpoint is intact); 130 interrupted.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .. import signals
-from ..errors import FAILURES
+from ..runtime import signals
+from ..errors import FAILURES, DdpmWarning
 
 if TYPE_CHECKING:
     from .common import Parser
 
 # The commands that train: they take SIGINT and SIGTERM over before anything else is imported, so a
-# signal at any moment of their start is a stop request (signals.py).
+# signal at any moment of their start is a stop request (runtime/signals.py).
 TRAINING = ("train", "train-autoencoder", "distill")
 
 
@@ -42,6 +43,21 @@ def parser() -> Parser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
     caught = signals.catch() if words[:1] and words[0] in TRAINING else {}
+    with warnings.catch_warnings():  # the library's doubts, as one line each on stderr
+        warnings.simplefilter("always", DdpmWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, *where, **more) -> None:
+            if issubclass(category, DdpmWarning):
+                print(f"ddpm: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, *where, **more)
+
+        warnings.showwarning = show
+        return _run(argv, caught)
+
+
+def _run(argv: Optional[Sequence[str]], caught: dict) -> int:
     finished = False
     try:
         try:

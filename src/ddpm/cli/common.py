@@ -9,9 +9,9 @@ from typing import Optional, Sequence
 
 from ..config import Config
 from ..errors import InputError
-from ..names import SPACINGS
-from ..recipe import notes as recipe_notes
-from ..settings import declared, flags_of, hints
+from ..config.names import SPACINGS
+from ..config.recipe import notes as recipe_notes
+from ..config.settings import declared, flags_of, hints
 from ..registry import SAMPLERS, option_fields, owners
 
 

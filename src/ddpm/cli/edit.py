@@ -75,25 +75,25 @@ def _add_class_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_inpaint(args: argparse.Namespace) -> int:
-    pipe, image = _pipe_and_image(args, args.image)
+    edit, image = _editor_and_image(args, args.image)
     mask = _read(args.mask, gray=True, what="mask")
-    results = pipe.inpaint(image, mask, args.n, args.sampler, args.steps, args.resample, args.jump, args.seed,
+    results = edit.inpaint(image, mask, args.n, args.sampler, args.steps, args.resample, args.jump, args.seed,
                            parse_classes(args.classes), args.guidance)
     _save(args, results)
     if args.figure:
-        inputs = pipe.image_tensor(image)
-        masked = inputs * (pipe.mask_tensor(mask) < 0.5).to(pipe.device)  # the part to fill: mid-gray
+        inputs = edit.image_tensor(image)
+        masked = inputs * (edit.mask_tensor(mask) < 0.5).to(edit.pipe.device)  # the part to fill: mid-gray
         _save_figure(args.figure, inputs, [masked], results, ["masked"])
     return 0
 
 
 def run_img2img(args: argparse.Namespace) -> int:
-    pipe, image = _pipe_and_image(args, args.image)
-    results = pipe.img2img(image, args.strength, args.n, args.sampler, args.steps, args.seed,
+    edit, image = _editor_and_image(args, args.image)
+    results = edit.img2img(image, args.strength, args.n, args.sampler, args.steps, args.seed,
                            parse_classes(args.classes), args.guidance)
     _save(args, results)
     if args.figure:
-        _save_figure(args.figure, pipe.image_tensor(image), [], results, [], f"s={args.strength:g} ")
+        _save_figure(args.figure, edit.image_tensor(image), [], results, [], f"s={args.strength:g} ")
     return 0
 
 
@@ -102,9 +102,9 @@ def run_invert(args: argparse.Namespace) -> int:
 
     if Path(args.out).suffix.lower() != ".npy":
         raise InputError(f"--out must name a .npy file (got {args.out})")
-    pipe, image = _pipe_and_image(args, args.image)
-    x_T = pipe.invert(image, args.steps)
-    error = (pipe.reconstruct(x_T, args.steps, output="float") * 2 - 1 - pipe.image_tensor(image).cpu()).abs().mean()
+    edit, image = _editor_and_image(args, args.image)
+    x_T = edit.invert(image, args.steps)
+    error = (edit.reconstruct(x_T, args.steps, output="float") * 2 - 1 - edit.image_tensor(image).cpu()).abs().mean()
     array = x_T.cpu().numpy().astype(np.float32)
     np.save(args.out, array[0] if len(array) == 1 else array)
     print(f"x_T written to {args.out}; DDIM from it returns the image within a mean error of {error:.4f} "
@@ -116,9 +116,9 @@ def run_interpolate(args: argparse.Namespace) -> int:
     from ..pictures.stages import labelled_grid
     from ..storage.files import save_gif, save_picture
 
-    pipe, a = _pipe_and_image(args, args.a)
-    b = _read(args.b, gray=pipe.image_shape[0] == 1)
-    frames = pipe.interpolate(a, b, args.frames, args.steps)
+    edit, a = _editor_and_image(args, args.a)
+    b = _read(args.b, gray=edit.pipe.image_shape[0] == 1)
+    frames = edit.interpolate(a, b, args.frames, args.steps)
     _save(args, frames)
     if args.figure:
         labels = [f"{k / (args.frames - 1):.2f}" for k in range(args.frames)]
@@ -132,8 +132,9 @@ def run_interpolate(args: argparse.Namespace) -> int:
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def _pipe_and_image(args: argparse.Namespace, image: str):
-    """The run's pipeline and the first image(s), both checked, and --out and --figure, before any work."""
+def _editor_and_image(args: argparse.Namespace, image: str):
+    """The run's editor and the first image(s), both checked, and --out and --figure, before any work."""
+    from ..editor import Editor
     from ..pipeline import Pipeline
     from ..storage.files import check_results_path
 
@@ -141,10 +142,10 @@ def _pipe_and_image(args: argparse.Namespace, image: str):
         raise InputError(f"--figure must name a .png file (got {args.figure})")
     if args.command is not run_invert:
         check_results_path(Path(args.out))
-    pipe = Pipeline.from_run(args.run, device=args.device)
-    picture = _read(image, gray=pipe.image_shape[0] == 1)
-    pipe.image_tensor(picture)  # the right size and channels
-    return pipe, picture
+    edit = Editor(Pipeline.from_run(args.run, device=args.device))
+    picture = _read(image, gray=edit.pipe.image_shape[0] == 1)
+    edit.image_tensor(picture)  # the right size and channels
+    return edit, picture
 
 
 def _read(path: str, gray: bool, what: str = "image"):

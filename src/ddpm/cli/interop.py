@@ -1,5 +1,5 @@
 """`ddpm export` and `ddpm import`: a run as a diffusers DDPMPipeline folder, and one as a run
-(storage/diffusers.py). Neither needs diffusers installed."""
+(storage/diffusers_folders.py). Neither needs diffusers installed."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def add_commands(commands) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..factory import load_run, run_codec
-    from ..storage.diffusers import MODELS, export_run
+    from ..storage.diffusers_folders import MODELS, export_run
 
     loaded = load_run(args.run, args.checkpoint, "model" if args.no_ema else "ema")
     codec = run_codec(loaded.config, args.run)
@@ -55,7 +55,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from ..registry import DATASETS
-    from ..storage.diffusers import import_config, write_imported_run
+    from ..storage.diffusers_folders import import_config, write_imported_run
 
     DATASETS.get(args.data, "data set")
     config, weights = import_config(Path(args.source), args.data)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ..names import SPACINGS
+from ..config.names import SPACINGS
 from ..registry import DATASETS, SAMPLERS
 from .common import (
     add_sampling_args,

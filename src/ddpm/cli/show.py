@@ -93,7 +93,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_presets(args: argparse.Namespace) -> int:
-    from ..presets import list_presets
+    from ..config.presets import list_presets
 
     presets = list_presets()
     width = max(map(len, presets))

@@ -12,7 +12,7 @@ from ..errors import InputError
 from .common import add_config_flags, config_overrides
 
 # The flags of each command, by config section or key; each flag's spelling, help and range are
-# declared once, with its field (config.py).
+# declared once, with its field (config/schema.py).
 TRAIN_SECTIONS = ("data", "train", "diffusion", "latent", "model")
 AUTOENCODER_SECTIONS = ("data", "train", "autoencoder")
 DISTILL_KEYS = ("train.lr", "train.batch_size", "train.seed", "train.device", "train.grad_accum", "train.max_steps",
@@ -87,7 +87,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipe import compose_config
+    from ..config.recipe import compose_config
 
     def compose(overrides: dict) -> Config:
         return compose_config(args.preset, args.config, overrides)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..errors import InputError
-from ..folders import IMAGE_SUFFIXES, STREAM_ABOVE, image_files
+from .folders import IMAGE_SUFFIXES, STREAM_ABOVE, image_files
 from ..registry import DATASETS
 from .imagedata import ImageData, open_image
 

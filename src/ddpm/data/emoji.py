@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write
-from ..folders import cache_dir
+from ..storage.atomic import atomic_write
+from .folders import cache_dir
 from ..errors import InputError
 from .imagedata import ImageData
 

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write
-from ..folders import cache_dir
+from ..storage.atomic import atomic_write
+from .folders import cache_dir
 from ..errors import InputError
 from ..models.codec import Codec
 from .imagedata import ImageData, fixed_subset, to_model_range

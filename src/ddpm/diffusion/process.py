@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..names import TIMESTEP_SAMPLING, element_loss
+from ..config.names import TIMESTEP_SAMPLING, element_loss
 from .guidance import guided_output
 from .objectives import Objective, Prediction, make_objective
 from .schedules import NoiseSchedule

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..names import SCHEDULES, SPACINGS
+from ..config.names import SCHEDULES, SPACINGS
 
 MAX_BETA = 0.999  # Nichol & Dhariwal 2021 §3.2: clip beta so the last steps stay invertible
 

@@ -15,8 +15,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
-from ..folders import cache_dir
+from ..storage.atomic import atomic_write
+from ..data.folders import cache_dir
 from ..data.datasets import load_data, load_folder
 from ..data.imagedata import fixed_subset
 from ..errors import InputError

@@ -7,7 +7,7 @@ import csv
 from pathlib import Path
 from typing import Optional
 
-from ..atomic import atomic_write
+from ..storage.atomic import atomic_write
 from ..registry import SAMPLERS, option_fields
 from ..storage.lock import appending
 

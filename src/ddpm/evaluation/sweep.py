@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..pipeline import Pipeline
-from ..students import MAX_CONSISTENCY_STEPS
+from ..config.students import MAX_CONSISTENCY_STEPS
 from .fid import Evaluator
 
 FIELDS = ("sampler", "steps", "nfe", "fid", "kid", "seconds", "samples")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import AutoencoderRun
-from ..names import element_loss
+from ..config.names import element_loss
 from .unet import ACTIVATIONS, ResidualBlock, group_norm, make_norm, make_upsample
 
 

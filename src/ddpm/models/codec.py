@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..atomic import file_sha256
+from ..storage.atomic import file_sha256
 from ..errors import InputError
 
 DIFFUSERS = "diffusers:"

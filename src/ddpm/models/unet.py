@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from ..config import check_unet_size
 from ..errors import InputError
-from ..names import ACTIVATIONS as ACTIVATION_NAMES
-from ..names import DOWNSAMPLE_PADDINGS, NORMS, SKIPS, UPSAMPLES, check_registry
+from ..config.names import ACTIVATIONS as ACTIVATION_NAMES
+from ..config.names import DOWNSAMPLE_PADDINGS, NORMS, SKIPS, UPSAMPLES, check_registry
 
 ACTIVATIONS = {"silu": F.silu, "relu": F.relu}
 check_registry("activations", ACTIVATIONS, ACTIVATION_NAMES)

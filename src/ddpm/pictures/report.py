@@ -26,7 +26,7 @@ from typing import Optional
 
 from ..errors import InputError
 from ..storage.checkpoint import RunDir
-from ..atomic import atomic_write
+from ..storage.atomic import atomic_write
 from ..storage.files import plot_loss
 
 MIN_WIDTH = 400  # pixels: narrower images are shown at an integer multiple of their size

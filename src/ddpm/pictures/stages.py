@@ -23,8 +23,9 @@ from torch import Tensor
 from ..data.imagedata import ImageData, to_model_range, to_pil, to_uint8
 from ..diffusion.process import levels, q_sample
 from ..diffusion.schedules import make_schedule
+from ..editor import Editor
 from ..errors import InputError
-from ..names import SCHEDULES
+from ..config.names import SCHEDULES
 from ..pipeline import Pipeline
 from ..storage.checkpoint import RunDir
 from ..storage.files import figure_to_image, pyplot
@@ -175,11 +176,12 @@ def edits_picture(pipe: Pipeline, data: ImageData, seed: int = 0, steps: Optiona
     side = images.shape[-1]
     mask = torch.zeros(side, side)
     mask[side // 4 : side - side // 4, side // 4 : side - side // 4] = 1  # white: fill
-    inpainted = torch.cat([pipe.inpaint(image, mask, steps=steps, resample=5, jump=5, seed=seed) for image in images])
-    edited = torch.cat([pipe.img2img(image, 0.5, steps=steps, seed=seed) for image in images])
-    round_trip = torch.cat([pipe.reconstruct(pipe.invert(image, steps), steps) for image in images])
+    edit = Editor(pipe)
+    inpainted = torch.cat([edit.inpaint(image, mask, steps=steps, resample=5, jump=5, seed=seed) for image in images])
+    edited = torch.cat([edit.img2img(image, 0.5, steps=steps, seed=seed) for image in images])
+    round_trip = torch.cat([edit.reconstruct(edit.invert(image, steps), steps) for image in images])
     masked = to_uint8(to_model_range(images) * (1 - mask))  # the part to fill shown mid-gray
-    walk = pipe.interpolate(images[0], images[1], frames, steps)
+    walk = edit.interpolate(images[0], images[1], frames, steps)
     rows = [images, masked, inpainted, edited, round_trip, walk]
     labels = ["input", "masked", "inpainted (N=5)", "img2img 0.5", "DDIM inverted, back", f"a to b, {frames} frames"]
     return labelled_grid(rows, labels)

@@ -24,270 +24,36 @@ A request is checked as the command line checks its flags: anything wrong is HTT
 of JSON, {"error": "..."}, never a traceback. One draw runs at a time; MAX_QUEUE more wait, told
 their place, and more are refused with 429. The run directories are only read: no lock is taken
 and nothing is written there.
+
+This module is the HTTP: the server, its routes, bodies and headers. The rest has a room each:
+limits.py (what a request may ask), tasks.py (one class per draw task, its fields declared once),
+queue.py (the draws in line), runs.py (the runs served), encoding.py (images in and out).
 """
 
 from __future__ import annotations
 
-import base64
 import io
-import itertools
 import json
 import math
-import threading
 import time
-import typing
 import urllib.parse
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from PIL import Image
 
-from ..data.datasets import load_data
-from ..data.imagedata import to_pil, to_uint8
-from ..diffusion.process import levels, q_sample
+from ..data.imagedata import to_uint8
+from ..diffusion.process import q_sample
 from ..errors import InputError
-from ..pipeline import Pipeline
-from ..registry import SAMPLERS
-from ..settings import hints
 from ..storage.files import write_npz
+from . import tasks
+from .encoding import data_url, png
+from .limits import DRAINED, KEPT, MAX_BODY, MAX_UPLOAD, SEEDS, Refused, whole
+from .queue import Cancelled, Draws
+from .runs import Model, load_models
 
-MAX_IMAGES = 16  # images per draw
-MAX_STEPS = 1000  # and never more than the run's T
-MAX_UPLOAD = 4 * 2**20  # bytes of an uploaded image
-MAX_PIXELS = 4096 * 4096  # pixels of an uploaded image, before it is resized
-MAX_BODY = 2 * MAX_UPLOAD  # a JSON request: a mask drawn on the page travels in it as a PNG
-DRAINED = 16 * MAX_UPLOAD  # a body over its limit is read and dropped up to this size, else the connection closes
-MAX_QUEUE = 2  # draws waiting behind the running one; more get 429
-KEPT = 16  # finished draws and uploads kept for download, the oldest dropped first
-PREVIEW_SHARE = 0.2  # a latent run decodes previews while they cost at most this share of the draw
-
-
-class Refused(Exception):
-    """A request answered with `status` and one line of JSON."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-class Cancelled(Exception):
-    """A draw stopped by its page: the stop button, or the page closed."""
-
-
-@dataclass
-class Model:
-    """A run being served: its pipeline, its data set (loaded when first asked for) and its uploads."""
-
-    name: str
-    path: Path
-    pipe: Pipeline
-    _data: Optional[torch.Tensor] = None
-    uploads: OrderedDict = field(default_factory=OrderedDict)
-    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
-
-    @property
-    def data(self) -> torch.Tensor:
-        if self._data is None:
-            d = self.pipe.config.data
-            self._data = load_data(d).images  # uint8 [N, C, H, W], at the run's size and channels
-        return self._data
-
-    def info(self) -> dict:
-        config, pipe = self.pipe.config, self.pipe
-        s = config.sample
-        alpha_bar = pipe.diffusion.schedule.alpha_bar
-        stride = max(1, len(alpha_bar) // 200)
-        return {
-            "name": self.name, "data": config.data.name, "steps_trained": pipe.step, "kind": config.kind,
-            "objective": config.diffusion.objective, "schedule": config.diffusion.schedule,
-            "parameters": sum(p.numel() for p in pipe.network.parameters()), "image": list(pipe.image_shape),
-            "classes": config.model.num_classes, "T": pipe.diffusion.timesteps,
-            "sampler": s.sampler, "steps": s.steps, "guidance": s.guidance,
-            "samplers": [_sampler_info(spec, s) for spec in SAMPLERS],
-            "alpha_bar": [[t, float(alpha_bar[t])] for t in range(0, len(alpha_bar), stride)],
-        }
-
-    def image(self, ref: object) -> torch.Tensor:
-        """`data:K` (the K-th data set image) or `upload:ID`, as uint8 [C, H, W]."""
-        kind, _, key = str(ref).partition(":")
-        if kind == "data":
-            index = _integer(key, "the image index")
-            if not 0 <= index < len(self.data):
-                raise Refused(f"the data set has {len(self.data)} images; the index must be in 0..{len(self.data) - 1} "
-                              f"(got {index})")
-            return self.data[index]
-        if kind == "upload" and key in self.uploads:
-            return self.uploads[key]
-        raise Refused(f"unknown image {ref!r}; give data:K for the K-th data set image or upload:ID for an upload")
-
-    def upload(self, body: bytes) -> str:
-        picture = _picture(body, "the upload")
-        c, h, w = self.pipe.image_shape
-        picture = picture.convert("L" if c == 1 else "RGB")
-        side = min(picture.size)  # center crop to a square, then the run's size
-        left, top = (picture.width - side) // 2, (picture.height - side) // 2
-        picture = picture.crop((left, top, left + side, top + side)).resize((w, h), Image.BICUBIC)
-        image = torch.from_numpy(_array(picture)).permute(2, 0, 1).contiguous()
-        key = f"u{next(self._ids)}"
-        self.uploads[key] = image
-        while len(self.uploads) > KEPT:
-            self.uploads.popitem(last=False)
-        return key
-
-
-def _sampler_info(spec, s) -> dict:
-    """A sampler as the page shows it: its options with their defaults, the run's values for its own."""
-    own = s.options_for(spec.name).values()
-    options = []
-    for name, f in spec.options.fields().items():
-        hint = hints(spec.options)[name]
-        choices = list(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else []
-        value = own[name]
-        options.append({"name": name, "help": f.metadata.get("help", name), "value": None if value == math.inf else value,
-                        "choices": [c for c in choices if isinstance(c, str)], "text": hint is str and not choices})
-    return {"name": spec.name, "description": spec.description, "options": options,
-            "nfe": [spec.evaluations(k) for k in (1, 2)]}
-
-
-def _integer(text: object, what: str, low: Optional[int] = None, high: Optional[int] = None) -> int:
-    try:
-        value = int(text)
-        if isinstance(text, float) and not float(text).is_integer():
-            raise ValueError
-    except (TypeError, ValueError):
-        raise Refused(f"{what} must be a whole number (got {text!r})") from None
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise Refused(f"{what} must be in {low}..{high} (got {value})")
-    return value
-
-
-def _number(text: object, what: str, low: float, high: float) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise Refused(f"{what} must be a number (got {text!r})") from None
-    if not low <= value <= high:
-        raise Refused(f"{what} must be in [{low:g}, {high:g}] (got {value:g})")
-    return value
-
-
-def _picture(body: bytes, what: str) -> Image.Image:
-    """An image file's bytes, opened; refused if too large or not an image."""
-    if len(body) > MAX_UPLOAD:
-        raise Refused(f"{what} has {len(body)} bytes; at most {MAX_UPLOAD} are taken")
-    try:
-        picture = Image.open(io.BytesIO(body))
-        if picture.width * picture.height > MAX_PIXELS:
-            raise Refused(f"{what} is {picture.width}x{picture.height} pixels; at most {MAX_PIXELS} pixels are taken")
-        picture.load()
-    except Refused:
-        raise
-    except Exception as error:  # PIL's many ways of saying "not an image"
-        raise Refused(f"{what} is not an image that can be read ({type(error).__name__}); send a PNG or JPEG") from None
-    return picture
-
-
-def _array(picture: Image.Image):
-    import numpy as np
-
-    array = np.array(picture, dtype=np.uint8)  # a copy: torch wants a writable array
-    return array[:, :, None] if array.ndim == 2 else array
-
-
-def png(images: torch.Tensor) -> bytes:
-    """uint8 [C, H, W] as PNG bytes."""
-    out = io.BytesIO()
-    to_pil(images).save(out, format="PNG")
-    return out.getvalue()
-
-
-def data_url(images: torch.Tensor) -> str:
-    """uint8 [N, C, H, W] as one PNG (a near-square grid on white, 1 pixel apart) in a data URL."""
-    n, c, h, w = images.shape
-    columns = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / columns)
-    grid = torch.full((c, rows * (h + 1) - 1, columns * (w + 1) - 1), 255, dtype=torch.uint8)
-    for k in range(n):
-        top, left = (k // columns) * (h + 1), (k % columns) * (w + 1)
-        grid[:, top : top + h, left : left + w] = images[k]
-    return "data:image/png;base64," + base64.b64encode(png(grid)).decode()
-
-
-class Draws:
-    """One draw at a time; up to MAX_QUEUE more wait in order. Each draw has an id, a cancel flag and
-    its progress, which /api/status reports (the last KEPT draws)."""
-
-    def __init__(self):
-        self.condition = threading.Condition()
-        self.queue: list[str] = []  # ids: the first is running
-        self.state: OrderedDict = OrderedDict()
-        self.results: OrderedDict = OrderedDict()
-        self.ids = itertools.count(1)
-
-    def enter(self) -> str:
-        with self.condition:
-            if len(self.queue) > MAX_QUEUE:
-                raise Refused(f"{len(self.queue)} draws are running or waiting; try again when one ends", 429)
-            key = f"d{next(self.ids)}"
-            self.queue.append(key)
-            self.state[key] = {"state": "queued", "steps_done": 0, "cancel": False}
-            while len(self.state) > KEPT:
-                self.state.popitem(last=False)
-            return key
-
-    def wait(self, key: str, tell: Callable[[int], None]) -> None:
-        """Block until `key` is first in line, telling its place each time it changes."""
-        told = None
-        with self.condition:
-            while self.queue[0] != key:
-                place = self.queue.index(key)
-                if place != told:
-                    told = place
-                    self.condition.release()
-                    try:
-                        tell(place)
-                    finally:
-                        self.condition.acquire()
-                if self.state[key]["cancel"]:
-                    raise Cancelled()
-                self.condition.wait(0.2)
-            self.state[key]["state"] = "running"
-
-    def leave(self, key: str, state: str) -> None:
-        with self.condition:
-            self.queue.remove(key)
-            if key in self.state:
-                self.state[key]["state"] = state
-            self.condition.notify_all()
-
-    def step(self, key: str) -> None:
-        """A step is done; stop here if the draw was cancelled."""
-        record = self.state[key]
-        if record["cancel"]:
-            raise Cancelled()
-        record["steps_done"] += 1
-
-    def cancel(self, key: str) -> None:
-        with self.condition:
-            if key not in self.state:
-                raise Refused(f"no draw {key!r}", 404)
-            self.state[key]["cancel"] = True
-
-    def keep(self, key: str, images: torch.Tensor, labels) -> None:
-        self.results[key] = (images, labels)
-        while len(self.results) > KEPT:
-            self.results.popitem(last=False)
-
-    def status(self) -> dict:
-        with self.condition:
-            return {"running": self.queue[0] if self.queue else None, "waiting": max(0, len(self.queue) - 1),
-                    "draws": {key: {k: v for k, v in record.items() if k != "cancel"}
-                              for key, record in self.state.items()}}
+__all__ = ["Server", "load_models", "serve"]
 
 
 class Server(ThreadingHTTPServer):
@@ -304,8 +70,7 @@ class Server(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
     def model(self, query: dict) -> Model:
-        index = _integer(query.get("run", 0), "run", 0, len(self.models) - 1)
-        return self.models[index]
+        return self.models[whole(query.get("run", 0), "run", 0, len(self.models) - 1)]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -336,7 +101,7 @@ class Handler(BaseHTTPRequestHandler):
             handler(query)
         except Refused as refused:
             self._json({"error": str(refused)}, refused.status)
-        except InputError as error:  # what Pipeline and the edit functions refuse
+        except InputError as error:  # what Pipeline, the edit functions and a field's declaration refuse
             self._json({"error": str(error)}, 400)
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -397,8 +162,8 @@ class Handler(BaseHTTPRequestHandler):
         of one seed, so that a slider shows one image drowning."""
         model = self.server.model(query)
         pipe = model.pipe
-        t = _integer(query.get("t"), "t", 0, pipe.diffusion.timesteps - 1)
-        seed = _integer(query.get("seed", 0), "the seed", 0, 2**31 - 1)
+        t = whole(query.get("t"), "t", 0, pipe.diffusion.timesteps - 1)
+        seed = whole(query.get("seed", 0), "the seed", 0, SEEDS)
         x0 = model.image(query.get("image", "data:0")).float()[None] / 127.5 - 1
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
         schedule = pipe.diffusion.schedule
@@ -427,7 +192,7 @@ class Handler(BaseHTTPRequestHandler):
                               headers={"Content-Disposition": f'attachment; filename="{key}"'})
         if key in results and rest.endswith(".png"):
             images = results[key][0]
-            index = _integer(rest[:-4], "the image number", 0, len(images) - 1)
+            index = whole(rest[:-4], "the image number", 0, len(images) - 1)
             return self._send(png(images[index]), "image/png")
         raise Refused(f"no such result: {name} (a finished draw's ID.npz or ID/K.png; the last {KEPT} are kept)", 404)
 
@@ -440,8 +205,7 @@ class Handler(BaseHTTPRequestHandler):
             raise Refused(f"the request is not JSON ({error.msg})") from None
         if not isinstance(request, dict):
             raise Refused("the request must be a JSON object")
-        model = self.server.model(request)
-        work = Work.parse(model, request)  # every check before the stream starts: a refusal is a 400
+        work = tasks.parse(self.server.models, request)  # every check before the stream starts: a refusal is a 400
         draws = self.server.draws
         key = draws.enter()
         self.send_response(200)
@@ -479,143 +243,6 @@ class Handler(BaseHTTPRequestHandler):
             self._event(name, value)
         except (BrokenPipeError, ConnectionResetError):
             pass
-
-
-@dataclass
-class Work:
-    """A checked draw: what to run through the pipeline, and how each step becomes a frame."""
-
-    model: Model
-    task: str
-    n: int
-    seed: int
-    plan: object
-    kwargs: dict
-    total: int
-
-    @property
-    def nfe(self) -> int:
-        return self.plan.nfe if self.task != "interpolate" else 0
-
-    @classmethod
-    def parse(cls, model: Model, r: dict) -> "Work":
-        known = {"run", "task", "n", "sampler", "steps", "seed", "options", "class", "guidance", "image", "image_b",
-                 "mask", "strength", "frames", "resample", "jump"}
-        unknown = sorted(set(r) - known)
-        if unknown:
-            raise Refused(f"unknown field {unknown[0]!r}; a draw takes {', '.join(sorted(known))}")
-        pipe, task = model.pipe, r.get("task", "sample")
-        if task not in ("sample", "inpaint", "img2img", "interpolate"):
-            raise Refused(f"unknown task {task!r}; choose sample, inpaint, img2img or interpolate")
-        n = _integer(r.get("n", 1), "n", 1, MAX_IMAGES)
-        seed = _integer(r.get("seed", 0), "the seed", 0, 2**31 - 1)
-        steps = None if r.get("steps") is None else _integer(r["steps"], "steps", 1, min(MAX_STEPS, pipe.diffusion.timesteps))
-        options = r.get("options") or {}
-        if not isinstance(options, dict):
-            raise Refused("options must be an object of the sampler's options, e.g. {\"eta\": 0.5}")
-        classes = r.get("class")
-        if classes is not None and classes != "all":
-            classes = _integer(classes, "the class", 0, max(0, pipe.num_classes - 1))
-        guidance = None if r.get("guidance") is None else _number(r["guidance"], "the guidance", 0, 100)
-        sampler = r.get("sampler")
-        if sampler is not None and not isinstance(sampler, str):
-            raise Refused(f"the sampler must be a name (got {sampler!r})")
-        kwargs: dict = {}
-        if task == "interpolate":
-            frames = _integer(r.get("frames", 8), "frames", 2, MAX_IMAGES)
-            kwargs = {"a": model.image(r.get("image")), "b": model.image(r.get("image_b")), "frames": frames}
-            plan = pipe.options("ddim", steps, eta=0.0)
-            return cls(model, task, frames, seed, plan, {**kwargs, "steps": steps}, 0)
-        plan = pipe.plan(n, sampler, steps, None, classes, guidance, **options)  # refuses what the CLI refuses
-        if task == "inpaint":
-            mask = _mask(r.get("mask"), pipe)
-            resample = _integer(r.get("resample", 1), "resample", 1, 10)
-            jump = _integer(r.get("jump", 10), "jump", 1, plan.steps)
-            kwargs = {"image": model.image(r.get("image")), "mask": mask, "resample": resample, "jump": jump}
-            if plan.spec.repaint_eta is None:
-                raise Refused(f"inpainting takes ddpm or ddim steps, not {plan.sampler}")
-            total = plan.steps + (resample - 1) * jump * (plan.steps // jump)
-            return cls(model, task, n, seed, plan, kwargs, total)
-        if task == "img2img":
-            strength = _number(r.get("strength", 0.5), "the strength", 0, 1)
-            kwargs = {"image": model.image(r.get("image")), "strength": strength}
-            return cls(model, task, n, seed, plan, kwargs, round(strength * plan.steps))
-        return cls(model, task, n, seed, plan, {}, plan.steps)
-
-    def run(self, emit: Callable[[dict], None]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The images (uint8 [n, C, H, W]) and labels, calling `emit(frame)` after every step."""
-        pipe, plan, k = self.model.pipe, self.plan, self.kwargs
-        frames = Frames(pipe, emit)
-        common = {"n": self.n, "sampler": plan.sampler, "steps": plan.steps, "seed": self.seed,
-                  "guidance": plan.guidance if pipe.num_classes else None}
-        if self.task == "sample":
-            images = pipe.draw(plan, self.seed, progress=False, callback=frames.step)
-            return images, plan.labels
-        if self.task == "img2img":
-            images = pipe.img2img(k["image"], k["strength"], callback=frames.step, **common)
-            return images, None
-        if self.task == "inpaint":
-            images = pipe.inpaint(k["image"], k["mask"], resample=k["resample"], jump=k["jump"],
-                                  callback=frames.repaint, **common)
-            return images, None
-        return pipe.interpolate(k["a"], k["b"], k["frames"], k["steps"]), None
-
-
-def _mask(value: object, pipe: Pipeline) -> torch.Tensor:
-    """A mask drawn on the page: a PNG data URL, white where the image is to be filled, as floats [H, W]."""
-    if not isinstance(value, str) or not value.startswith("data:image/png;base64,"):
-        raise Refused("the mask must be a PNG data URL (white: fill, black: keep)")
-    try:
-        body = base64.b64decode(value.split(",", 1)[1], validate=True)
-    except ValueError:
-        raise Refused("the mask's data URL is not base64") from None
-    return pipe.mask_tensor(_picture(body, "the mask").convert("L"))  # of the image's size, or the pipeline says so
-
-
-class Frames:
-    """Each step of a draw as a frame for the page: t, sigma_t and log SNR, x_t and the predicted x0.
-    A latent run's x_t are latents (their first three channels are shown); its x0 is decoded while
-    previews cost at most PREVIEW_SHARE of the draw's time so far."""
-
-    def __init__(self, pipe: Pipeline, emit: Callable[[dict], None]):
-        self.pipe, self.emit = pipe, emit
-        self.count, self.started, self.decoding = 0, time.perf_counter(), 0.0
-
-    def step(self, i: int, t, x_t: torch.Tensor, prediction) -> None:
-        self._frame(t, x_t, prediction.x0)
-
-    def repaint(self, level: int, x: torch.Tensor, target: torch.Tensor) -> None:
-        self._frame(level, x, None)
-
-    def _frame(self, t, x_t: torch.Tensor, x0: Optional[torch.Tensor]) -> None:
-        pipe = self.pipe
-        alpha, s, _ = levels(pipe.diffusion.schedule, torch.tensor([float(t)]), x_t[:1])
-        alpha, s = float(alpha.flatten()[0]), float(s.flatten()[0])
-        frame = {"step": self.count, "t": round(float(t), 3), "sigma": s / max(alpha, 1e-12),
-                 "log_snr": 2 * math.log(max(alpha, 1e-12) / max(s, 1e-12))}
-        if pipe.codec is None:
-            frame["x_t"] = data_url(to_uint8(x_t.clamp(-1, 1).float().cpu()))
-            if x0 is not None:
-                frame["x0"] = data_url(to_uint8(x0.clamp(-1, 1).float().cpu()))
-        else:
-            latents = x_t[:, :3].float().cpu()
-            frame["x_t"] = data_url(to_uint8((latents / latents.abs().amax().clamp(min=1e-6)).clamp(-1, 1)))
-            elapsed = time.perf_counter() - self.started
-            if x0 is not None and self.decoding <= PREVIEW_SHARE * elapsed:
-                begun = time.perf_counter()
-                frame["x0"] = data_url(to_uint8(pipe.to_images(x0)))
-                self.decoding += time.perf_counter() - begun
-            frame["preview_share"] = round(self.decoding / max(elapsed, 1e-9), 3)
-        self.count += 1
-        self.emit(frame)
-
-
-def load_models(runs: list[str], device: str = "auto") -> list[Model]:
-    models = []
-    for path in runs:
-        pipe = Pipeline.from_run(path, device=device)
-        models.append(Model(Path(path).name or str(path), Path(path), pipe))
-    return models
 
 
 def serve(runs: list[str], host: str = "127.0.0.1", port: int = 8000, device: str = "auto",

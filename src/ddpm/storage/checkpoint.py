@@ -37,7 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import TMP_PREFIX, atomic_write, file_sha256, fsync
+from .atomic import TMP_PREFIX, atomic_write, file_sha256, fsync
 from ..config import AutoencoderRun, Config, read_config
 from ..errors import CheckpointDamaged, InputError, WriteFailed
 

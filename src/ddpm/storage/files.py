@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_write
+from .atomic import atomic_write
 from ..data.imagedata import to_pil
 from ..errors import InputError
 

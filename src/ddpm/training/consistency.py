@@ -34,7 +34,7 @@ from ..diffusion.consistency import (
 from ..diffusion.guidance import drop_labels
 from ..diffusion.process import Denoiser
 from ..errors import InputError
-from ..students import DistillConfig
+from ..config.students import DistillConfig
 from .distill import start_from_teacher, teacher_autoencoder
 from .optim import budget_spent
 from .tasks import DiffusionTask

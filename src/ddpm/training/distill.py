@@ -37,7 +37,7 @@ from ..config import OWN, Config
 from ..diffusion.process import Denoiser, levels
 from ..diffusion.schedules import spaced_timesteps
 from ..factory import build_network, load_run, own_autoencoder_dir
-from ..atomic import file_sha256
+from ..storage.atomic import file_sha256
 from ..errors import InputError
 from ..storage.checkpoint import RunDir, load_weights
 from .ema import EMA

@@ -24,10 +24,10 @@ from ..data.datasets import load_data
 from ..data.imagedata import iterate_batches
 from ..errors import InputError, TrainingDiverged, WriteFailed
 from ..factory import build_optimizer
-from ..recipe import requeued
+from ..config.recipe import requeued
 from ..runtime.devices import resolve_device
 from ..runtime.distributed import init_distributed
-from ..signals import stop_on_signal
+from ..runtime.signals import stop_on_signal
 from ..storage.checkpoint import RunDir
 from ..storage.files import plot_loss
 from ..storage.lock import RunLock

@@ -18,12 +18,12 @@ from typing import Callable, Literal, Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write
+from ..storage.atomic import atomic_write
 from ..config import Config
 from ..data.latents import encode_data
 from ..errors import InputError
 from ..factory import load_codec, own_autoencoder_dir
-from ..recipe import own_autoencoder
+from ..config.recipe import own_autoencoder
 from ..runtime.distributed import Distributed
 from ..storage.checkpoint import RunDir, load_into, load_meta, load_state, load_weights, save_checkpoint
 from ..storage.lock import RunLock

@@ -1,5 +1,5 @@
 """What a training run carries besides the weights: its random generators, its clock, its log (the
-signals that pause it are ddpm/signals.py's). The loop (loop.py) calls these; none of them knows
+signals that pause it are ddpm/runtime/signals.py's). The loop (loop.py) calls these; none of them knows
 about diffusion.
 """
 

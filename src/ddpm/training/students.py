@@ -7,7 +7,7 @@ tuning (consistency.py).
 
 from __future__ import annotations
 
-from ..atomic import file_sha256
+from ..storage.atomic import file_sha256
 from ..config import Config
 from ..errors import InputError
 from ..factory import load_run

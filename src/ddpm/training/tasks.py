@@ -116,8 +116,8 @@ class DiffusionTask(Task):
         so grids compare across steps. A class-conditional model shows one row per class."""
         pipe = Pipeline(ema_model, self.diffusion, self.config, codec=self.codec)
         n = self.config.train.grid_size
-        images = pipe(n, seed=self.config.train.seed, progress=False)
-        labels = pipe.labels(n)
+        plan = pipe.plan(n)
+        images, labels = pipe.draw(plan, self.config.train.seed, progress=False), plan.labels
         if labels is None:
             save_grid(images, run.sample_grid_path(step))
         else:

@@ -1,12 +1,12 @@
 """The measured recipe: what a new run starts from, beyond the schema's digit defaults.
 
-config.py declares what a setting is; this module holds what the project measured and chose: the
+schema.py declares what a setting is; this module holds what the project measured and chose: the
 color defaults, the network and latent diffusion chosen by a CPU time budget, the own autoencoder's
 widths and share, the sampling steps of a latent run, and the rule that tells a requeued run's
 command from another run. Each number carries the measurement behind it; docs/cpu-default.md and
 docs/latent.md have the studies. `compose_config` layers it all:
 
-    defaults (config.py) < the recipe for the data and budget < --preset < --config < flags < --set
+    defaults (schema.py) < the recipe for the data and budget < --preset < --config < flags < --set
 
 so a flag, a preset or a config file always wins over a measured choice, and the saved config.yaml
 says (as comments) which settings the budget chose and why.
@@ -18,12 +18,12 @@ import dataclasses
 import os
 from typing import Optional
 
-from .config import OWN, AutoencoderRun, Config, DataConfig
-from .errors import InputError
-from .folders import planned
+from .schema import OWN, AutoencoderRun, Config, DataConfig
+from ..errors import InputError
+from ..data.folders import planned
 from .presets import load_preset
-from .registry import DATASETS
-from .speed import CPU_GFLOPS_VARIABLE, cpu_gflops
+from ..registry import DATASETS
+from ..runtime.speed import CPU_GFLOPS_VARIABLE, cpu_gflops
 
 # The dataclass defaults were measured on 28x28 gray digits. Data with 3 channels (emoji, cifar10,
 # celeba, a folder of the user's own pictures) starts from these instead, measured on 32x32 emoji

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .registry import DATASETS
+from ..registry import DATASETS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 STREAM_ABOVE = 20_000  # folders with more images are decoded on the fly by DataLoader workers

@@ -45,7 +45,7 @@ PRECISIONS = get_args(Precision)
 def element_loss(name: str):
     """torch's per-element loss called `name` (one of LOSSES): F.mse_loss or F.l1_loss."""
     if name not in LOSSES:
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"unknown loss {name!r}; choose {' or '.join(LOSSES)}")
     import torch.nn.functional as F  # here, not at the top: this module is imported without torch
@@ -56,5 +56,5 @@ def element_loss(name: str):
 def check_registry(concept: str, table, names: tuple[str, ...]) -> None:
     """Raise at import if an implementation's table and its registry of names disagree."""
     if tuple(table) != names:
-        raise AssertionError(f"the {concept} implemented ({', '.join(table)}) are not those named in ddpm.names "
+        raise AssertionError(f"the {concept} implemented ({', '.join(table)}) are not those named in ddpm.config.names "
                              f"({', '.join(names)})")

@@ -8,7 +8,7 @@ import functools
 import os
 import time
 
-from .errors import InputError
+from ..errors import InputError
 
 CPU_GFLOPS_VARIABLE = "DDPM_CPU_GFLOPS"
 

@@ -8,7 +8,7 @@ Two ways, chosen by `distill.method`:
   tuned from the teacher's weights, sampled in 1 to 8 steps; its own settings are the
   `consistency` section.
 
-Part of the schema (config.py imports these sections): plain data, no torch, no measurement.
+Part of the schema (schema.py imports these sections): plain data, no torch, no measurement.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Named configurations shipped with the package (src/ddpm/configs/NAME.yaml).
+"""Named configurations shipped with the package (src/ddpm/presets/NAME.yaml).
 
 A preset is a config file with one extra top-level key, `description`: a line for `ddpm presets`.
 `recipe.compose_config` layers a preset over the defaults and the measured recipe.
@@ -11,12 +11,12 @@ from typing import Optional
 
 import yaml
 
-from .config import Config
-from .errors import InputError
+from .schema import Config
+from ..errors import InputError
 
 
 def _files() -> dict:
-    folder = resources.files("ddpm") / "configs"
+    folder = resources.files("ddpm") / "presets"
     return {entry.name[: -len(".yaml")]: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 

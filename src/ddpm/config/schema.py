@@ -22,7 +22,7 @@ from typing import Optional
 
 import yaml
 
-from .errors import InputError
+from ..errors import InputError
 from .names import (
     Activation,
     DownsamplePadding,
@@ -38,7 +38,7 @@ from .names import (
     TimestepSampling,
     Upsample,
 )
-from .registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, OptionRegistry, option_fields
+from ..registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, OptionRegistry, option_fields
 from .settings import Section, Sections, check, checked, coerce, hints, setting
 from .students import ConsistencyConfig, DistillConfig
 

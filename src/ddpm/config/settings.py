@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def check(condition: bool, message: str) -> None:
@@ -125,10 +125,14 @@ def _bounds(rule: dict) -> str:
     low = ("[", rule["ge"]) if rule["ge"] is not None else ("(", rule["gt"]) if rule["gt"] is not None else None
     high = ("]", rule["le"]) if rule["le"] is not None else (")", rule["lt"]) if rule["lt"] is not None else None
     if low and high:
-        return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+        return f"in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
     if low:
-        return f"{'>=' if low[0] == '[' else '>'} {low[1]:g}"
-    return f"{'<=' if high[0] == ']' else '<'} {high[1]:g}" if high else ""
+        return f"{'>=' if low[0] == '[' else '>'} {_number(low[1])}"
+    return f"{'<=' if high[0] == ']' else '<'} {_number(high[1])}" if high else ""
+
+
+def _number(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"  # a seed's 2147483647, not 2.14748e+09
 
 
 def _within(number: object, rule: dict) -> bool:
@@ -137,6 +141,15 @@ def _within(number: object, rule: dict) -> bool:
     return ((rule["ge"] is None or number >= rule["ge"]) and (rule["gt"] is None or number > rule["gt"])
             and (rule["le"] is None or number <= rule["le"]) and (rule["lt"] is None or number < rule["lt"])
             and (not rule["finite"] or math.isfinite(number)))
+
+
+def check_range(value: float, name: str, *, ge: Optional[float] = None, gt: Optional[float] = None,
+                le: Optional[float] = None, lt: Optional[float] = None) -> None:
+    """A number within bounds known only when it is used (a run's T, its classes), refused in the
+    words a declared field's range uses: "steps must be in [1, 100] (got 0)"."""
+    rule = {"ge": ge, "gt": gt, "le": le, "lt": lt, "finite": False, "length": None}
+    if not _within(value, rule):
+        raise InputError(f"{name} must be {_bounds(rule)} (got {value})")
 
 
 def check_declared(field: dataclasses.Field, value: object, name: str) -> None:
@@ -269,7 +282,7 @@ class Sections:
         return config
 
     def to_yaml(self, path: Path) -> None:
-        from .atomic import atomic_write
+        from ..storage.atomic import atomic_write
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         text = "".join(f"# {key}: {why}\n" for key, why in self.chosen.items()) + text

@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .errors import InputError
+from ..errors import InputError
 from .settings import check, check_choice, check_declared, checked, coerce, hints, setting
 
 __all__ = ["Options", "option", "check", "check_choice", "checked", "coerce", "hints"]  # as before settings.py
