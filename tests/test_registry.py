@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import TINY, trained
-from ddpm import Config, Pipeline
+from ddpm import Config, InputError, Pipeline
 from ddpm.cli import main
 from ddpm.data.imagedata import ImageData
 from ddpm.diffusion.objectives import Eps, Objective
@@ -222,3 +222,12 @@ def test_a_registered_name_cannot_be_taken_twice_nor_an_option_retyped():
     with pytest.raises(ValueError, match="another type"):
         SAMPLERS.register(SamplerSpec("clash", sample_ddim, "clash", Clash))
     assert "clash" not in SAMPLERS.names()
+
+
+def test_an_objectives_spec_says_what_its_objective_is_continuous_or_not():
+    """The torch-free config asks the spec (a continuous objective draws its own noise levels, so
+    diffusion.timestep_sampling is refused with it); the spec must agree with the objective it builds."""
+    for spec in OBJECTIVES:
+        assert spec.continuous == spec.build().continuous, spec.name
+    with pytest.raises(InputError, match="the edm objective draws its own noise levels"):
+        Config().override({"diffusion.objective": "edm", "diffusion.timestep_sampling": "stratified"}).validate()

@@ -245,6 +245,7 @@ class ObjectiveSpec:
     description: str
     options: type[Options] = NoOptions
     citation: str = ""
+    continuous: bool = False  # trained on continuous noise levels it draws itself (its Objective's `continuous`)
 
     def build(self, options: Optional[Options] = None):
         return resolve(self.implementation)(**(options or self.options()).values())
@@ -266,7 +267,8 @@ OBJECTIVES.register(ObjectiveSpec("x0", _OBJECTIVES + "X0", "the clean image"))
 OBJECTIVES.register(ObjectiveSpec("v", _OBJECTIVES + "V", "the velocity sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0",
                                   citation="Salimans & Ho 2022, §4"))
 OBJECTIVES.register(ObjectiveSpec("edm", _OBJECTIVES + "EDM", "EDM's preconditioning, log-normal noise levels and "
-                                  "loss weight", EDMOptions, citation="Karras et al. 2022, Table 1"))
+                                  "loss weight", EDMOptions, citation="Karras et al. 2022, Table 1",
+                                  continuous=True))
 
 
 # ---- networks ---------------------------------------------------------------------------------

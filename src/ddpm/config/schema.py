@@ -164,9 +164,9 @@ class DiffusionConfig(OpenSection):
     options: dict = field(default_factory=dict)  # the objectives' own (diffusion.sigma_data, ...): see OpenSection
 
     def validate(self) -> None:
-        check(self.objective != "edm" or self.timestep_sampling == "uniform",
-              "the edm objective draws its own noise levels, ln(sigma) ~ N(diffusion.p_mean, diffusion.p_std^2); "
-              "drop diffusion.timestep_sampling")
+        check(not OBJECTIVES.get(self.objective, "objective").continuous or self.timestep_sampling == "uniform",
+              f"the {self.objective} objective draws its own noise levels (EDM: ln(sigma) ~ N(diffusion.p_mean, "
+              f"diffusion.p_std^2)); drop diffusion.timestep_sampling")
         check(self.beta_start <= self.beta_end,
               f"diffusion.beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end})")
         if self.schedule == "linear":
