@@ -20,7 +20,7 @@ from ddpm.pipeline import batch_seed
 from ddpm.storage.checkpoint import RunDir, load_weights
 
 diffusers = pytest.importorskip("diffusers")  # the test extra installs it; the package itself does not need it
-pytest.importorskip("ddpm.storage.diffusers_models")  # ddpm's own network classes, which `ddpm` names
+pytest.importorskip("ddpm.models.for_diffusers")  # ddpm's own network classes, which ddpm.models serves
 
 # The configs of the converted checkpoints of Ho et al. (2020), as published with their weights.
 CIFAR10_32 = {"act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
@@ -157,7 +157,7 @@ def test_a_network_no_unet2dmodel_computes_exports_as_ddpms_own_and_says_why(fla
     assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert "DdpmUNet" in said and message in said, said
-    assert json.loads((out / "model_index.json").read_text())["unet"] == ["ddpm", "DdpmUNet"]
+    assert json.loads((out / "model_index.json").read_text())["unet"] == ["ddpm.models", "DdpmUNet"]
     unet, ours = diffusers.DDPMPipeline.from_pretrained(out).unet, Pipeline.from_run(run, device="cpu")
     channels, size = ours.config.model_input()
     x, t = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0)), torch.tensor(37)

@@ -38,9 +38,9 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-# ddpm's own network and autoencoder as diffusers models (they need diffusers): an exported folder's
-# model_index.json names them in `ddpm`, so that `import ddpm` lets diffusers' from_pretrained find them.
-_DIFFUSERS_MODELS = dict.fromkeys(["DdpmUNet", "DdpmAutoencoder"], "storage.diffusers_models")
+# Torch-free: a folder `ddpm export` writes names its classes in ddpm.models, which diffusers finds
+# among the imported modules, so `import ddpm` is all a diffusers user adds (models/__init__.py).
+from . import models  # noqa: E402, F401
 
 
 def _version() -> str:
@@ -56,13 +56,12 @@ def __getattr__(name: str):
     if name == "__version__":
         globals()[name] = value = _version()
         return value
-    module = _EXPORTS.get(name) or _DIFFUSERS_MODELS.get(name)
-    if module is None:
+    if name not in _EXPORTS:
         raise AttributeError(f"module 'ddpm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS, *_DIFFUSERS_MODELS])
+    return sorted([*globals(), *_EXPORTS])

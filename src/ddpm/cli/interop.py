@@ -12,8 +12,8 @@ def add_commands(commands) -> None:
                                  description="Write RUN's network (its EMA weights) and schedule as a folder that "
                                              "diffusers' DDPMPipeline and DDIMPipeline load with from_pretrained "
                                              "(a latent run: LDMPipeline). The network is a UNet2DModel where one "
-                                             "computes it, else ddpm's own network class (import "
-                                             "ddpm.storage.diffusers_models first). What DDPMScheduler cannot "
+                                             "computes it, else ddpm's own network class (import ddpm "
+                                             "first). What DDPMScheduler cannot "
                                              "express is refused.")
     export.add_argument("--run", required=True)
     export.add_argument("--out", required=True, help="the folder to create")

@@ -24,7 +24,7 @@ network, key for key (`to_diffusers_key`):
     head_norm, head                 conv_norm_out, conv_out
 
 A network no UNet2DModel computes (the CPU defaults' skip per level among them) exports as itself,
-ddpm's own class in diffusers' form (diffusers_models.DdpmUNet), and a latent run as an LDMPipeline
+ddpm's own class in diffusers' form (models/for_diffusers.DdpmUNet), and a latent run as an LDMPipeline
 whose vqvae is its autoencoder: every run exports but what no pipeline folder can hold (a
 class-conditional run, a consistency student) and what no diffusers scheduler names. Those, and
 what ddpm cannot express of a diffusers folder, are refused with one line that names them.

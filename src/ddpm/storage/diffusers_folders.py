@@ -85,10 +85,10 @@ def import_config(folder: Path, data: str, base: Optional[Config] = None) -> tup
     return config, from_diffusers(theirs, unet_from_config(config).state_dict())
 
 
-# The module diffusers finds ddpm's own model classes in: `import ddpm` is all a diffusers user adds,
-# and the package resolves DdpmUNet and DdpmAutoencoder on first use. Folders written before 2026-12-06
-# name ddpm.storage.diffusers_models, which stays importable.
-MODELS = "ddpm"
+# The module diffusers finds ddpm's own model classes in (models/__init__.py says why this one):
+# `import ddpm` imports it. Folders written before 2026-12-06 name ddpm.storage.diffusers_models,
+# which stays importable.
+MODELS = "ddpm.models"
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Exported:
 
 def diffusers_unet(config: Config, weights: dict[str, Tensor]) -> tuple[list, dict, dict[str, Tensor], str]:
     """The run's network as a UNet2DModel where the layouts agree key for key, else as ddpm's own
-    network (diffusers_models.DdpmUNet), exactly: (model_index entry, config.json, weights, why)."""
+    network (models/for_diffusers.DdpmUNet), exactly: (model_index entry, config.json, weights, why)."""
     try:
         return ["diffusers", "UNet2DModel"], unet2d_config(config), to_diffusers(weights), ""
     except InputError as layout:
