@@ -85,7 +85,7 @@ def test_a_config_yaml_written_by_0_2_0_still_loads_as_the_same_run(monkeypatch)
     old = Config.from_yaml(Path(__file__).parent / "data" / "config-0.2.0.yaml").validate()
     monkeypatch.setenv("DDPM_CPU_GFLOPS", "171")
     today = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 10,
-                                      "sample.eta": 0.3}).validate()
+                                      "sample.eta": 0.3, "latent.autoencoder": None}).validate()
     # two representations changed: 10^9 steps is now null (no cap), and distill.steps 4 is null (each method's own)
     assert old.train.max_steps == 10**9 and old.distill.steps == 4 == today.distill.student_steps
     assert old.override({"train.max_steps": None, "distill.steps": None}) == today

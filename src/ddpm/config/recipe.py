@@ -3,8 +3,8 @@
 schema.py declares what a setting is; this module holds what the project measured and chose: the
 color defaults, the network and latent diffusion chosen by a CPU time budget, the own autoencoder's
 widths and share, the sampling steps of a latent run, and the rule that tells a requeued run's
-command from another run. Each number carries the measurement behind it; docs/cpu-default.md and
-docs/latent.md have the studies. `compose_config` layers it all:
+command from another run. Each choice cites the measurement behind it, which docs/cpu-default.md and
+docs/latent.md hold with their tables. `compose_config` layers it all:
 
     defaults (schema.py) < the recipe for the data and budget < --preset < --config < flags < --set
 
@@ -36,48 +36,32 @@ COLOR_DEFAULTS: dict[str, object] = {
     "diffusion.min_snr_gamma": 5.0,
 }
 
-# Model size by the time budget, for color images on a CPU: a short --max-minutes buys more from the
-# steps of a narrower UNet than from the color default's width. On emoji group A, 16/32/64 against
-# 32/64/128 scored FID 233 against 284 in 5 minutes and 185 against 190 in 10, and sampled 2.3x as
-# fast; in 30 minutes 32/64/128 won, 135 against 154. What decides is the steps a budget buys: the
-# curves cross where 32/64/128 makes about 1,130 steps, and on a machine twice as fast 32/64/128 won
-# in 10 minutes too (127 against 150). So a budget counts in minutes of the machine the sizes were
-# measured on (BUDGET_SIZES_GFLOPS, where the 10-minute rows ran): --max-minutes scaled by this CPU's
-# matrix-multiply rate over that one (docs/cpu-default.md, "Model size by the budget"). Rows of (most
-# such minutes, settings): the first whose minutes cover the run's budget. Measured in pixel space
-# on the CPU only: a GPU's minute, or a latent run's, buys other sizes.
+# Color on a CPU, by the time budget. A budget counts in minutes of the machine the sizes were
+# measured on (BUDGET_SIZES_GFLOPS): --max-minutes scaled by this CPU's matrix-multiply rate over that
+# one. Rows of (most such minutes, settings), the first that covers the run's budget chosen:
+# - below the shortest budget latents were measured at, the narrow pixel UNet;
+# - latent diffusion on its own autoencoder (latent.autoencoder own, OWN_SIZES held in memory), which
+#   beat pixels at every budget measured against them, from that one to 76 of these minutes, up to
+#   where the two tie near 150 (docs/cpu-default.md, "The budget rule at its thresholds");
+# - for a run that stays in pixels, the narrow UNet up to 11, where its steps beat width (ibid.,
+#   "Model size by the budget"); past each row's bound, the color default 32/64/128 in pixels.
+# No bound lies near 10 or 30 minutes of a machine of the usual speed (170-440 GFLOP/s), so the
+# probe's wobble cannot flip the README's budgets.
 BUDGET_SIZES_GFLOPS = 171.0
-#
-# Above that, latent diffusion: part of the budget (OWN_SHARES) trains an autoencoder to 16x16x4
-# latents, the rest the color default's UNet on them, each step 3.4x cheaper than in pixels. With a
-# third, on emoji at 32x32 in 10 minutes (about 24 of these minutes) it scored FID 82.5 and 107.0 on
-# groups A and B, where pixels scored 127.2 and 170-172; at 64x64 (f = 4) in 30 minutes (27 of
-# these), 136.4 against 217.2 (docs/latent.md); on all emoji in 30 minutes at 432 GFLOP/s (76 of
-# these), 81.8 against 93.1, and with a fifth for its autoencoder 72.1 at 434 GFLOP/s (76.1 of
-# these) against 90.8 for pixels. It is chosen where it was measured: up to 80 such minutes (the
-# last point and 5 % more, above the 429-436 GFLOP/s that runs on that machine measured that day,
-# so that the rule does not flip on the machine it was measured on: at 76 a 30-minute run there
-# chose pixels and scored 90.8), 32x32 and 64x64 images held in memory. In 60 minutes (153) it
-# scored 69.1, where the pixel curve predicts 71.4: too close to choose on a prediction
-# (docs/cpu-default.md).
-#
-# Such a run samples as every run does, with DDPM in 50 steps (50 network evaluations), the best of
-# the samplers at <= 50 NFE on the 10-minute emoji default: FID 98.0 against 94.1 for DDPM in 100 on
-# the same seed (+4.1 %, within the 5 % the project allows for halving the cost; DPM-Solver++(2M) 20
-# and 50 106.8 and 106.4, DDIM 50 107.2, Heun 25 (49 NFE) 106.4). Networks of the recipe before it,
-# with a third of the budget for the autoencoder, had lost 3.7-7.0 % at 50 (docs/cpu-default.md).
+NARROW = {"model.channels": [16, 32, 64]}
 COLOR_CPU_BUDGET_SIZES: tuple[tuple[float, dict[str, object]], ...] = (
-    (11.0, {"model.channels": [16, 32, 64]}),
-    (80.0, {"latent.autoencoder": OWN}),
+    (2.4, NARROW),
+    (150.0, {"latent.autoencoder": OWN}),
+    (11.0, NARROW),
 )
+#
+# Such a run samples as every run does, with DDPM in 50 steps, the best of the samplers at <= 50 NFE
+# on the 10-minute emoji default (docs/cpu-default.md, "The color default at <= 50 NFE").
 OWN_SIZES = (32, 64)
 
-# The autoencoder's share of an own-autoencoder run's --max-minutes, by image size; a third elsewhere.
-# At 32x32 (f = 2) a fifth, since the UNet's steps bound the samples and the autoencoder's rFID after
-# 120 s (about 30) sits far below them. On all emoji (DDPM 100 steps) two 10-minute runs scored FID
-# 88.3 and 87.6 against a third's 91.3-96.5 over four, and 30 minutes 72.1 against 75.2; on emoji
-# group B, 99.3 and 102.4 on two seeds against 103.8 and 105.6 (a tenth: 101.9 and 104.8). At 64x64
-# (f = 4) a third of 30 minutes left the autoencoder at rFID 82, the bound there: not cut unmeasured.
+# The autoencoder's share of an own-autoencoder run's --max-minutes, by image size; a third elsewhere:
+# a fifth at 32x32, where it won on all emoji and on group B, and a third at 64x64, where the
+# autoencoder bounds the samples (docs/cpu-default.md, "The autoencoder's share").
 OWN_SHARES = {32: 0.2}
 
 # What training resolves and writes into the run's config (from the data and the autoencoder).
@@ -173,8 +157,9 @@ def _own_fits(data: DataConfig) -> bool:
 def sized_by_budget(chosen: Config, pixels: bool = False) -> dict[str, object]:
     """The settings that a color run's time budget (train.max_minutes) chooses over COLOR_DEFAULTS:
     those of the first COLOR_CPU_BUDGET_SIZES row that covers it, in minutes of the study's machine,
-    for a pixel-space color run on the CPU; none for any other run. With `pixels` (a flag kept the
-    run in pixels) the rows that choose an autoencoder are passed over, with all they set."""
+    for a pixel-space color run on the CPU; none for any other run. The rows that choose an
+    autoencoder are passed over, with all they set, where its own does not fit the data (_own_fits)
+    or `pixels` says a flag kept the run in pixels."""
     if not _sized(chosen):
         return {}
     rows = [(most, settings) for most, settings in COLOR_CPU_BUDGET_SIZES
@@ -186,7 +171,7 @@ def chosen_by_budget(first: Config, config: Config) -> dict[str, str]:
     """Why each setting that the time budget of `first` (the layers above the defaults) chose is in
     `config` (those layers over the defaults): {"model.channels": "[16, 32, 64], chosen by ..."}, for
     the settings no layer overrode."""
-    settings = sized_by_budget(first)
+    settings = sized_by_budget(first, pixels=config.latent.autoencoder is None)
     if not settings:
         return {}
     flat = config.flat()
@@ -200,14 +185,12 @@ def notes() -> dict[str, str]:
     """What the recipe changes, by config key, as the command line's help says it: read off the
     tables above, so that a measured number is written once."""
     said = {key: f"{value} for color data" for key, value in COLOR_DEFAULTS.items()}
-    rows = []
-    for most, settings in COLOR_CPU_BUDGET_SIZES:
-        if settings.get("latent.autoencoder") == OWN:
-            sizes = " and ".join(f"{s}x{s}" for s in OWN_SIZES)
-            rows.append(f"latent diffusion on its own autoencoder up to {most:g} ({sizes} images)")
-        else:
-            rows.append(", ".join(f"{key} {value}" for key, value in settings.items()) + f" up to {most:g}")
-    said["train.max_minutes"] = (f"on the CPU, color data trains {', then '.join(rows)}, in minutes of a "
+    least, own, pixels = COLOR_CPU_BUDGET_SIZES
+    sizes = " and ".join(f"{s}x{s}" for s in OWN_SIZES)
+    narrow = ", ".join(f"{key} {value}" for key, value in NARROW.items())
+    said["train.max_minutes"] = (f"on the CPU, color data trains latent diffusion on its own autoencoder from "
+                                 f"{least[0]:g} to {own[0]:g} ({sizes} images held in memory), and {narrow} below "
+                                 f"{least[0]:g} or, in pixels, up to {pixels[0]:g}, in minutes of a "
                                  f"{BUDGET_SIZES_GFLOPS:g} GFLOP/s CPU scaled by this one's matrix-multiply rate "
                                  f"({CPU_GFLOPS_VARIABLE}=R gives it; recipe.COLOR_CPU_BUDGET_SIZES); no step cap "
                                  f"unless one is given")
@@ -222,11 +205,11 @@ def defaults_for(chosen: Config, pixels: bool = False) -> Config:
     gray defaults, or COLOR_DEFAULTS over them for 3-channel data. Chosen by what the data is, not
     its name, so a user's own folder of color images gets what emoji and CIFAR-10 get. The color
     loss weight goes with the objective it was measured with: a run on another objective keeps
-    that objective's own loss. A short time budget on the CPU chooses a narrower network, a longer
-    one latent diffusion (sized_by_budget, which `pixels` passes to). With --max-minutes the minutes are the budget: the
-    schema's step cap (20,000) would end the run early wherever it takes more steps than that in its
-    minutes (the 30-minute emoji default took 20,000 in 29.4 of its minutes at 434 GFLOP/s; a GPU, or a
-    faster CPU, in far fewer), so such a run has none unless a layer gives one."""
+    that objective's own loss. On the CPU the time budget chooses latent diffusion where the run's
+    own autoencoder fits its data, and for a run in pixels a narrower network on a short budget
+    (sized_by_budget, which `pixels` passes to). With --max-minutes the minutes are the budget: the
+    schema's step cap (20,000) would end a fast machine's run early (docs/cpu-default.md, "No step
+    cap under a time budget"), so such a run has none unless a layer gives one."""
     uncapped = {"train.max_steps": None} if chosen.train.max_minutes is not None else {}
     if data_channels(chosen.data) != 3:
         return Config().override(uncapped)

@@ -14,8 +14,13 @@ CPU_GFLOPS_VARIABLE = "DDPM_CPU_GFLOPS"
 
 
 def matmul_rate(device, dtype, size: int, seconds: float = 3.0) -> float:
-    """FLOP/s of a large square matrix multiply on `device` in `dtype` (a torch.device and dtype):
-    the practical limit of this device and dtype."""
+    """FLOP/s of a large square matrix multiply on `device` in `dtype` (a torch.device and dtype),
+    over one window of `seconds`: the practical limit of this device and dtype."""
+    return matmul_rates(device, dtype, size, seconds, rounds=1)[0]
+
+
+def matmul_rates(device, dtype, size: int, seconds: float, rounds: int) -> list[float]:
+    """The FLOP/s of `rounds` back-to-back windows of `seconds / rounds` each, after a warm-up."""
     import torch
 
     a = torch.randn(size, size, device=device, dtype=dtype)
@@ -23,15 +28,18 @@ def matmul_rate(device, dtype, size: int, seconds: float = 3.0) -> float:
     for _ in range(3):
         a @ b
     synchronize(device)
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        count += 1
-        if device.type == "cuda" and count % 10:
-            continue
+    rates = []
+    for _ in range(rounds):
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / rounds:
+            a @ b
+            count += 1
+            if device.type == "cuda" and count % 10:
+                continue
+            synchronize(device)
         synchronize(device)
-    synchronize(device)
-    return 2 * size**3 * count / (time.perf_counter() - started)
+        rates.append(2 * size**3 * count / (time.perf_counter() - started))
+    return rates
 
 
 def synchronize(device) -> None:
@@ -45,7 +53,9 @@ def synchronize(device) -> None:
 def cpu_gflops() -> float:
     """This CPU's fp32 matrix-multiply rate in GFLOP/s (2048 x 2048 for about a second, measured once
     a process); or the rate that the environment variable DDPM_CPU_GFLOPS gives, so that a cluster's
-    nodes, or a test, agree on one."""
+    nodes, or a test, agree on one. Two readings on an idle machine of this project's kind differ by
+    up to 5 %, and no longer or median reading did better (benchmarks/probe_spread.py), so the
+    budget rule keeps its bounds away from the budgets people run (config/recipe.py)."""
     given = os.environ.get(CPU_GFLOPS_VARIABLE)
     if given is None:
         return _measured_cpu_gflops()
