@@ -58,6 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(argv: Optional[Sequence[str]], caught: dict) -> int:
+    """Parse and run one command: each failure errors.py names becomes one line and its exit status."""
     finished = False
     try:
         try:
