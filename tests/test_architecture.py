@@ -188,3 +188,12 @@ def test_the_pipeline_loads_plans_and_draws_and_no_more():
     pipe = Pipeline(torch.nn.Identity(), Diffusion(make_schedule("cosine", 10), "eps"), Config())
     public = sorted(name for name in dir(pipe) if not name.startswith("_"))
     assert len(public) <= 15, public
+
+
+def test_every_leaf_imports_first_in_a_fresh_process():
+    """A leaf inside a package runs the package's __init__ first: importing it before anything else
+    must not meet a module half-initialised (ddpm.registry -> config.options -> config/__init__ ->
+    config.schema -> ddpm.registry was such a cycle, which no module-level import showed)."""
+    for module in ["ddpm.registry", *(f"ddpm.{name}" for name in LAYERS[0] if "." in name)]:
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"import {module}: {done.stderr.strip().splitlines()[-1]}"
