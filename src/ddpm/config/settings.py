@@ -188,12 +188,14 @@ class Section:
     """A config section: a dataclass of `setting`s. `validate` holds the rules between fields."""
 
     def check_fields(self, name: str) -> None:
-        """Every declared field's type (converted where lossless), names and range."""
+        """Every declared field's type (converted where lossless), names and range; a message names a
+        field `name.key`, or `key` alone where `name` is empty (a request's fields, serve/tasks.py)."""
         types_ = hints(type(self))
         for key, field in declared(type(self)).items():
-            value = checked(getattr(self, key), types_[key], f"{name}.{key}", field.metadata.get("what", ""))
+            where = f"{name}.{key}" if name else key
+            value = checked(getattr(self, key), types_[key], where, field.metadata.get("what", ""))
             setattr(self, key, value)
-            check_declared(field, value, f"{name}.{key}")
+            check_declared(field, value, where)
 
     def validate(self) -> None:
         """The rules between this section's fields; each field's own are in its declaration."""

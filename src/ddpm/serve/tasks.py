@@ -22,7 +22,7 @@ from typing import Callable, ClassVar, Optional
 
 import torch
 
-from ..config.settings import Section, check_declared, check_range, checked, declared, hints, setting
+from ..config.settings import Section, check_range, setting
 from ..data.imagedata import to_uint8
 from ..diffusion.process import levels
 from ..editor import Editor, repaint_eta
@@ -97,13 +97,10 @@ class Task:
         unknown = sorted(set(request) - set(names))
         if unknown:
             raise Refused(f"unknown field {unknown[0]!r}; {cls.name} takes {', '.join(sorted(names))}")
-        fields, types = cls.fields(), hints(cls.fields)
+        fields = cls.fields()
         for key, value in request.items():
             setattr(fields, names[key], value)
-        for key, declaration in declared(cls.fields).items():
-            value = checked(getattr(fields, key), types[key], key)
-            check_declared(declaration, value, key)
-            setattr(fields, key, value)
+        fields.check_fields("")  # as a config section is checked, each message naming the field alone
         return fields
 
     def run(self, emit: Emit) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
