@@ -201,7 +201,7 @@ def check_consistency(plan: Plan, work: Path) -> dict:
     """Consistency tuning on the device: the target's pass replays the device's random state, so with
     dropout and r a hair below t the loss stays the bounded derivative; then a tiny teacher is tuned
     (`ddpm distill --method ect`) and its student samples in 1 and 2 steps."""
-    from ddpm.training.consistency import ConsistencyTask
+    from ddpm.training.consistency import ConsistencyTask, PairDraws
 
     device = torch.device(plan.device)
     config = Config().override({"model.channels": [8, 16], "model.attention": [False, True], "model.dropout": 0.5,
@@ -214,7 +214,7 @@ def check_consistency(plan: Plan, work: Path) -> dict:
             parameter.normal_(0, 0.2)
     x0 = torch.rand(4, 1, 8, 8, device=device) * 2 - 1
     t = torch.tensor([0.05, 0.5, 3.0, 20.0], dtype=torch.float64, device=device)
-    loss = task.loss(network, x0, None, t, t * (1 - 1e-6), torch.randn(x0.shape, device=device)).item()
+    loss = task.loss(network, x0, PairDraws(None, t, t * (1 - 1e-6), torch.randn(x0.shape, device=device))).item()
     assert loss < 1e3, f"the target's dropout mask differs from the student's: loss {loss}"
     tiny = ["--set", "model.channels=[8,16]", "--set", "model.attention=[false,true]", "--batch-size", "8",
             "--timesteps", "100", "--set", "train.grid_size=4", "--no-progress", "--device", plan.device]

@@ -197,3 +197,15 @@ def test_every_leaf_imports_first_in_a_fresh_process():
     for module in ["ddpm.registry", *(f"ddpm.{name}" for name in LAYERS[0] if "." in name)]:
         done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"import {module}: {done.stderr.strip().splitlines()[-1]}"
+
+
+def test_a_student_methods_name_is_written_in_the_registry_alone():
+    """No module branches on a student method by its name: each names its spec's facts and code, so a
+    new method is its own module and one registration (registry.STUDENTS)."""
+    from ddpm.registry import STUDENTS
+
+    names = set(STUDENTS.names())
+    found = [f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path.name != "registry.py" for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Constant) and node.value in names]
+    assert not found, found

@@ -35,8 +35,9 @@ from ddpm.diffusion.samplers import sample_ddim
 from ddpm.diffusion.schedules import make_schedule
 from ddpm.factory import build_diffusion, build_network
 from ddpm.storage.checkpoint import RunDir
-from ddpm.training.consistency import ConsistencyTask
-from ddpm.training.students import distill
+from ddpm.training.consistency import ConsistencyTask, PairDraws
+from ddpm.training.distill import distill
+from ddpm.training.tasks import Moment
 
 SCHEDULE = make_schedule("cosine", 1000)
 SIGMA_MIN = float(SCHEDULE.sigma[0])
@@ -188,7 +189,7 @@ def test_ects_loss_pulls_a_perturbed_function_back_to_the_exact_one():
     for theta in (-0.3, 0.0, 0.3):
         network.theta.data.fill_(theta)
         network.zero_grad()
-        task.loss(network, x0, None, t, r, noise).backward()
+        task.loss(network, x0, PairDraws(None, t, r, noise)).backward()
         gradients[theta] = network.theta.grad.item()
     assert gradients[-0.3] < 0 < gradients[0.3], gradients
     assert abs(gradients[0.0]) < 0.1 * min(-gradients[-0.3], gradients[0.3]), gradients
@@ -203,7 +204,7 @@ def test_the_target_shares_the_students_noise_and_dropout_mask():
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     t = torch.tensor([0.05, 0.5, 3.0, 20.0], dtype=torch.float64)
     r = t * (1 - 1e-6)
-    loss = task.loss(network, x0, None, t, r, torch.randn(x0.shape))
+    loss = task.loss(network, x0, PairDraws(None, t, r, torch.randn(x0.shape)))
     assert torch.isfinite(loss) and loss.item() < 1e3, loss.item()
 
 
@@ -216,8 +217,8 @@ def test_the_stage_follows_the_budget(teacher, tmp_path):
     student = distill(str(teacher), str(tmp_path / "s"), method="ect", progress=False,
                       overrides={"train.max_steps": 8, "consistency.stages": 4})
     task = ConsistencyTask.__new__(ConsistencyTask)
-    task.config, task.trainer = RunDir(student.path).load_config(), None
-    assert [task.stage(step) for step in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    task.config = RunDir(student.path).load_config()
+    assert [task.stage(Moment(step)) for step in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
     config = task.config
     assert (config.sample.sampler, config.sample.steps, config.sample.clip_denoised) == ("consistency", 2, False)
     assert config.train.lr == pytest.approx(Config().train.lr * 0.1) and config.train.max_minutes is None

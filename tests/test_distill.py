@@ -18,8 +18,8 @@ from ddpm.diffusion.objectives import Prediction
 from ddpm.diffusion.process import Denoiser
 from ddpm.diffusion.schedules import make_schedule
 from ddpm.storage.checkpoint import RunDir, load_meta
-from ddpm.training.distill import ddim_to, distillation_loss, student_step, teacher_levels, two_step_target
-from ddpm.training.students import distill
+from ddpm.training.distill import distill
+from ddpm.training.progressive import ddim_to, distillation_loss, student_step, teacher_levels, two_step_target
 
 SCHEDULE = make_schedule("cosine", 1000)
 

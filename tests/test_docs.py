@@ -67,9 +67,9 @@ def test_every_block_is_python_sh_or_text():
 @pytest.fixture
 def registries():
     """What a document registers (docs/architecture.md's recipes) is gone after it."""
-    from ddpm.registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS
+    from ddpm.registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, STUDENTS
 
-    saved = {registry: dict(registry._specs) for registry in (SAMPLERS, OBJECTIVES, NETWORKS, DATASETS)}
+    saved = {registry: dict(registry._specs) for registry in (SAMPLERS, OBJECTIVES, NETWORKS, DATASETS, STUDENTS)}
     yield
     for registry, specs in saved.items():
         registry._specs = specs

@@ -168,6 +168,9 @@ def test_a_network_and_a_data_set_are_one_registration_each(tmp_path):
      "unknown autoencoder.reconstruction 'ssim'; choose one of mse, l1"),
     (["train", "--set", "sample.churn=-1", "--out", "{tmp}/x"], "sample.churn must be >= 0"),
     (["train", "--set", "sample.wobble=1", "--out", "{tmp}/x"], "unknown config key sample.wobble"),
+    (["distill", "--run", "{run}", "--out", "{tmp}/x", "--set", "distill.method=gan"],
+     "unknown student method 'gan'; known student methods: progressive, ect"),
+    (["train", "--set", "data.channels=2", "--out", "{tmp}/x"], "data.channels must be one of 1, 3 (got 2)"),
 ])
 def test_unknown_names_are_one_line_listing_the_registered_ones(argv, message, run, tmp_path, capsys):
     assert main([a.format(run=run, tmp=tmp_path) for a in argv]) == 2
@@ -231,3 +234,68 @@ def test_an_objectives_spec_says_what_its_objective_is_continuous_or_not():
         assert spec.continuous == spec.build().continuous, spec.name
     with pytest.raises(InputError, match="the edm objective draws its own noise levels"):
         Config().override({"diffusion.objective": "edm", "diffusion.timestep_sampling": "stratified"}).validate()
+
+
+def test_every_samplers_function_takes_its_options_defaults_from_its_spec():
+    """A sampler's option defaults are written once, in its spec's option set: the function called alone
+    (k-diffusion's way) defaults to the same values as a run that names no option."""
+    import inspect
+
+    from ddpm.registry import resolve
+
+    for spec in SAMPLERS:
+        signature = inspect.signature(resolve(spec.function))
+        for name, field in spec.options.fields().items():
+            assert signature.parameters[name].default == field.default, (spec.name, name)
+
+
+@dataclass(frozen=True)
+class _Fresh:
+    """The plainest student: the teacher trained on with its own loss, sampled in its own few DDIM steps."""
+
+    @staticmethod
+    def configure(teacher, source, wanted, overrides):
+        from ddpm.training.distill import student_of
+
+        config = student_of(teacher, source, wanted, {"sample.sampler": "ddim", "sample.steps": wanted.student_steps})
+        return config.override({"train.max_steps": 2, **overrides})
+
+    @staticmethod
+    def check(config):
+        if config.distill.student_steps > 4:
+            raise InputError("a student trained on takes at most 4 steps")
+
+
+@pytest.fixture
+def trained_on():
+    from ddpm.registry import STUDENTS, StudentSpec
+    from ddpm.training.distill import StudentTask
+
+    STUDENTS.register(StudentSpec("trained-on", StudentTask, _Fresh.configure, _Fresh.check, "the teacher, trained on",
+                                  "a student trained on", "ddim", 3, export="a toy"))
+    yield
+    STUDENTS.unregister("trained-on")
+
+
+def test_a_student_method_is_one_module_and_one_registration(trained_on, run, tmp_path, capsys, monkeypatch):
+    """Registered, it is a --method of `ddpm distill`; its check and its spec's facts reach every command:
+    its default steps, the warning for steps it was not trained for, sweep's row, export's refusal."""
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    student = tmp_path / "student"
+    base = ["distill", "--method", "trained-on", "--run", str(run), "--device", "cpu", "--no-progress"]
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "five"), "--steps", "5"]) == 2  # its own check, one line
+    assert capsys.readouterr().err.strip() == "ddpm: error: a student trained on takes at most 4 steps"
+    assert main([*base, "--out", str(student)]) == 0
+    pipe = Pipeline.from_run(student, device="cpu")
+    assert (pipe.config.student, pipe.config.sample.sampler, pipe.config.sample.steps) == ("trained-on", "ddim", 3)
+    with pytest.warns(UserWarning, match="distilled to sample in 3 steps of ddim; 6 steps"):
+        pipe.plan(2, steps=6)
+    assert main(["sweep", "--run", str(run), "--student", str(student), "--samplers", "ddim", "--steps", "2",
+                 "--n", "3", "--ref-n", "4", "--out", str(tmp_path / "sweep"), "--device", "cpu"]) == 0
+    rows = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["ddim", "2"], ["student", "3"]]
+    capsys.readouterr()
+    assert main(["export", "--run", str(student), "--out", str(tmp_path / "exported")]) == 2
+    assert "a student trained on (a toy) has no diffusers counterpart" in capsys.readouterr().err
+    assert not (tmp_path / "exported").exists()

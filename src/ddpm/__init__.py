@@ -26,13 +26,13 @@ _EXPORTS = {
     **dict.fromkeys(["EDM", "Objective"], "diffusion.objectives"),
     **dict.fromkeys(["get_sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_edm", "sample_heun"],
                     "diffusion.samplers"),
-    **dict.fromkeys(["DATASETS", "NETWORKS", "OBJECTIVES", "SAMPLERS", "DatasetSpec", "NetworkSpec", "ObjectiveSpec",
-                     "SamplerSpec"], "registry"),
+    **dict.fromkeys(["DATASETS", "NETWORKS", "OBJECTIVES", "SAMPLERS", "STUDENTS", "DatasetSpec", "NetworkSpec",
+                     "ObjectiveSpec", "SamplerSpec", "StudentSpec"], "registry"),
     **dict.fromkeys(["NoiseSchedule", "make_schedule", "spaced_timesteps"], "diffusion.schedules"),
     "UNet": "models.unet",
     "ImageData": "data.imagedata",
     "load_data": "data.datasets",
-    "train": "training.loop", "distill": "training.students",
+    "train": "training.loop", "distill": "training.distill",
     "sample_consistency": "diffusion.consistency",
 }
 

@@ -43,12 +43,12 @@ def build_schedule(config: Config) -> NoiseSchedule:
 
 
 def build_diffusion(config: Config) -> Diffusion:
-    """The forward process, objective and loss of `config.diffusion`. EDM's sigma_data left unset is
-    0.5 for images in [-1, 1] (Karras et al.) and 1 for a latent run's latents, scaled to unit std."""
+    """The forward process, objective and loss of `config.diffusion`; an objective's sigma_data left
+    unset is the data's (`Config.sigma_data`)."""
     d = config.diffusion
     options = d.options_for(d.objective, "diffusion")
-    if "sigma_data" in options.fields() and options.sigma_data is None:
-        options = dataclasses.replace(options, sigma_data=config.data_std)
+    if "sigma_data" in options.fields():
+        options = dataclasses.replace(options, sigma_data=config.sigma_data(options.sigma_data))
     return Diffusion(build_schedule(config), make_objective(d.objective, options), d.loss, d.timestep_sampling,
                      d.min_snr_gamma)
 

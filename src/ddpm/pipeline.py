@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .data.imagedata import to_pil, to_uint8
-from .diffusion.consistency import ConsistencyFunction, consistency_sigma_data
 from .diffusion.process import Denoiser, Diffusion
 from .diffusion.samplers import Callback, sampler_options
 from .diffusion.schedules import spaced_timesteps
@@ -34,7 +33,7 @@ from .errors import DdpmWarning, InputError
 from .factory import build_diffusion, load_run, run_codec
 from .models.codec import Codec
 from .config.options import Options
-from .registry import SAMPLERS, SamplerSpec
+from .registry import SAMPLERS, STUDENTS, SamplerSpec, resolve
 from .runtime.devices import resolve_device
 from .runtime.distributed import Distributed, init_distributed
 from .storage.checkpoint import load_into, load_weights, verify
@@ -172,9 +171,10 @@ class Pipeline:
                                    s.options_for(sampler).values())
         if not 1 <= steps <= self.diffusion.timesteps:
             raise InputError(f"--steps must be between 1 and the model's T = {self.diffusion.timesteps} (got {steps})")
-        # a progressive student learnt its own steps; a consistency student samples in any of 1 to 8
-        distilled = self.config.student == "progressive"
-        if distilled and (steps > s.steps or sampler != s.sampler) and (sampler, steps) != self._warned:
+        # a student learnt its own sampler, and some methods only the steps they were trained for
+        student = self.config.student and STUDENTS.get(self.config.student)
+        fixed = student and student.fixed_steps
+        if fixed and (steps > s.steps or sampler != s.sampler) and (sampler, steps) != self._warned:
             self._warned = (sampler, steps)
             warnings.warn(f"this student was distilled to sample in {s.steps} steps of {s.sampler}; {steps} steps "
                           f"of {sampler} ask it what it was not trained for", DdpmWarning, stacklevel=2)
@@ -209,8 +209,9 @@ class Pipeline:
         """What the sampler calls: the network through its objective, clipped as the run samples,
         guided towards `labels` if given."""
         denoiser = self.diffusion.denoiser(self.network, plan.clip_denoised)
-        if self.config.student == "ect":  # its network is read as f(x, sigma)
-            denoiser = ConsistencyFunction(denoiser, consistency_sigma_data(self.config))
+        student = self.config.student and STUDENTS.get(self.config.student)
+        if student and student.denoiser is not None:  # a student whose network is read otherwise (as f(x, sigma))
+            denoiser = resolve(student.denoiser)(denoiser, self.config)
         return denoiser if labels is None else denoiser.conditioned(labels.to(self.device), plan.guidance)
 
     @torch.no_grad()

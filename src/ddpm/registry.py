@@ -1,4 +1,4 @@
-"""The pluggable ideas, one registry per kind: samplers, objectives, networks and data sets.
+"""The pluggable ideas, one registry per kind: samplers, objectives, networks, data sets and students.
 
 A spec owns a name, its options (a small dataclass with defaults, `ddpm.config.options`) and its facts: a
 sampler's network evaluations for K steps, a data set's channels. Everything that needs a list of
@@ -248,7 +248,10 @@ class ObjectiveSpec:
     continuous: bool = False  # trained on continuous noise levels it draws itself (its Objective's `continuous`)
 
     def build(self, options: Optional[Options] = None):
-        return resolve(self.implementation)(**(options or self.options()).values())
+        """The Objective with these options; one left None takes the implementation's own default (a run
+        resolves EDM's sigma_data against its data first: Config.sigma_data)."""
+        given = (options or self.options()).values()
+        return resolve(self.implementation)(**{name: value for name, value in given.items() if value is not None})
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,61 @@ class NetworkSpec:
 NETWORKS: Registry[NetworkSpec] = Registry("network")
 NETWORKS.register(NetworkSpec("unet", "ddpm.models.unet:unet_from_config",
                               "the UNet of models/unet.py: its options are the model section's keys"))
+
+
+# ---- students ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """A way to train a student run from a teacher run (`ddpm distill --method NAME`). Its code lives in
+    one module, named here by import path: `task`, the training loop's Task (training/tasks.py);
+    `configure(teacher, source, wanted, overrides)`, the student's Config from its teacher's
+    (training/distill.py describes the call); `check(config)`, its rules on a student's config, as
+    one-line InputErrors. The rest are facts every command reads:
+
+    - `called`: how a message names one of its students ("a consistency student");
+    - `sampler`, `default_steps`: how the student samples unless told otherwise;
+    - `max_steps`: the step counts it samples well in are 1 to max_steps; None: only the steps it was
+      trained for (sample warns for others, sweep scores its kept checkpoints, one per stage);
+    - `denoiser`: how the sampler reads its network, a function (denoiser, config) -> denoiser; None:
+      as the run's objective says;
+    - `section`: the config section of its own settings, if any (its keys are refused for other methods);
+    - `export`: None where `ddpm export` writes it as any run, else why diffusers cannot hold it."""
+
+    name: str
+    task: Union[str, Callable]
+    configure: Union[str, Callable]
+    check: Union[str, Callable]
+    description: str
+    called: str
+    sampler: str
+    default_steps: int
+    max_steps: Optional[int] = None
+    denoiser: Union[str, Callable, None] = None
+    section: Optional[str] = None
+    export: Optional[str] = None
+    citation: str = ""
+
+    @property
+    def fixed_steps(self) -> bool:
+        return self.max_steps is None
+
+
+STUDENTS: Registry[StudentSpec] = Registry("student method")
+DEFAULT_STUDENT = "progressive"  # ddpm distill's --method when none is given
+_PROGRESSIVE, _ECT = "ddpm.training.progressive:", "ddpm.training.consistency:"
+STUDENTS.register(StudentSpec(
+    DEFAULT_STUDENT, _PROGRESSIVE + "ProgressiveTask", _PROGRESSIVE + "configure", _PROGRESSIVE + "check",
+    "the student learns to take in one DDIM step what its teacher takes in two, halving --from-steps to --steps",
+    "a progressively distilled student", "ddim", 4, citation="Salimans & Ho 2022"))
+STUDENTS.register(StudentSpec(
+    "ect", _ECT + "ConsistencyTask", _ECT + "configure", _ECT + "check",
+    "easy consistency tuning from the teacher's weights, sampled in 1 to 8 steps", "a consistency student",
+    "consistency", 2, max_steps=8,
+    denoiser="ddpm.diffusion.consistency:consistency_denoiser", section="consistency",
+    export="DDPMPipeline's scheduler would read its network as a denoiser; diffusers' consistency scheduler "
+           "expects EDM's parametrisation", citation="Geng et al. 2024"))
 
 
 # ---- data sets --------------------------------------------------------------------------------

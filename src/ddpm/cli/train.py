@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 from ..config import AutoencoderRun, Config
+from ..config.students import student_sections
 from ..errors import InputError
+from ..registry import STUDENTS
 from .common import add_config_flags, config_overrides
 
 # The flags of each command, by config section or key; each flag's spelling, help and range are
@@ -52,33 +54,32 @@ def add_commands(commands) -> None:
 
 
 def add_distill(commands) -> None:
+    methods = "; ".join(f"--method {spec.name} ({spec.citation}): {spec.description}" for spec in STUDENTS)
     parser = commands.add_parser("distill", help="distil a run into a student that samples in a few steps",
-                                 description="Train a student from a teacher run. --method progressive (Salimans & "
-                                             "Ho 2022): the student learns to take in one DDIM step what the teacher "
-                                             "takes in two, from --from-steps down to --steps. --method ect (Geng et "
-                                             "al. 2024): consistency tuning from the teacher's weights, sampled in 1 "
-                                             "to 8 steps, for --max-steps or --max-minutes (default: --share of the "
-                                             "teacher's training time). The student is a run directory like any "
-                                             "other (resume it with 'ddpm train --resume STUDENT').")
+                                 description=f"Train a student from a teacher run. {methods}. The student is a run "
+                                             f"directory like any other (resume it with 'ddpm train --resume "
+                                             f"STUDENT').")
     parser.add_argument("--run", required=True, help="the teacher run")
     parser.add_argument("--out", required=True, help="the student run directory to create")
-    add_config_flags(parser, Config, ("distill", "consistency"), DISTILL_KEYS)
+    add_config_flags(parser, Config, student_sections(), DISTILL_KEYS)
     parser.add_argument("--checkpoint", help="a checkpoint folder of the teacher (default: its newest intact)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="any train.* or consistency.* key of the student, or model.dropout")
+                        help="any train.* key of the student, a key of its method's own section (consistency.*), "
+                             "or model.dropout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(command=run_distill)
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from ..training.students import distill
+    from ..training.distill import distill
 
     overrides = config_overrides(args)
     settings = {key.split(".")[1]: overrides.pop(key) for key in list(overrides) if key.startswith("distill.")}
-    other = sorted(key for key in overrides if not key.startswith(("train.", "consistency.")) and key != "model.dropout")
+    sections = ("train",) + student_sections()[1:]
+    other = sorted(key for key in overrides if key.split(".")[0] not in sections and key != "model.dropout")
     if other:
-        raise InputError(f"a student keeps its teacher's network and process; --set takes train.*, consistency.* and "
-                         f"model.dropout (got {other[0]})")
+        raise InputError(f"a student keeps its teacher's network and process; --set takes "
+                         f"{', '.join(s + '.*' for s in sections)} and model.dropout (got {other[0]})")
     run_dir = distill(args.run, args.out, **settings, checkpoint=args.checkpoint, overrides=overrides,
                       progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:

@@ -22,6 +22,7 @@ from .schema import OWN, AutoencoderRun, Config, DataConfig
 from ..errors import InputError
 from ..data.folders import planned
 from .presets import load_preset
+from .students import student_sections
 from ..registry import DATASETS
 from ..runtime.speed import CPU_GFLOPS_VARIABLE, cpu_gflops
 
@@ -257,7 +258,7 @@ def requeued(run: "Config | AutoencoderRun", given: "Config | AutoencoderRun", p
               and not (key in RESOLVED and theirs.get(key) is None)
               and not (run.kind != "autoencoder" and _sized_alike(run, key, mine.get(key), given, theirs.get(key)))
               and not key.startswith("sample.")
-              and not (key.startswith(("distill.", "consistency.")) and run.kind == given.kind != "student")]
+              and not (key.split(".")[0] in student_sections() and run.kind == given.kind != "student")]
     if differ:
         raise InputError(f"{path} holds a run whose config differs from this command's in {', '.join(differ[:4])}"
                          + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")

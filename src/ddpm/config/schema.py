@@ -38,7 +38,7 @@ from .names import (
     TimestepSampling,
     Upsample,
 )
-from ..registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, OptionRegistry, option_fields
+from ..registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, STUDENTS, OptionRegistry, option_fields, resolve
 from .settings import Section, Sections, check, checked, coerce, hints, setting
 from .students import ConsistencyConfig, DistillConfig
 
@@ -154,8 +154,8 @@ class DiffusionConfig(OpenSection):
     log_snr_shift: float = setting(0.0, "added to the schedule's log SNR at every step: > 0 less noise, < 0 more "
                                         "(Hoogeboom et al. 2023 shift the cosine by 2 log(64 / d) for d x d images; "
                                         "0 for none)", finite=True)
-    objective: str = setting("v", "what the network predicts (v: FID 46.6 vs 74.3 for eps at equal budget, "
-                                  "32/64/128 UNet)", names=OBJECTIVES, flag=True)
+    objective: str = setting("v", "what the network predicts (v measured best: docs/cpu-default.md)", names=OBJECTIVES,
+                             flag=True)
     loss: Loss = setting("mse", "how the error is measured", flag=True)
     min_snr_gamma: Optional[float] = setting(None, "weight the loss by min(SNR, gamma) (Hang et al. 2023; 5 in the "
                                                    "paper)", gt=0, null="for the unweighted loss")
@@ -193,7 +193,6 @@ class DataConfig(Section):
 
     def validate(self) -> None:
         check(bool(self.name), "data.name must not be empty")
-        check(self.channels in (None, 1, 3), f"data.channels must be 1 or 3 (got {self.channels})")
 
 
 @dataclass
@@ -204,12 +203,11 @@ class TrainConfig(Section):
     lr: float = setting(1.5e-3, "peak learning rate", gt=0, flag=True)
     optimizer: Optimizer = setting("adamw", "the optimiser", flag=True)
     weight_decay: float = setting(0.0, "the optimiser's weight decay", ge=0)
-    # beta2 0.99 rather than Adam's 0.999 (as EDM2, Karras et al. 2024): FID 24.4 against 26.0 after
-    # 1,905 steps of the CPU default, benchmarks/cpu_budget.py
+    # beta2 0.99, as EDM2 (Karras et al. 2024), not Adam's 0.999: 24.4 against 26.0 FID, docs/cpu-default.md
     betas: list[float] = setting([0.9, 0.99], "Adam's or Lion's (beta1, beta2)", ge=0, lt=1, length=(2, 2))
     warmup_steps: int = setting(100, "steps of linear learning-rate warm-up", ge=0)
-    lr_schedule: LRSchedule = setting("cosine", "to zero at the end of the budget, steps or minutes (FID 19.6 vs 22.1 "
-                                                "constant)")
+    lr_schedule: LRSchedule = setting("cosine", "to zero at the end of the budget, steps or minutes (measured best: "
+                                                "docs/cpu-default.md)")
     lr_step_size: int = setting(10_000, "the step schedule multiplies by lr_gamma every this many steps", ge=1)
     lr_gamma: float = setting(0.5, "the step schedule's factor", gt=0, le=1)
     grad_clip: float = setting(1.0, "the gradient norm's clip (0 turns clipping off)", ge=0)
@@ -316,9 +314,8 @@ class Config(Sections):
 
     def validate(self) -> "Config":
         super().validate()
-        if self.student == "progressive":
-            check(self.distill.from_steps <= self.diffusion.timesteps,
-                  f"--from-steps ({self.distill.from_steps}) cannot exceed the teacher's T = {self.diffusion.timesteps}")
+        if self.student is not None:  # the method's own rules, in its own module
+            resolve(STUDENTS.get(self.student).check)(self)
         check(self.sample.steps <= self.diffusion.timesteps,
               f"sample.steps ({self.sample.steps}) cannot exceed diffusion.timesteps ({self.diffusion.timesteps})")
         if self.data.image_size is not None and (self.latent.autoencoder is None or self.latent.factor):
@@ -339,14 +336,16 @@ class Config(Sections):
 
     @property
     def student(self) -> Optional[str]:
-        """How a student run learns from its teacher ("progressive" or "ect", distill.method); None for a
-        run that is no student."""
+        """How a student run learns from its teacher (distill.method, a name of registry.STUDENTS); None
+        for a run that is no student."""
         return self.distill.method if self.distill.teacher is not None else None
 
-    @property
-    def data_std(self) -> float:
-        """What EDM's and the consistency function's sigma_data default to: 0.5 for images in [-1, 1]
-        (Karras et al.), 1 for a latent run's latents, scaled to unit std."""
+    def sigma_data(self, given: Optional[float] = None) -> float:
+        """The data's standard deviation that EDM's preconditioning and the consistency function take:
+        `given` (diffusion.sigma_data, consistency.sigma_data), or 0.5 for images in [-1, 1] (Karras et
+        al.) and 1 for a latent run's latents, which are scaled to unit std. Resolved here alone."""
+        if given is not None:
+            return given
         return 1.0 if self.latent.autoencoder else 0.5
 
     def model_input(self) -> tuple[int, int]:

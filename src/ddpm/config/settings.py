@@ -153,13 +153,16 @@ def check_range(value: float, name: str, *, ge: Optional[float] = None, gt: Opti
 
 
 def check_declared(field: dataclasses.Field, value: object, name: str) -> None:
-    """`value` of a declared field within its range and, for `names`, a name of its registry."""
+    """`value` of a declared field within its range; for `names`, a name of its registry; for `choices`,
+    one of them."""
     meta = field.metadata
     rule = meta.get("rule")
     if value is None or rule is None:
         return
     if meta.get("names") is not None:
         meta["names"].get(value, meta.get("what") or name)
+    if meta.get("choices") is not None:
+        check(value in meta["choices"], f"{name} must be one of {', '.join(map(str, meta['choices']))} (got {value})")
     items = value if isinstance(value, list) else [value]
     length = rule["length"]
     if isinstance(value, list) and length is not None:

@@ -1,28 +1,25 @@
 """The schema of a student run: a network that learns from a teacher run to sample in a few steps.
 
-Two ways, chosen by `distill.method`:
-
-- progressive: progressive distillation (Salimans & Ho 2022, training/distill.py), halvings of the
-  teacher's DDIM steps, each phase with its own budget;
-- ect: easy consistency tuning (Geng et al. 2024, training/consistency.py), a consistency model
-  tuned from the teacher's weights, sampled in 1 to 8 steps; its own settings are the
-  `consistency` section.
+How it learns is `distill.method`, a name of the student registry (ddpm.registry.STUDENTS), whose
+spec names the module that holds the method: its training task, its config builder and its rules.
+The `distill` section is what every student records (its teacher, hashed; its steps; its guidance)
+and the budget of progressive distillation's phases; `consistency` is easy consistency tuning's own.
 
 Part of the schema (schema.py imports these sections): plain data, no torch, no measurement.
 """
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from typing import Optional
 
+from ..registry import DEFAULT_STUDENT, STUDENTS
 from .settings import Section, check, setting
 
-METHODS = ("progressive", "ect")
-# Each method's student steps when --steps is not given.
-DEFAULT_STEPS = {"progressive": 4, "ect": 2}
-MAX_CONSISTENCY_STEPS = 8
+
+def student_sections() -> tuple[str, ...]:
+    """The config sections a student run's settings live in: `distill`, and each method's own."""
+    return ("distill",) + tuple(spec.section for spec in STUDENTS if spec.section)
 
 
 @dataclass
@@ -34,13 +31,12 @@ class DistillConfig(Section):
     teacher: Optional[str] = setting(None, "the teacher run directory", null="for a run that is no student")
     teacher_sha256: Optional[str] = setting(None, "of the teacher's EMA weights, written when distillation starts")
     teacher_step: Optional[int] = setting(None, "the teacher's step")
-    method: typing.Literal["progressive", "ect"] = setting(
-        "progressive", "progressive: halvings of DDIM steps (Salimans & Ho 2022); ect: easy consistency tuning "
-                       "(Geng et al. 2024), 1 to 8 steps", flag=True)
+    method: str = setting(DEFAULT_STUDENT, "how the student learns (ddpm distill --help lists the methods)",
+                          names=STUDENTS, what="student method", flag=True)
     from_steps: int = setting(64, "progressive: the teacher's DDIM steps at the start, a power of two",
                               flag="--from-steps")
     steps: Optional[int] = setting(None, "the student's sampling steps", ge=1, flag="--steps",
-                                   null="for 4 (progressive: a power of two) or 2 (ect: 1 to 8)")
+                                   null="for the method's own (progressive: 4, a power of two; ect: 2, of 1 to 8)")
     guidance: Optional[float] = setting(None, "a class-conditional teacher's guidance weight: fixed in a progressive "
                                               "student, an ect student's sampling default", ge=0, flag="--guidance")
     teacher_clip: bool = setting(True, "whether the teacher's steps clip x0, as the teacher run samples")
@@ -52,29 +48,20 @@ class DistillConfig(Section):
 
     @property
     def student_steps(self) -> int:
-        return DEFAULT_STEPS[self.method] if self.steps is None else self.steps
+        return STUDENTS.get(self.method).default_steps if self.steps is None else self.steps
 
     @property
     def phases(self) -> int:
+        """Progressive distillation's halvings from from_steps to the student's steps."""
         return max(0, self.from_steps.bit_length() - self.student_steps.bit_length())
 
     def validate(self) -> None:
+        """The rules every method shares; the method's own are its spec's `check`, on the whole config."""
         if self.teacher is None:
             return
-        if self.method == "ect":
-            check(self.student_steps <= MAX_CONSISTENCY_STEPS,
-                  f"--steps must be 1 to {MAX_CONSISTENCY_STEPS} for a consistency student (got {self.student_steps})")
-            check(self.phase_steps is None and self.phase_minutes is None,
-                  "--phase-steps and --phase-minutes budget progressive distillation's halvings; an ect student's "
-                  "budget is --max-steps or --max-minutes")
-            return
-        power = lambda n: n >= 1 and n & (n - 1) == 0  # noqa: E731
-        check(power(self.from_steps), f"--from-steps must be a power of two (got {self.from_steps})")
-        check(power(self.student_steps), f"--steps must be a power of two: 1, 2, 4, 8, ... (got {self.student_steps})")
-        check(self.student_steps < self.from_steps, f"--steps ({self.student_steps}) must be fewer than --from-steps "
-                                                    f"({self.from_steps}), each phase halving the teacher's steps")
-        check((self.phase_steps is None) != (self.phase_minutes is None),
-              "give a distillation phase's budget as --phase-steps or --phase-minutes, one of them")
+        spec = STUDENTS.get(self.method)
+        check(spec.max_steps is None or self.student_steps <= spec.max_steps,
+              f"--steps must be 1 to {spec.max_steps} for {spec.called} (got {self.student_steps})")
 
 
 @dataclass

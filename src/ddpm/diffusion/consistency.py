@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..registry import ConsistencyOptions
 from .objectives import Prediction
 from .samplers import _progress, noise_like
 from .schedules import NoiseSchedule
@@ -54,10 +55,10 @@ def consistency_weights(sigma: Tensor, sigma_min: float, sigma_data: float) -> t
     return c_skip - b * sigma_data**2 / (sigma**2 + sigma_data**2), b
 
 
-def consistency_sigma_data(config) -> float:
-    """A run's consistency.sigma_data, or its data's std as EDM's objective takes it (Config.data_std)."""
-    given = config.consistency.sigma_data
-    return given if given is not None else config.data_std
+def consistency_denoiser(denoiser, config) -> "ConsistencyFunction":
+    """How a sampler reads a consistency student's network: the run's denoiser as the consistency function
+    f(x, t), with the run's consistency.sigma_data (Config.sigma_data resolves it)."""
+    return ConsistencyFunction(denoiser, config.sigma_data(config.consistency.sigma_data))
 
 
 class ConsistencyFunction(nn.Module):
@@ -167,8 +168,9 @@ def consistency_sigmas(steps: int, sigmas: str = "", sigma_max: float = 80.0,
 
 
 @torch.no_grad()
-def sample_consistency(denoiser, x: Tensor, schedule: NoiseSchedule, timesteps: Sequence[int], *, sigmas: str = "",
-                       sigma_max: float = 80.0, generator: Optional[torch.Generator] = None, callback=None,
+def sample_consistency(denoiser, x: Tensor, schedule: NoiseSchedule, timesteps: Sequence[int], *,
+                       sigmas: str = ConsistencyOptions.sigmas, sigma_max: float = ConsistencyOptions.sigma_max,
+                       generator: Optional[torch.Generator] = None, callback=None,
                        progress: bool = False) -> Tensor:
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1), in as many steps as `timesteps` has:
     x~ = sigma_1 z, x0 = f(x~, sigma_1); then for each further level sigma_i, x~ = x0 + sigma_i z and

@@ -154,8 +154,8 @@ class EDM(Objective):
     name = "edm"
     continuous = True
 
-    def __init__(self, sigma_data: Optional[float] = 0.5, p_mean: float = -1.2, p_std: float = 1.2):
-        self.sigma_data = 0.5 if sigma_data is None else float(sigma_data)
+    def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2):
+        self.sigma_data = float(sigma_data)
         self.p_mean, self.p_std = p_mean, p_std
 
     def c_skip(self, sigma):

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..registry import SAMPLERS, DDIMOptions, DDPMOptions, owners
+from ..registry import EDMSamplerOptions as EDM
 from .process import Prediction, q_posterior
 from .schedules import NoiseSchedule
 
@@ -41,7 +42,7 @@ def sample_ddpm(
     schedule: NoiseSchedule,
     timesteps: Sequence[int],
     *,
-    variance: str = "small",
+    variance: str = DDPMOptions.variance,  # every option's default is its spec's (ddpm.registry)
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callback] = None,
     progress: bool = False,
@@ -79,7 +80,7 @@ def sample_ddim(
     schedule: NoiseSchedule,
     timesteps: Sequence[int],
     *,
-    eta: float = 0.0,
+    eta: float = DDIMOptions.eta,
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callback] = None,
     progress: bool = False,
@@ -213,8 +214,9 @@ def sample_edm(
     schedule: NoiseSchedule,
     timesteps: Sequence[int],
     *,
-    rho: float = 7.0, sigma_min: float = 0.002, sigma_max: float = 80.0,  # the noise levels (eq. 5)
-    churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,  # Algorithm 2's S_*
+    rho: float = EDM.rho, sigma_min: float = EDM.sigma_min, sigma_max: float = EDM.sigma_max,  # the levels (eq. 5)
+    churn: float = EDM.churn, s_tmin: float = EDM.s_tmin, s_tmax: float = EDM.s_tmax,  # Algorithm 2's S_*
+    s_noise: float = EDM.s_noise,
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callback] = None,
     progress: bool = False,

@@ -40,6 +40,7 @@ from torch import Tensor
 from ..config import Config
 from ..diffusion.schedules import NoiseSchedule, make_schedule
 from ..errors import InputError
+from ..registry import STUDENTS
 
 UNET, SCHEDULER, VQVAE, WEIGHTS = "unet", "scheduler", "vqvae", "diffusion_pytorch_model.safetensors"
 DIFFUSERS_VERSION = "0.27.0"  # the oldest version the folder is written for (our optional extra's floor)
@@ -64,9 +65,9 @@ UNET2D_KEYS = {"network", "channels", "attention", "num_res", "neck_length", "ti
 
 def pipeline_refusals(config: Config) -> None:
     """What no pipeline folder can hold for the run, whatever network it writes: one line naming it."""
-    if config.student == "ect":
-        _refuse("a consistency student (DDPMPipeline's scheduler would read its network as a denoiser; diffusers' "
-                "consistency scheduler expects EDM's parametrisation)")
+    student = config.student and STUDENTS.get(config.student)
+    if student and student.export is not None:
+        _refuse(f"{student.called} ({student.export})")
     if config.model.num_classes:
         _refuse(f"model.num_classes {config.model.num_classes}", "DDPMPipeline draws without labels")
 

@@ -17,73 +17,63 @@ samples with the `consistency` sampler, in `distill.steps` steps (2 by default).
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..config import Config
-from ..diffusion.consistency import (
-    ConsistencyFunction,
-    SameRandomness,
-    consistency_sigma_data,
-    ect_levels,
-    ect_loss,
-    ect_partner,
-)
-from ..diffusion.guidance import drop_labels
+from ..config.settings import check as require
+from ..config.students import DistillConfig
+from ..diffusion.consistency import SameRandomness, consistency_denoiser, ect_levels, ect_loss, ect_partner
 from ..diffusion.process import Denoiser
 from ..errors import InputError
-from ..config.students import DistillConfig
-from .distill import start_from_teacher, teacher_autoencoder
+from .distill import Source, StudentTask, student_of
 from .optim import budget_spent
-from .tasks import DiffusionTask
+from .tasks import Draws, Moment
 
 
 def consistency_function(model: nn.Module, config: Config, diffusion, labels=None, guidance: float = 1.0):
     """`model` seen through the run's objective as the consistency function f(x_t, t), unclipped."""
-    denoiser = Denoiser(model, diffusion.schedule, diffusion.objective, clip_denoised=False)
-    function = ConsistencyFunction(denoiser, consistency_sigma_data(config))
+    function = consistency_denoiser(Denoiser(model, diffusion.schedule, diffusion.objective, clip_denoised=False),
+                                    config)
     return function if labels is None else function.conditioned(labels, guidance)
 
 
-class ConsistencyTask(DiffusionTask):
+@dataclass(frozen=True)
+class PairDraws(Draws):
+    """ECT's pair per image: a level t, its partner r < t, one noise for both; the labels after dropout."""
+
+    labels: Optional[Tensor]
+    t: Tensor
+    r: Tensor
+    noise: Tensor
+
+
+class ConsistencyTask(StudentTask):
     """ECT's loss through the training loop; see the module's docstring."""
 
-    def __init__(self, config: Config, data, device: torch.device, resume: bool, progress: bool,
-                 run: "Path | None" = None):
-        super().__init__(config, data, device, resume, progress, run)
-        if not resume:  # the student starts as the teacher run's EMA weights, those it hashed
-            start_from_teacher(self.network, self.config.distill)
-        self.trainer = None
-
-    def attach(self, trainer) -> None:
-        self.trainer = trainer  # its step and clock decide the stage
-
-    def stage(self, step: int) -> int:
+    def stage(self, now: Moment) -> int:
         """Which of consistency.stages equal parts of the budget (steps, or minutes) the run is in."""
         stages = self.config.consistency.stages
-        spent = budget_spent(step, self.config.train, self.trainer.clock.fraction() if self.trainer is not None else 0.0)
-        return min(stages - 1, int(spent * stages))
+        return min(stages - 1, int(budget_spent(now.step, self.config.train, now.time_fraction) * stages))
 
-    def draws(self, x0: Tensor, classes, generator: torch.Generator, step: int) -> list:
+    def draws(self, x0: Tensor, classes, generator: torch.Generator, now: Moment) -> PairDraws:
         c, schedule = self.config.consistency, self.diffusion.schedule
-        labels = None
-        if self.config.model.num_classes:
-            labels = drop_labels(classes, self.config.train.label_dropout, self.config.model.num_classes, generator)
+        labels = self.labels(classes, generator)
         t = ect_levels(len(x0), c.p_mean, c.p_std, schedule, generator, x0.device)
-        r = ect_partner(t, self.stage(step), c.q, c.k, c.b, float(schedule.sigma[0]))
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        return [labels, t, r, noise]
+        r = ect_partner(t, self.stage(now), c.q, c.k, c.b, float(schedule.sigma[0]))
+        return PairDraws(labels, t, r, torch.randn(x0.shape, device=x0.device, generator=generator))
 
-    def loss(self, model: nn.Module, x0: Tensor, labels, t: Tensor, r: Tensor, noise: Tensor) -> Tensor:
-        f = consistency_function(model, self.config, self.diffusion, labels)
+    def loss(self, model: nn.Module, x0: Tensor, draws: PairDraws) -> Tensor:
+        f = consistency_function(model, self.config, self.diffusion, draws.labels)
         replay = SameRandomness(x0.device)
-        f_t = f(*self.point(x0, noise, t)).x0
+        f_t = f(*self.point(x0, draws.noise, draws.t)).x0
         replay.replay()  # the target's pass draws the dropout mask the student's pass drew
         with torch.no_grad():
-            f_r = f(*self.point(x0, noise, r)).x0
-        return ect_loss(f_t, f_r, t, r, self.config.consistency.c)
+            f_r = f(*self.point(x0, draws.noise, draws.r)).x0
+        return ect_loss(f_t, f_r, draws.t, draws.r, self.config.consistency.c)
 
     def point(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """(x_t, t): the VP image of x~ = x0 + sigma noise, and its fractional timestep."""
@@ -93,32 +83,36 @@ class ConsistencyTask(DiffusionTask):
         shaped = sigma.to(x0.dtype).view_as(alpha)
         return alpha * (x0 + shaped * noise), t.to(x0.device)
 
-    def meta(self, ema_model: nn.Module) -> dict:
-        return {"stage": self.stage(self.trainer.step) if self.trainer is not None else 0}
+    def meta(self, ema_model: nn.Module, now: Moment) -> dict:
+        return {"stage": self.stage(now)}
 
 
-def consistency_config(teacher: Config, teacher_path: str, checkpoint_step: int, teacher_sha256: str,
-                       wanted: DistillConfig, teacher_seconds: float, overrides: dict) -> Config:
-    """The student's config: the teacher's network, process and data; a distill section naming the teacher;
-    the consistency sampler in `wanted.student_steps` steps, unclipped (the student learnt f unclipped);
-    the `overrides` (train.*, consistency.*, model.dropout); the learning rate, by default
-    consistency.lr_share of the teacher's; and the budget: --max-steps and/or --max-minutes, or by
-    default consistency.share of the teacher's training time."""
+def check(config: Config) -> None:
+    """ECT's rules on a student's config (its steps are bounded by the spec's max_steps)."""
+    d = config.distill
+    require(d.phase_steps is None and d.phase_minutes is None,
+            "--phase-steps and --phase-minutes budget progressive distillation's halvings; an ect student's budget "
+            "is --max-steps or --max-minutes")
+
+
+def configure(teacher: Config, source: Source, wanted: DistillConfig, overrides: dict) -> Config:
+    """The student's config (`distill.student_of`): the consistency sampler in `wanted.student_steps`
+    steps, unclipped (the student learnt f unclipped); the `overrides` (train.*, consistency.*,
+    model.dropout); the learning rate, by default consistency.lr_share of the teacher's; and the
+    budget: --max-steps and/or --max-minutes, or by default consistency.share of the teacher's
+    training time."""
     guidance = teacher.sample.guidance if wanted.guidance is None else wanted.guidance
-    config = teacher.override({
-        "distill.teacher": teacher_path, "distill.teacher_step": checkpoint_step, "distill.teacher_sha256": teacher_sha256,
-        "distill.method": "ect", "distill.steps": wanted.steps, "distill.guidance": wanted.guidance,
-        "distill.teacher_clip": teacher.sample.clip_denoised, "sample.sampler": "consistency",
-        "sample.steps": wanted.student_steps, "sample.clip_denoised": False, "sample.guidance": guidance})
-    config.latent.autoencoder = teacher_autoencoder(teacher, teacher_path)
+    config = student_of(teacher, source, wanted, {
+        "sample.sampler": "consistency", "sample.steps": wanted.student_steps, "sample.clip_denoised": False,
+        "sample.guidance": guidance})
+    check(config)  # before the budget, as progressive distillation does
     budget = {key: overrides.get(key) for key in ("train.max_steps", "train.max_minutes")}
     tuning = config.override(overrides).consistency
     if "train.lr" not in overrides:
         budget["train.lr"] = teacher.train.lr * tuning.lr_share
     if budget["train.max_steps"] is None and budget["train.max_minutes"] is None:
-        share = tuning.share
-        if not teacher_seconds:
-            raise InputError(f"{teacher_path} records no training time to take a share of; give --max-steps or "
+        if not source.seconds:
+            raise InputError(f"{source.path} records no training time to take a share of; give --max-steps or "
                              f"--max-minutes")
-        budget["train.max_minutes"] = round(teacher_seconds / 60 * share, 3)
+        budget["train.max_minutes"] = round(source.seconds / 60 * tuning.share, 3)
     return config.override({**overrides, **budget})

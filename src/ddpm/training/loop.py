@@ -1,7 +1,7 @@
 """The training loop (Ho et al. 2020, Algorithm 1), with the care a long run needs.
 
 `train(config, out)` trains any run: a diffusion model, an autoencoder, or a student that `distill`
-(students.py) configured, each a task (tasks.py, distill.py, consistency.py). `train` reads top to
+(distill.py) configured, each a task (tasks.py; a student method's in its own module). `train` reads top to
 bottom: load the data, build the network, EMA and optimiser, restore a checkpoint when resuming,
 then repeat {draw a batch, take a gradient step on the task's loss, update the EMA} until the step
 or wall-clock budget runs out, logging, sampling and checkpointing along the way.
@@ -31,14 +31,12 @@ from ..runtime.signals import stop_on_signal
 from ..storage.checkpoint import RunDir
 from ..storage.files import plot_loss
 from ..storage.lock import RunLock
-from .consistency import ConsistencyTask
-from .distill import DistillTask
+from ..registry import STUDENTS, resolve
 from .ema import EMA
-from .optim import make_lr_scheduler
 from .precision import autocast, make_scaler
 from .run import Run, Start
 from .state import Clock, Log, seed_everything
-from .tasks import AutoencoderTask, DiffusionTask
+from .tasks import AutoencoderTask, DiffusionTask, Draws, Moment, Task
 
 MAX_SKIPPED = 10  # with train.nonfinite=skip: non-finite steps in a row before giving up
 
@@ -87,8 +85,12 @@ class Trainer:
     step: int = 0
     skipped: int = 0  # non-finite steps in a row
 
+    def moment(self, step: "int | None" = None) -> Moment:
+        """Where the run stands, for its task: at `step` (default: the current one) and the clock's time."""
+        return Moment(self.step if step is None else step, self.clock.seconds, self.clock.fraction())
+
     @classmethod
-    def build(cls, task, tc, device: torch.device, spent: float = 0.0) -> "Trainer":
+    def build(cls, task: Task, tc, device: torch.device, spent: float = 0.0) -> "Trainer":
         """The state `task` trains, fresh; its clock holds the budget less the `spent` seconds of an
         earlier stage (a run's own autoencoder)."""
         memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
@@ -99,8 +101,8 @@ class Trainer:
             raise InputError(f"the autoencoder took {spent / 60:.2f} of the run's {tc.max_minutes:g} minutes, leaving "
                              f"none for the diffusion model; resume with a longer --max-minutes")
         clock = Clock(minutes)  # training time over the run's life; cosine decays to zero with it
-        lr_schedule = make_lr_scheduler(optimizer, tc, clock.fraction) if task.lr_factor is None else \
-            torch.optim.lr_scheduler.LambdaLR(optimizer, task.lr_factor)
+        lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: task.lr_factor(Moment(step, clock.seconds, clock.fraction())))
         return cls(network, EMA(network, tc.ema_decay, tc.ema_warmup), optimizer, lr_schedule,
                    make_scaler(tc.precision, device), torch.Generator(device=device).manual_seed(tc.seed), clock)
 
@@ -127,7 +129,6 @@ def _train(config: "Config | AutoencoderRun", folder: RunDir, lock: RunLock, sta
         seed_everything(tc.seed)  # the same state whether the first stage ran in this process or not
     task = make_task(config, data, device, run.start == "resume", progress and ranks.is_main, folder.path)
     trainer = Trainer.build(task, tc, device, spent)
-    task.attach(trainer)
     seconds_trained = run.begin(task, trainer)
     model = ranks.wrap(trainer.network, device)  # what the loss calls: DDP averages the gradients across ranks
     if tc.compile:
@@ -146,7 +147,7 @@ def _train(config: "Config | AutoencoderRun", folder: RunDir, lock: RunLock, sta
                disable=not (progress and ranks.is_main), dynamic_ncols=True)
     with stop_on_signal() as stop:
         while trainer.step < tc.step_limit and not trainer.clock.tick(ranks, device, stop.requested is not None):
-            if task.phase_done(trainer):  # distillation: a halving ends; its student is kept
+            if task.phase_done(trainer.moment()):  # distillation: a halving ends; its student is kept
                 if ranks.is_main:
                     run.checkpoint(task, trainer)
                 task.next_phase(trainer)
@@ -183,12 +184,12 @@ def _step(task, model, trainer: Trainer, images, classes, ranks, tc, device) -> 
     micro-batches. Returns the mean loss over the ranks and the clipped gradient's norm."""
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     x0 = task.batch(images, trainer.generator)
-    draws = task.draws(x0, classes, trainer.generator, trainer.step)
+    draws = task.draws(x0, classes, trainer.generator, trainer.moment())
     trainer.optimizer.zero_grad(set_to_none=True)
     loss = torch.zeros((), device=device)
-    for i, (x0_i, *draws_i) in enumerate(_micro_batches(ranks, tc.grad_accum, x0, *draws)):
+    for i, (x0_i, draws_i) in enumerate(_micro_batches(ranks, tc.grad_accum, x0, draws)):
         with _accumulating(model, i < tc.grad_accum - 1), autocast(tc.precision, device):
-            micro_loss = task.loss(model, x0_i.contiguous(memory_format=memory_format), *draws_i) / tc.grad_accum
+            micro_loss = task.loss(model, x0_i.contiguous(memory_format=memory_format), draws_i) / tc.grad_accum
         trainer.scaler.scale(micro_loss).backward()
         loss += micro_loss.detach()
     trainer.scaler.unscale_(trainer.optimizer)
@@ -240,7 +241,7 @@ def make_task(config, data, device: torch.device, resume: bool, progress: bool, 
     config = config.override({"data.image_size": data.image_size, "data.channels": data.channels})
     if config.kind == "autoencoder":
         return AutoencoderTask(config, data)
-    kind = {"ect": ConsistencyTask, "progressive": DistillTask}.get(config.student, DiffusionTask)
+    kind = DiffusionTask if config.student is None else resolve(STUDENTS.get(config.student).task)
     return kind(config, data, device, resume, progress, run)
 
 
@@ -251,11 +252,10 @@ def _check_batch_split(tc, world_size: int) -> None:
                          f"{world_size} processes x {tc.grad_accum} micro-batches; use a multiple of {parts}")
 
 
-def _micro_batches(ranks, count: int, *tensors):
-    """This rank's shard of each global-batch tensor (None stays None), cut into `count` micro-batches."""
-    shards = [None if x is None else ranks.shard(x).chunk(count) for x in tensors]
-    for i in range(count):
-        yield [None if shard is None else shard[i] for shard in shards]
+def _micro_batches(ranks, count: int, x0: torch.Tensor, draws: Draws):
+    """This rank's shard of the global batch and of its draws, cut into `count` micro-batches."""
+    cut = lambda tensor: ranks.shard(tensor).chunk(count)  # noqa: E731
+    return zip(cut(x0), draws.split(cut, count))
 
 
 def _accumulating(model: torch.nn.Module, still: bool):

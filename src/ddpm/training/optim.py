@@ -8,10 +8,6 @@ training when that comes first, so a 10-minute run ends its 10 minutes at a lear
 from __future__ import annotations
 
 import math
-from typing import Callable
-
-import torch
-
 from ..config import TrainConfig
 
 
@@ -23,20 +19,22 @@ def budget_spent(step: int, config: TrainConfig, time_fraction: float = 0.0) -> 
 
 def lr_factor(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
     """The multiplier of the base learning rate at `step` (0-based), when `time_fraction` of the
-    time budget (train.max_minutes) is spent."""
+    time budget (train.max_minutes) is spent: the run's budget is one span (`span_factor`)."""
+    return span_factor(step, budget_spent(step, config, time_fraction), config)
+
+
+def span_factor(step: int, spent: float, config: TrainConfig, schedule: str = "") -> float:
+    """The multiplier `step` steps into a span of training of which `spent` (0 to 1) is gone: a linear
+    warm-up over train.warmup_steps, then `schedule` (by default train.lr_schedule). A run's budget is
+    one span; progressive distillation's phases are one each."""
+    schedule = schedule or config.lr_schedule
     warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    if config.lr_schedule == "constant":
+    if schedule == "constant":
         decay = 1.0
-    elif config.lr_schedule == "step":
+    elif schedule == "step":
         decay = config.lr_gamma ** (step // config.lr_step_size)
-    elif config.lr_schedule == "cosine":  # Loshchilov & Hutter 2017, to zero when the first budget runs out
-        decay = 0.5 * (1 + math.cos(math.pi * budget_spent(step, config, time_fraction)))
+    elif schedule == "cosine":  # Loshchilov & Hutter 2017, to zero when the span ends
+        decay = 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, spent))))
     else:
-        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
+        raise ValueError(f"unknown lr_schedule {schedule!r}")
     return warmup * decay
-
-
-def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                      time_fraction: Callable[[], float] = lambda: 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """The schedule of `lr_factor`; `time_fraction()` says how much of the time budget is spent."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config, time_fraction()))

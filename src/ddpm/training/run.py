@@ -106,7 +106,7 @@ class Run:
         }
         tensors = {"model": trainer.network.state_dict(), "ema": trainer.ema.model.state_dict(), **task.tensors()}
         meta = {"ema_updates": trainer.ema.updates, "train_seconds": round(trainer.clock.seconds, 3),
-                **task.meta(trainer.ema.model)}
+                **task.meta(trainer.ema.model, trainer.moment())}
         save_checkpoint(self.dir, trainer.step, tensors, state, meta, keep=task.config.train.keep_checkpoints)
 
     def restore(self, trainer, task) -> float:

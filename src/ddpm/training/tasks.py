@@ -1,25 +1,20 @@
 """What the training loop trains: the diffusion model, or the autoencoder of latent diffusion.
 
 The loop (loop.py) owns everything a long run needs: budgets, checkpoints, exact resume, signals,
-the NaN guard, logging. A task supplies the rest:
-
-    config              the run's config resolved against its data (sizes, channels, the autoencoder's hash)
-    network             the module to optimise (its EMA is what pictures and checkpoints use)
-    data                what batches are drawn from: images, or an autoencoder's cached latents
-    batch(images, g)    the model-space batch of one step (with its random flips)
-    draws(x0, y, g, step)   the step's random numbers, drawn from the shared generator (every
-                        rank draws the same), as a list of tensors cut into micro-batches with x0
-    loss(model, x0, *d) the mean loss of a micro-batch
-    picture(run, ema, step)   the grid written every `sample_every` steps
-    meta(ema)           what each checkpoint records beside the weights
-
-and, for a task that changes as it trains (distillation's phases, training/distill.py), the hooks
-of `Task`, which do nothing by default: phase_done / next_phase, lr_factor, tensors, restore.
+the NaN guard, logging. A task (`Task`, below) supplies the rest: its network and data, the batch
+and the random numbers of a step (its `Draws`, named), the loss, the picture, the checkpoint's
+extras. The loop tells a task where the run stands (`Moment`); no task holds the trainer. The
+diffusion model's task is here with the autoencoder's; a student method's is in its own module
+(distill.py lists them).
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -34,22 +29,83 @@ from ..models.autoencoder import autoencoder_loss
 from ..pipeline import Pipeline
 from ..storage.checkpoint import RunDir
 from ..storage.files import save_class_grid, save_grid
+from .optim import lr_factor
 
 
-class Task:
-    """What a task may add to the loop, beyond the interface above; by default nothing."""
+@dataclass(frozen=True)
+class Moment:
+    """Where the run stands when the loop asks a task: its step, its training seconds over the run's
+    life, and how much of the time budget (train.max_minutes) they are (0 without one, 1 at its end)."""
 
-    lr_factor = None  # step -> the learning rate's factor, instead of train.lr_schedule's
+    step: int
+    seconds: float = 0.0
+    time_fraction: float = 0.0
 
-    def attach(self, trainer) -> None:
-        """Called once the trainable state exists (distillation's phases read its step and clock)."""
 
-    def phase_done(self, trainer) -> bool:
+@dataclass(frozen=True)
+class Draws:
+    """A step's random numbers, drawn from the shared generator (so every rank draws the same): named
+    tensors whose first dimension is the batch, or None. Each task names its own in a subclass."""
+
+    def split(self, cut: Callable[[Tensor], tuple[Tensor, ...]], count: int) -> list["Draws"]:
+        """`count` Draws, the i-th holding part i of what `cut` makes of each tensor (a micro-batch)."""
+        parts = {f.name: cut(value) for f in dataclasses.fields(self) if (value := getattr(self, f.name)) is not None}
+        return [dataclasses.replace(self, **{name: part[i] for name, part in parts.items()}) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class DenoisingDraws(Draws):
+    """Ho et al.'s Algorithm 1: a level t and a noise per image, and the labels after dropout (or None)."""
+
+    labels: Optional[Tensor]
+    t: Tensor
+    noise: Tensor
+
+
+class Task(abc.ABC):
+    """What the loop trains. Every task has:
+
+        config   the run's config resolved against its data (sizes, channels, the autoencoder's hash)
+        network  the module to optimise (its EMA is what pictures and checkpoints use)
+        data     what batches are drawn from: images, or an autoencoder's cached latents
+
+    and the abstract methods below. A task that changes as it trains (progressive distillation's
+    phases) overrides the hooks, which by default do nothing."""
+
+    config: "Config | AutoencoderRun"
+    network: nn.Module
+    data: object
+
+    @abc.abstractmethod
+    def batch(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """The model-space batch of one step (with its random flips) from the loader's uint8 images."""
+
+    @abc.abstractmethod
+    def draws(self, x0: Tensor, classes: Optional[Tensor], generator: torch.Generator, now: Moment) -> Draws:
+        """The step's random numbers for the global batch x0; the loop cuts them into micro-batches."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, x0: Tensor, draws: Draws) -> Tensor:
+        """The mean loss of a micro-batch."""
+
+    @abc.abstractmethod
+    def picture(self, run: RunDir, ema_model: nn.Module, step: int) -> Tensor:
+        """The grid written every train.sample_every steps (and saved as a PNG in the run)."""
+
+    def meta(self, ema_model: nn.Module, now: Moment) -> dict:
+        """What each checkpoint records beside the weights."""
+        return {}
+
+    def lr_factor(self, now: Moment) -> float:
+        """The base learning rate's multiplier: by default train.lr_schedule over the run's budget."""
+        return lr_factor(now.step, self.config.train, now.time_fraction)
+
+    def phase_done(self, now: Moment) -> bool:
         """Whether the loop should checkpoint now and move to the next phase (`next_phase`)."""
         return False
 
     def next_phase(self, trainer) -> None:
-        pass
+        """Start the next phase: the loop hands over the trainable state for the task to reset."""
 
     def tensors(self) -> dict:
         """Tensors a checkpoint keeps beside the model and its EMA: {name: state_dict}."""
@@ -100,16 +156,21 @@ class DiffusionTask(Task):
         x0 = to_model_range(images)
         return flip_images(x0, flipped) if flips else x0
 
-    def draws(self, x0: Tensor, classes, generator: torch.Generator, step: int) -> list:
-        labels = None
-        if self.config.model.num_classes:  # a random 10% become the null class: the unconditional model (guidance.py)
-            labels = drop_labels(classes, self.config.train.label_dropout, self.config.model.num_classes, generator)
-        t = self.diffusion.noise_levels(len(x0), generator, x0.device)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        return [labels, t, noise]
+    def labels(self, classes: Optional[Tensor], generator: torch.Generator) -> Optional[Tensor]:
+        """The step's class labels, a random train.label_dropout of them the null class, which trains the
+        unconditional model guidance needs (guidance.py); None for an unconditional run. Drawn first,
+        by every diffusion task and student alike."""
+        if not self.config.model.num_classes:
+            return None
+        return drop_labels(classes, self.config.train.label_dropout, self.config.model.num_classes, generator)
 
-    def loss(self, model: nn.Module, x0: Tensor, labels, t: Tensor, noise: Tensor) -> Tensor:
-        return self.diffusion.loss(model, x0, labels, t=t, noise=noise)
+    def draws(self, x0: Tensor, classes, generator: torch.Generator, now: Moment) -> DenoisingDraws:
+        labels = self.labels(classes, generator)
+        t = self.diffusion.noise_levels(len(x0), generator, x0.device)
+        return DenoisingDraws(labels, t, torch.randn(x0.shape, device=x0.device, generator=generator))
+
+    def loss(self, model: nn.Module, x0: Tensor, draws: DenoisingDraws) -> Tensor:
+        return self.diffusion.loss(model, x0, draws.labels, t=draws.t, noise=draws.noise)
 
     def picture(self, run: RunDir, ema_model: nn.Module, step: int) -> Tensor:
         """A grid from the EMA model with the run's own sampling options, always from the same noise,
@@ -124,8 +185,14 @@ class DiffusionTask(Task):
             save_class_grid(images, labels, run.sample_grid_path(step), n)
         return images
 
-    def meta(self, ema_model: nn.Module) -> dict:
-        return {}
+
+
+@dataclass(frozen=True)
+class AutoencoderDraws(Draws):
+    """A latent sample's noise per image, and the weight of the adversarial term (the same for all)."""
+
+    noise: Tensor
+    disc_weight: Tensor
 
 
 class AutoencoderTask(Task):
@@ -151,16 +218,15 @@ class AutoencoderTask(Task):
             x0 = flip_images(x0, flipped)
         return x0
 
-    def draws(self, x0: Tensor, classes, generator: torch.Generator, step: int) -> list:
+    def draws(self, x0: Tensor, classes, generator: torch.Generator, now: Moment) -> AutoencoderDraws:
         noise = torch.randn((len(x0), *self.latent_shape), device=x0.device, generator=generator)
-        # Each item's weight of the adversarial term in this step (the same for all): 0 until disc_start.
-        a = self.config.autoencoder
-        weight = a.disc_weight if step >= a.disc_start else 0.0
-        return [noise, torch.full((len(x0),), weight, device=x0.device)]
+        a = self.config.autoencoder  # the adversarial term's weight is 0 until disc_start
+        weight = a.disc_weight if now.step >= a.disc_start else 0.0
+        return AutoencoderDraws(noise, torch.full((len(x0),), weight, device=x0.device))
 
-    def loss(self, model: nn.Module, x0: Tensor, noise: Tensor, disc_weight: Tensor) -> Tensor:
+    def loss(self, model: nn.Module, x0: Tensor, draws: AutoencoderDraws) -> Tensor:
         a = self.config.autoencoder
-        return autoencoder_loss(model, x0, noise, a.kl_weight, a.reconstruction, float(disc_weight[0]))
+        return autoencoder_loss(model, x0, draws.noise, a.kl_weight, a.reconstruction, float(draws.disc_weight[0]))
 
     @torch.no_grad()
     def picture(self, run: RunDir, ema_model: nn.Module, step: int) -> Tensor:
@@ -173,7 +239,7 @@ class AutoencoderTask(Task):
         save_grid(images, run.sample_grid_path(step), nrow=n)
         return images
 
-    def meta(self, ema_model: nn.Module) -> dict:
+    def meta(self, ema_model: nn.Module, now: Moment) -> dict:
         """Every checkpoint carries its latent scale: 1 / std of the posterior means over the data."""
         device = next(ema_model.parameters()).device
         return {"latent_scale": 1.0 / latent_std(lambda x: ema_model.encode(x).mean, self.data, device)}
