@@ -344,7 +344,8 @@ STUDENTS.register(StudentSpec(
     "a progressively distilled student", "ddim", 4, citation="Salimans & Ho 2022"))
 STUDENTS.register(StudentSpec(
     "ect", _ECT + "ConsistencyTask", _ECT + "configure", _ECT + "check",
-    "easy consistency tuning from the teacher's weights, sampled in 1 to 8 steps", "a consistency student",
+    "easy consistency tuning from the teacher's weights, sampled in 1 to 8 steps, for --max-steps or --max-minutes "
+    "(default: --share of the teacher's training time)", "a consistency student",
     "consistency", 2, max_steps=8,
     denoiser="ddpm.diffusion.consistency:consistency_denoiser", section="consistency",
     export="DDPMPipeline's scheduler would read its network as a denoiser; diffusers' consistency scheduler "
