@@ -29,13 +29,13 @@ TRAINING = ("train", "train-autoencoder", "distill")
 
 def parser() -> Parser:
     from .. import __version__
-    from . import edit, interop, sample, serve, show, train
+    from . import edit, ema, interop, sample, serve, show, train
     from .common import Parser
 
     root = Parser(prog="ddpm", description="Train and sample denoising diffusion models.")
     root.add_argument("--version", action="version", version=f"ddpm {__version__}")
     commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for module in (train, sample, edit, show, interop, serve):
+    for module in (train, sample, ema, edit, show, interop, serve):
         module.add_commands(commands)
     return root
 

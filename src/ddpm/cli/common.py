@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from ..config import Config
 from ..errors import InputError
+from .ema import add_ema_flag
 from ..config.names import SPACINGS
 from ..config.recipe import notes as recipe_notes
 from ..config.settings import declared, flags_of, hints
@@ -105,6 +106,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, n: int) -> None:
     parser.add_argument("--batch-size", type=int, help="images per sampling batch")
     parser.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    add_ema_flag(parser)
     parser.add_argument("--device", default="auto")
 
 

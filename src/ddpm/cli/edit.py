@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import parse_classes
+from .ema import add_ema_flag, checkpoint_of
 
 
 RESULTS = "a .npz (arr_0 uint8 [N, H, W, C], as ddpm sample writes), a .png grid, or a folder (one PNG per image)"
@@ -26,6 +27,7 @@ def add_commands(commands) -> None:
     def add(name: str, help: str, out: str = f"the results: {RESULTS}", figure: str = ""):
         parser = kinds.add_parser(name, help=help, description=help)
         parser.add_argument("--run", required=True, help="run directory")
+        add_ema_flag(parser)
         parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
         parser.add_argument("--seed", type=int, default=0, help="the random seed (default 0)")
         parser.add_argument("--device", default="auto")
@@ -142,7 +144,7 @@ def _editor_and_image(args: argparse.Namespace, image: str):
         raise InputError(f"--figure must name a .png file (got {args.figure})")
     if args.command is not run_invert:
         check_results_path(Path(args.out))
-    edit = Editor(Pipeline.from_run(args.run, device=args.device))
+    edit = Editor(Pipeline.from_run(args.run, checkpoint_of(args.run, None, args.ema), device=args.device))
     picture = _read(image, gray=edit.pipe.image_shape[0] == 1)
     edit.image_tensor(picture)  # the right size and channels
     return edit, picture

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .ema import add_ema_flag, checkpoint_of
+
 
 def add_commands(commands) -> None:
     export = commands.add_parser("export", help="write a run as a diffusers DDPMPipeline folder",
@@ -16,6 +18,7 @@ def add_commands(commands) -> None:
                                              "first). What DDPMScheduler cannot "
                                              "express is refused.")
     export.add_argument("--run", required=True)
+    add_ema_flag(export)
     export.add_argument("--out", required=True, help="the folder to create")
     export.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest)")
     export.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
@@ -38,7 +41,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..factory import load_run, run_codec
     from ..storage.diffusers_folders import MODELS, export_run
 
-    loaded = load_run(args.run, args.checkpoint, "model" if args.no_ema else "ema")
+    loaded = load_run(args.run, checkpoint_of(args.run, args.checkpoint, args.ema), "model" if args.no_ema else "ema")
     codec = run_codec(loaded.config, args.run)
     done = export_run(loaded.config, loaded.network.state_dict(), Path(args.out), args.spacing, codec)
     load = f"{done.pipeline}.from_pretrained('{done.path}')"

@@ -17,6 +17,7 @@ from .common import (
     sampling_kwargs,
     split_names,
 )
+from .ema import add_ema_flag, checkpoint_of
 
 
 def add_commands(commands) -> None:
@@ -48,6 +49,7 @@ def add_commands(commands) -> None:
                                 description="Sample a run with every sampler at every step count; write sweep.csv and "
                                             "sweep.png (FID against network evaluations) into the run or --out.")
     sweep.add_argument("--run", required=True)
+    add_ema_flag(sweep)
     sweep.add_argument("--samplers", help=f"comma-separated (default all: {','.join(SAMPLERS.names())})")
     sweep.add_argument("--steps", default="5,10,20,50,100,1000", help="comma-separated step counts (default 5,10,20,50,100,1000)")
     sweep.add_argument("--n", type=int, default=1000, help="samples per pair (default 1000)")
@@ -162,7 +164,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if not samplers or min(steps) < 1:
         raise InputError("--samplers and --steps need at least one entry each, and steps must be >= 1")
     positive(args.n, "--n", 2)
-    pipe = Pipeline.from_run(args.run, device=args.device)
+    pipe = Pipeline.from_run(args.run, checkpoint_of(args.run, None, args.ema), device=args.device)
     for name in samplers:
         SAMPLERS.get(name)  # before the reference features, which can take minutes
     out = Path(args.out) if args.out else Path(args.run)
@@ -184,7 +186,8 @@ def _draw(args: argparse.Namespace):
     from ..pipeline import Pipeline
 
     positive(args.n, "--n")
-    pipe = Pipeline.from_run(args.run, checkpoint=args.checkpoint, ema=not args.no_ema, device=args.device)
+    checkpoint = checkpoint_of(args.run, args.checkpoint, args.ema)
+    pipe = Pipeline.from_run(args.run, checkpoint=checkpoint, ema=not args.no_ema, device=args.device)
     kwargs = sampling_kwargs(args)
     batch_size = kwargs.pop("batch_size", 256)
     plan = pipe.plan(args.n, classes=parse_classes(args.classes), **kwargs)

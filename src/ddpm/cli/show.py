@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import add_sampler_args, parse_ints, picture_out, positive, sampling_kwargs
+from .ema import add_ema_flag, checkpoint_of
 
 
 def add_commands(commands) -> None:
@@ -28,6 +29,7 @@ def add_commands(commands) -> None:
     show.add_argument("--n", type=int, help="samples (default 4 for trajectory, 8 for progression)")
     show.add_argument("--frames", type=int, default=10, help="trajectory: steps shown and GIF frames (default 10)")
     add_sampler_args(show)
+    add_ema_flag(show)
     show.add_argument("--seed", type=int, default=0)
     show.add_argument("--device", default="auto")
     show.set_defaults(command=run_show)
@@ -65,7 +67,7 @@ def run_show(args: argparse.Namespace) -> int:
         raise InputError(f"ddpm show {args.picture} needs --run RUN")
     n = positive(args.n if args.n is not None else (4 if args.picture == "trajectory" else 8), "--n")
     out = picture_out(args.out, RunDir(args.run).picture_path(args.picture))
-    pipe = Pipeline.from_run(args.run, device=args.device)
+    pipe = Pipeline.from_run(args.run, checkpoint_of(args.run, None, args.ema), device=args.device)
     if args.picture == "edits":
         from ..data.datasets import load_data
 

@@ -12,6 +12,7 @@ from ..config.students import student_sections
 from ..errors import InputError
 from ..registry import STUDENTS
 from .common import add_config_flags, config_overrides
+from .ema import add_ema_flag, checkpoint_of
 
 # The flags of each command, by config section or key; each flag's spelling, help and range are
 # declared once, with its field (config/schema.py).
@@ -63,6 +64,7 @@ def add_distill(commands) -> None:
     parser.add_argument("--out", required=True, help="the student run directory to create")
     add_config_flags(parser, Config, student_sections(), DISTILL_KEYS)
     parser.add_argument("--checkpoint", help="a checkpoint folder of the teacher (default: its newest intact)")
+    add_ema_flag(parser)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="any train.* key of the student, a key of its method's own section (consistency.*), "
                              "or model.dropout")
@@ -80,7 +82,7 @@ def run_distill(args: argparse.Namespace) -> int:
     if other:
         raise InputError(f"a student keeps its teacher's network and process; --set takes "
                          f"{', '.join(s + '.*' for s in sections)} and model.dropout (got {other[0]})")
-    run_dir = distill(args.run, args.out, **settings, checkpoint=args.checkpoint, overrides=overrides,
+    run_dir = distill(args.run, args.out, **settings, checkpoint=checkpoint_of(args.run, args.checkpoint, args.ema), overrides=overrides,
                       progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"student written to {run_dir.path}: ddpm sample --run {run_dir.path}")

@@ -216,6 +216,13 @@ class TrainConfig(Section):
     label_dropout: float = setting(0.1, "class-conditional models: P(label -> null class), Ho & Salimans 2022",
                                    ge=0, lt=1)
     ema_warmup: bool = setting(True, "decay min(ema_decay, (1 + n) / (10 + n)): short runs see progress")
+    posthoc_ema: list[float] = setting([], "post-hoc EMA (Karras et al. 2024): the lengths sigma_rel of the power "
+                                           "EMAs whose snapshots the run keeps, for 'ddpm ema' (EDM2: [0.05, 0.1]); "
+                                           "[] for none", gt=0, lt=0.2886)
+    snapshot_every: int = setting(500, "steps between post-hoc EMA snapshots (and one at the end)", ge=1,
+                                  resumable=True)
+    keep_snapshots: int = setting(32, "post-hoc EMA snapshots kept: past it every other older one goes", ge=2,
+                                  resumable=True)
     max_steps: Optional[int] = setting(20_000, "stop after this many optimiser steps", ge=1,
                                        null="for no step cap (the minutes alone)", flag=True, resumable=True)
     max_minutes: Optional[float] = setting(None, "stop after this many minutes of training in all (a resumed run counts "

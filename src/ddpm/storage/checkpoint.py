@@ -135,6 +135,18 @@ class RunDir:
         os.replace(folder, aside)
         return aside
 
+    @property
+    def snapshots(self) -> Path:
+        """The post-hoc EMA's snapshots (training/ema.py), one folder per step."""
+        return self.path / "ema" / "snapshots"
+
+    def all_snapshots(self) -> list[Path]:
+        return sorted(p for p in self.snapshots.glob("step_*") if (p / "meta.json").is_file())
+
+    def reconstructed(self, sigma_rel: float) -> Path:
+        """Where `ddpm ema` writes the EMA of length sigma_rel: a checkpoint folder of its own."""
+        return self.path / "ema" / f"sigma_{sigma_rel:.4f}"
+
     def all_checkpoints(self) -> list[Path]:
         """Complete checkpoint folders, oldest first."""
         if not self.checkpoints.is_dir():
@@ -156,40 +168,79 @@ def save_checkpoint(run: RunDir, step: int, tensors: dict[str, dict[str, torch.T
     with nothing of it left behind.
     """
     run.checkpoints.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(run)
+    _remove_leftovers(run.checkpoints)
     name = f"step_{step:06d}"
     final = run.checkpoints / name
-    tmp = run.checkpoints / f"{TMP_PREFIX}{name}"
-    doing = "preparing"
+    doing = ["preparing"]
     try:
-        if not (final / "meta.json").is_file() or not _intact(final):
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete or damaged folder of that name (never `latest`)
-            tmp.mkdir()
-            for key, state_dict in tensors.items():
-                doing = f"writing {key}.safetensors"
-                save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp / f"{key}.safetensors")
-            doing = "writing state.pt"
-            torch.save(state, tmp / "state.pt")
-            checksums = {file.name: file_sha256(file) for file in sorted(tmp.iterdir())}
-            doing = "writing meta.json"
-            (tmp / "meta.json").write_text(json.dumps(_sealed({"step": step, **meta, "sha256": checksums}), indent=2))
-            doing = "flushing it to the disk"
-            for file in tmp.iterdir():
-                fsync(file)
-            os.replace(tmp, final)
-            fsync(run.checkpoints)
-        doing = "moving latest to it"
+        write_sealed(final, tensors, {"step": step, **meta}, state, doing)
+        doing[0] = "moving latest to it"
         atomic_write(run.checkpoints / LATEST, lambda path: path.write_text(name), durable=True)
     except (OSError, SafetensorError) as error:  # safetensors reports a failed write as its own error
-        shutil.rmtree(tmp, ignore_errors=True)
-        intact = run.newest_intact()[0]
-        reason = getattr(error, "strerror", None) or str(error).split("I/O error: ")[-1]
-        raise WriteFailed(f"could not write checkpoint {final} ({reason}, {doing}); nothing of it is "
-                          f"left, and the newest intact checkpoint is {intact or 'none yet'}; make room and run the same "
-                          f"command again") from None
+        raise _write_failed(f"checkpoint {final}", error, doing[0], run) from None
     for old in run.all_checkpoints()[:-keep]:
         if not _kept(old):  # a distillation phase's student stays
             _remove(old)
+    return final
+
+
+def write_sealed(final: Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any],
+                 state: Optional[dict[str, Any]] = None, doing: Optional[list] = None) -> None:
+    """Write the folder `final` whole or not at all: each of `tensors` as safetensors, `state` as
+    state.pt, and meta.json sealed with every file's sha256 (`verify`), in a temporary folder that
+    is flushed and renamed into place. An intact folder of that name is kept as it is. `doing[0]`
+    says what was being written when an error leaves (nothing of it is left behind)."""
+    doing = doing if doing is not None else [""]
+    if (final / "meta.json").is_file() and _intact(final):
+        return
+    shutil.rmtree(final, ignore_errors=True)  # an incomplete or damaged folder of that name (never `latest`)
+    tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
+    try:
+        tmp.mkdir()
+        for key, state_dict in tensors.items():
+            doing[0] = f"writing {key}.safetensors"
+            save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp / f"{key}.safetensors")
+        if state is not None:
+            doing[0] = "writing state.pt"
+            torch.save(state, tmp / "state.pt")
+        checksums = {file.name: file_sha256(file) for file in sorted(tmp.iterdir())}
+        doing[0] = "writing meta.json"
+        (tmp / "meta.json").write_text(json.dumps(_sealed({**meta, "sha256": checksums}), indent=2))
+        doing[0] = "flushing it to the disk"
+        for file in tmp.iterdir():
+            fsync(file)
+        os.replace(tmp, final)
+        fsync(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_failed(what: str, error: Exception, doing: str, run: RunDir) -> WriteFailed:
+    intact = run.newest_intact()[0]
+    reason = getattr(error, "strerror", None) or str(error).split("I/O error: ")[-1]
+    return WriteFailed(f"could not write {what} ({reason}, {doing}); nothing of it is left, and the newest intact "
+                       f"checkpoint is {intact or 'none yet'}; make room and run the same command again")
+
+
+def save_snapshot(run: RunDir, step: int, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any],
+                  keep: int) -> Path:
+    """Write post-hoc EMA snapshot `step` (training/ema.py) as a checkpoint is written, then keep at most
+    `keep`: past that, every other one of the older snapshots goes (the newest always stays), so they
+    thin out towards the start of training, where the profiles of the EMAs weigh least."""
+    run.snapshots.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(run.snapshots)
+    final = run.snapshots / f"step_{step:06d}"
+    doing = ["preparing"]
+    try:
+        write_sealed(final, tensors, {"step": step, **meta}, None, doing)
+    except (OSError, SafetensorError) as error:
+        raise _write_failed(f"post-hoc EMA snapshot {final}", error, doing[0], run) from None
+    snapshots = run.all_snapshots()
+    while len(snapshots) > keep:
+        for old in snapshots[:-1][1::2]:
+            _remove(old)
+        snapshots = run.all_snapshots()
     return final
 
 
@@ -288,9 +339,9 @@ def load_into(network: torch.nn.Module, weights: dict[str, torch.Tensor], folder
     network.load_state_dict(weights)
 
 
-def _remove_leftovers(run: RunDir) -> None:
+def _remove_leftovers(parent: Path) -> None:
     """Half-written or half-deleted folders that a killed process left behind."""
-    for path in [*run.checkpoints.glob(f"{TMP_PREFIX}*"), *run.checkpoints.glob(f"{TRASH_PREFIX}*")]:  # not .damaged-
+    for path in [*parent.glob(f"{TMP_PREFIX}*"), *parent.glob(f"{TRASH_PREFIX}*")]:  # not .damaged-
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:

@@ -32,7 +32,7 @@ from ..storage.checkpoint import RunDir
 from ..storage.files import plot_loss
 from ..storage.lock import RunLock
 from ..registry import STUDENTS, resolve
-from .ema import EMA
+from .ema import EMA, PowerEMA
 from .precision import autocast, make_scaler
 from .run import Run, Start
 from .state import Clock, Log, seed_everything
@@ -84,6 +84,7 @@ class Trainer:
     clock: Clock
     step: int = 0
     skipped: int = 0  # non-finite steps in a row
+    posthoc: "PowerEMA | None" = None  # the power EMAs of post-hoc EMA, if the run keeps them (train.posthoc_ema)
 
     def moment(self, step: "int | None" = None) -> Moment:
         """Where the run stands, for its task: at `step` (default: the current one) and the clock's time."""
@@ -104,7 +105,8 @@ class Trainer:
         lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: task.lr_factor(Moment(step, clock.seconds, clock.fraction())))
         return cls(network, EMA(network, tc.ema_decay, tc.ema_warmup), optimizer, lr_schedule,
-                   make_scaler(tc.precision, device), torch.Generator(device=device).manual_seed(tc.seed), clock)
+                   make_scaler(tc.precision, device), torch.Generator(device=device).manual_seed(tc.seed), clock,
+                   posthoc=PowerEMA(network, tc.posthoc_ema) if tc.posthoc_ema else None)
 
 
 def _train(config: "Config | AutoencoderRun", folder: RunDir, lock: RunLock, start: Start, progress: bool) -> RunDir:
@@ -166,6 +168,8 @@ def _train(config: "Config | AutoencoderRun", folder: RunDir, lock: RunLock, sta
         elapsed = time.monotonic() - started
         log.flush(trainer.step, trainer.lr_schedule.get_last_lr()[0], images_seen / max(elapsed, 1e-9), elapsed / 60)
         run.checkpoint(task, trainer)
+        if trainer.posthoc:  # the last snapshot is the final step's, which `ddpm ema` reconstructs at
+            run.snapshot(trainer, tc.keep_snapshots)
         if trainer.step % tc.sample_every:
             log.images(trainer.step, task.picture(folder, trainer.ema.model, trainer.step))
         log.close()
@@ -203,6 +207,8 @@ def _update(trainer: Trainer, loss, grad_norm, tc, run: RunDir, ranks, log) -> N
         trainer.scaler.step(trainer.optimizer)
         trainer.scaler.update()
         trainer.ema.update(trainer.network)
+        if trainer.posthoc:
+            trainer.posthoc.update(trainer.network, trainer.step + 1)
         if log:
             log.add(loss, grad_norm)
         trainer.skipped = 0
@@ -232,6 +238,8 @@ def _every(trainer: Trainer, task, run: Run, log, bar, tc, images_per_s: float, 
         log.images(step, task.picture(run.dir, trainer.ema.model, step))
     if step % tc.checkpoint_every == 0:
         run.checkpoint(task, trainer)
+    if trainer.posthoc and step % tc.snapshot_every == 0:
+        run.snapshot(trainer, tc.keep_snapshots)
 
 
 def make_task(config, data, device: torch.device, resume: bool, progress: bool, run: Path):

@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..factory import load_codec, own_autoencoder_dir
 from ..config.recipe import own_autoencoder
 from ..runtime.distributed import Distributed
-from ..storage.checkpoint import RunDir, load_into, load_meta, load_state, load_weights, save_checkpoint
+from ..storage.checkpoint import RunDir, load_into, load_meta, load_state, load_weights, save_checkpoint, save_snapshot
 from ..storage.lock import RunLock
 from .state import rng_state, set_rng_state
 
@@ -104,10 +104,17 @@ class Run:
             "grad_scaler": trainer.scaler.state_dict(),
             "rng": rng_state(trainer.generator),
         }
-        tensors = {"model": trainer.network.state_dict(), "ema": trainer.ema.model.state_dict(), **task.tensors()}
+        tensors = {"model": trainer.network.state_dict(), "ema": trainer.ema.model.state_dict(), **task.tensors(),
+                   **(trainer.posthoc.tensors() if trainer.posthoc else {})}
         meta = {"ema_updates": trainer.ema.updates, "train_seconds": round(trainer.clock.seconds, 3),
                 **task.meta(trainer.ema.model, trainer.moment())}
         save_checkpoint(self.dir, trainer.step, tensors, state, meta, keep=task.config.train.keep_checkpoints)
+
+    def snapshot(self, trainer, keep: int) -> None:
+        """A post-hoc EMA snapshot of the power EMAs now (training/ema.py), as `ddpm ema` reads them."""
+        posthoc = trainer.posthoc
+        save_snapshot(self.dir, trainer.step, posthoc.tensors(), {"sigma_rels": posthoc.sigma_rels,
+                                                                  "gammas": posthoc.gammas}, keep)
 
     def restore(self, trainer, task) -> float:
         """Load the newest intact checkpoint into the training state; returns its training seconds. A
@@ -127,6 +134,9 @@ class Run:
         load_into(trainer.ema.model, load_weights(folder, "ema"), folder, run.config_path)
         meta = load_meta(folder)
         trainer.ema.updates = meta["ema_updates"]
+        for key, average in (trainer.posthoc.tensors() if trainer.posthoc else {}).items():
+            average_model = trainer.posthoc.models[int(key.split("_")[1])]
+            load_into(average_model, load_weights(folder, key), folder, run.config_path)
         if "optimizer" not in state:  # an imported model (ddpm import): fine-tuning starts its optimiser afresh
             tqdm.write(f"{folder} holds weights only (imported from {meta.get('imported_from', 'elsewhere')}); "
                        f"training starts a fresh optimiser from them")
