@@ -294,6 +294,8 @@ class NetworkSpec:
 NETWORKS: Registry[NetworkSpec] = Registry("network")
 NETWORKS.register(NetworkSpec("unet", "ddpm.models.unet:unet_from_config",
                               "the UNet of models/unet.py: its options are the model section's keys"))
+NETWORKS.register(NetworkSpec("mp-unet", "ddpm.models.mp_unet:mp_unet_from_config",
+                              "EDM2's magnitude-preserving UNet (Karras et al. 2024, config G): models/mp_unet.py"))
 
 
 # ---- students ---------------------------------------------------------------------------------

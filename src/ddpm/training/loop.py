@@ -97,6 +97,8 @@ class Trainer:
         memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
         network = task.network.to(device, memory_format=memory_format)
         optimizer = build_optimizer(network, tc)
+        if hasattr(network, "normalize_weights"):  # a network that keeps its weights' norm (EDM2's forced normalisation)
+            optimizer.register_step_post_hook(lambda *_: network.normalize_weights())
         minutes = tc.max_minutes and tc.max_minutes - spent / 60
         if minutes is not None and minutes <= 0:
             raise InputError(f"the autoencoder took {spent / 60:.2f} of the run's {tc.max_minutes:g} minutes, leaving "
