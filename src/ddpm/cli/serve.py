@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ..errors import InputError
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     def ready(server) -> None:
         print(f"ddpm serve: {server.url} (Ctrl-C stops)", flush=True)
 
+    previous = _stop_on(signal.SIGINT, signal.SIGTERM)
     try:
         serve(args.run, args.host, args.port, args.device, ready)
     except KeyboardInterrupt:
@@ -41,4 +43,19 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         raise InputError(f"cannot listen on {args.host}:{args.port} ({error.strerror or error}); choose another "
                          f"--port, or 0 for any free one") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
+
+
+def _stop_on(*signals) -> dict:
+    """Ctrl-C and kill stop the server cleanly, also where it was started with SIGINT ignored (a shell's
+    background job, a test runner's worker), which Python would otherwise leave ignored."""
+    previous = {}
+    try:
+        for sig in signals:
+            previous[sig] = signal.signal(sig, signal.default_int_handler)
+    except ValueError:  # not the main thread: the caller's signals stay its own
+        pass
+    return previous
