@@ -83,6 +83,8 @@ def test_cosine_learning_rate_ends_at_zero_with_the_first_budget():
     assert lr_factor(10, tc, time_fraction=1.0) == 0.0
     constant = tiny_config(**{"train.lr_schedule": "constant", "train.warmup_steps": 0}).train
     assert lr_factor(10, constant, time_fraction=0.9) == 1.0
+    rsqrt = tiny_config(**{"train.lr_schedule": "rsqrt", "train.lr_step_size": 100, "train.warmup_steps": 0}).train
+    assert [lr_factor(step, rsqrt, time_fraction=0.9) for step in (0, 100, 400, 2500)] == [1.0, 1.0, 0.5, 0.2]
 
 
 def test_adamw_steps_are_the_closed_form_and_fused_on_cpu():

@@ -23,7 +23,7 @@ Upsample = Literal["nearest", "bilinear", "transposed"]
 Skips = Literal["level", "block"]
 DownsamplePadding = Literal["both", "after"]
 Optimizer = Literal["adamw", "lion"]
-LRSchedule = Literal["constant", "step", "cosine"]
+LRSchedule = Literal["constant", "step", "cosine", "rsqrt"]
 NonFinite = Literal["stop", "skip"]
 Precision = Literal["fp32", "bf16", "fp16"]
 

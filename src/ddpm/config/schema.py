@@ -207,8 +207,10 @@ class TrainConfig(Section):
     betas: list[float] = setting([0.9, 0.99], "Adam's or Lion's (beta1, beta2)", ge=0, lt=1, length=(2, 2))
     warmup_steps: int = setting(100, "steps of linear learning-rate warm-up", ge=0)
     lr_schedule: LRSchedule = setting("cosine", "to zero at the end of the budget, steps or minutes (measured best: "
-                                                "docs/cpu-default.md)")
-    lr_step_size: int = setting(10_000, "the step schedule multiplies by lr_gamma every this many steps", ge=1)
+                                                "docs/cpu-default.md); rsqrt: EDM2's lr / sqrt(max(step / "
+                                                "lr_step_size, 1))")
+    lr_step_size: int = setting(10_000, "the step schedule multiplies by lr_gamma every this many steps; the rsqrt "
+                                        "schedule's reference step (EDM2's t_ref)", ge=1)
     lr_gamma: float = setting(0.5, "the step schedule's factor", gt=0, le=1)
     grad_clip: float = setting(1.0, "the gradient norm's clip (0 turns clipping off)", ge=0)
     nonfinite: NonFinite = setting("stop", "a NaN/inf loss or gradient: stop, or skip the update (up to 10 in a row)")

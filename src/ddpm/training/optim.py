@@ -35,6 +35,8 @@ def span_factor(step: int, spent: float, config: TrainConfig, schedule: str = ""
         decay = config.lr_gamma ** (step // config.lr_step_size)
     elif schedule == "cosine":  # Loshchilov & Hutter 2017, to zero when the span ends
         decay = 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, spent))))
+    elif schedule == "rsqrt":  # EDM2 (Karras et al. 2024, eq. 121): constant to t_ref, then 1 / sqrt(t / t_ref)
+        decay = 1.0 / math.sqrt(max(step / config.lr_step_size, 1.0))
     else:
         raise ValueError(f"unknown lr_schedule {schedule!r}")
     return warmup * decay
