@@ -108,7 +108,8 @@ def test_snapshots_thin_out_past_their_bound_keeping_the_newest(tmp_path):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("posthoc")
     argv = ["train", *TINY, "--set", "train.posthoc_ema=[0.05,0.1]", "--set", "train.snapshot_every=2",
-            "--set", "train.checkpoint_every=4"]
+            "--set", "train.checkpoint_every=4", "--set", "data.augment_xflip=0.5", "--set",
+            "data.augment_translate=0.5", "--set", "data.augment_rotate90=0.5"]  # augmented too: resumed alike
     assert main([*argv, "--out", str(root / "straight"), "--max-steps", "6"]) == 0
     return root, argv
 
@@ -124,6 +125,8 @@ def test_a_run_keeps_snapshots_that_resume_bit_exactly_and_every_command_takes_t
     shutil.rmtree(broken.snapshots / "step_000006")
     (broken.checkpoints / "latest").write_text("step_000004")
     assert main(["train", "--resume", str(broken.path), "--no-progress", "--device", "cpu"]) == 0
+    a, b = (load_file(run.latest() / "model.safetensors") for run in (straight, broken))
+    assert all(torch.equal(a[k], b[k]) for k in a)
     for name in ("step_000002", "step_000004", "step_000006"):
         for key in ("power_0", "power_1"):
             a, b = (load_file(run.snapshots / name / f"{key}.safetensors") for run in (straight, broken))

@@ -23,6 +23,8 @@ from typing import Optional
 import yaml
 
 from ..errors import InputError
+
+AUGMENT_LABEL_DIM = 5  # data/augment.py's label: mirrored; shift x, y; 1 - cos and sin of the turn
 from .names import (
     Activation,
     DownsamplePadding,
@@ -189,7 +191,18 @@ class DataConfig(Section):
     crop: Optional[int] = setting(None, "center-crop to N x N before resizing (celeba: 140)", ge=1, flag=True,
                                   metavar="N")
     flip: bool = setting(False, "random horizontal flips during training", flag=True)
+    # Non-leaking augmentation (EDM App. F.2, data/augment.py): each kind's probability per image; the
+    # network is told what was done, and samples with nothing done.
+    augment_xflip: float = setting(0.0, "non-leaking augmentation: P(mirrored)", ge=0, le=1)
+    augment_translate: float = setting(0.0, "non-leaking augmentation: P(shifted by up to 1/8 of the size, wrapping)",
+                                       ge=0, le=1)
+    augment_rotate90: float = setting(0.0, "non-leaking augmentation: P(turned by 90, 180 or 270 degrees)", ge=0, le=1)
     workers: int = setting(2, "DataLoader workers for folders too large to hold in memory", ge=0)
+
+    @property
+    def augment_dim(self) -> int:
+        """The width of the networks' augmentation label (data/augment.py): 0 without augmentation."""
+        return AUGMENT_LABEL_DIM if max(self.augment_xflip, self.augment_translate, self.augment_rotate90) > 0 else 0
 
     def validate(self) -> None:
         check(bool(self.name), "data.name must not be empty")

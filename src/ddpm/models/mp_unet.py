@@ -147,13 +147,15 @@ class MPUNet(nn.Module):
 
     def __init__(self, in_channels: int, channels: Sequence[int] = (16, 32, 64),
                  attention: Sequence[bool] = (False, False, True), num_res: int = 2, dropout: float = 0.0,
-                 num_classes: int = 0, emb_dim: Optional[int] = None, head_dim: Optional[int] = 64):
+                 num_classes: int = 0, emb_dim: Optional[int] = None, head_dim: Optional[int] = 64,
+                 augment_dim: int = 0):
         super().__init__()
         channels, levels = list(channels), len(channels)
         emb = emb_dim or max(channels)
         self.num_classes, self.noise_dim, self.levels = num_classes, channels[0], levels
         self.emb_noise = MPConv(self.noise_dim, emb, 0)
         self.emb_label = MPConv(num_classes + 1, emb, 0) if num_classes else None
+        self.emb_augment = MPConv(augment_dim, emb, 0) if augment_dim else None  # zero label: nothing added
         self.out_gain = nn.Parameter(torch.zeros([]))
         block = dict(emb_channels=emb, dropout=dropout, head_dim=head_dim)
         self.conv_in = MPConv(in_channels + 1, channels[0], 3)  # and a channel of ones, as EDM2
@@ -185,7 +187,7 @@ class MPUNet(nn.Module):
                 width = out
         self.conv_out = MPConv(width, in_channels, 3)
 
-    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None, augment: Optional[Tensor] = None) -> Tensor:
         emb = self.emb_noise(fourier_features(t, self.noise_dim).to(x.dtype))
         if self.emb_label is not None:
             labels = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device) if y is None else y
@@ -193,6 +195,8 @@ class MPUNet(nn.Module):
             emb = mp_sum(emb, self.emb_label(one_hot), 0.5)
         elif y is not None:
             raise InputError("this network was built without classes (num_classes=0); it takes no labels")
+        if self.emb_augment is not None and augment is not None:
+            emb = emb + self.emb_augment(augment.to(emb.dtype))
         emb = mp_silu(emb)
         x = self.conv_in(torch.cat([x, torch.ones_like(x[:, :1])], dim=1))
         skips = [x]
@@ -228,4 +232,4 @@ def mp_unet_from_config(config) -> MPUNet:
             raise InputError(f"model.{key} is an option of the unet network; the mp-unet has no counterpart (it "
                              f"has no norm layers and EDM2's own layout): leave it at {getattr(default, key)!r}")
     return MPUNet(config.model_input()[0], m.channels, m.attention, m.num_res, m.dropout, m.num_classes,
-                  m.time_emb_dim, m.attention_head_dim)
+                  m.time_emb_dim, m.attention_head_dim, config.data.augment_dim)

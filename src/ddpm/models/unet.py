@@ -263,6 +263,7 @@ class UNet(nn.Module):
         norm_groups: Optional[int] = None,
         norm_eps: float = 1e-5,
         attention_head_dim: Optional[int] = 64,
+        augment_dim: int = 0,
     ):
         super().__init__()
         if patch_size < 1:
@@ -285,6 +286,8 @@ class UNet(nn.Module):
         )
         self.num_classes = num_classes
         self.class_embedding = nn.Embedding(num_classes + 1, time_channels) if num_classes else None
+        # non-leaking augmentation's label (data/augment.py), added to the embedding: zero adds nothing
+        self.augment_embedding = nn.Linear(augment_dim, time_channels, bias=False) if augment_dim else None
         o = _Options(time_channels, dropout, norm, activation, upsample, norm_groups, norm_eps, attention_head_dim,
                      downsample_padding)
         per_block = skips == "block"
@@ -315,7 +318,7 @@ class UNet(nn.Module):
         for side in (height, width):
             check_unet_size(side, self.levels, self.patch_size)
 
-    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None, augment: Optional[Tensor] = None) -> Tensor:
         self.check_size(x.shape[-2], x.shape[-1])
         waves = sinusoidal_embedding(t, self.time_emb_dim, shift=self.time_freq_shift, cos_first=self.time_cos_first)
         time = self.time_mlp(waves.to(self.time_mlp[0].weight.dtype))  # a float64 network (the tests) too
@@ -324,6 +327,8 @@ class UNet(nn.Module):
             time = time + self.class_embedding(null if y is None else y)
         elif y is not None:
             raise InputError("this UNet was built without classes (num_classes=0); it takes no labels")
+        if self.augment_embedding is not None and augment is not None:
+            time = time + self.augment_embedding(augment.to(time.dtype))
         h = self.stem(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
         skips = [h] if self.down[0].per_block else []
         for block in self.down:
@@ -344,4 +349,4 @@ def unet_from_config(config) -> UNet:
     channels it denoises: its images', or a latent run's latents' (config.model_input)."""
     kwargs = dataclasses.asdict(config.model)
     kwargs.pop("network")
-    return UNet(config.model_input()[0], **kwargs)
+    return UNet(config.model_input()[0], **kwargs, augment_dim=config.data.augment_dim)

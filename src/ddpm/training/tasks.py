@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import AutoencoderRun, Config
+from ..data.augment import augment_images, augment_labels, draw_augmentations
 from ..data.imagedata import to_model_range, to_uint8
 from ..data.latents import LatentData, encode_data, latent_std
 from ..diffusion.guidance import drop_labels
@@ -60,6 +62,7 @@ class DenoisingDraws(Draws):
     labels: Optional[Tensor]
     t: Tensor
     noise: Tensor
+    augment: Optional[Tensor] = None  # what non-leaking augmentation does to each image (data/augment.py)
 
 
 class Task(abc.ABC):
@@ -167,9 +170,16 @@ class DiffusionTask(Task):
     def draws(self, x0: Tensor, classes, generator: torch.Generator, now: Moment) -> DenoisingDraws:
         labels = self.labels(classes, generator)
         t = self.diffusion.noise_levels(len(x0), generator, x0.device)
-        return DenoisingDraws(labels, t, torch.randn(x0.shape, device=x0.device, generator=generator))
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        d = self.config.data  # drawn last: a run without augmentation draws what it always drew
+        augment = (draw_augmentations(len(x0), x0.shape[-1], d.augment_xflip, d.augment_translate, d.augment_rotate90,
+                                      generator, x0.device) if d.augment_dim else None)
+        return DenoisingDraws(labels, t, noise, augment)
 
     def loss(self, model: nn.Module, x0: Tensor, draws: DenoisingDraws) -> Tensor:
+        if draws.augment is not None:  # the images as augmented, the network told how (data/augment.py)
+            x0 = augment_images(x0, draws.augment)
+            model = functools.partial(model, augment=augment_labels(draws.augment, x0.shape[-1]).to(x0.device))
         return self.diffusion.loss(model, x0, draws.labels, t=draws.t, noise=draws.noise)
 
     def picture(self, run: RunDir, ema_model: nn.Module, step: int) -> Tensor:
