@@ -185,12 +185,15 @@ def save_checkpoint(run: RunDir, step: int, tensors: dict[str, dict[str, torch.T
 
 
 def write_sealed(final: Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any],
-                 state: Optional[dict[str, Any]] = None, doing: Optional[list] = None) -> None:
+                 state: Optional[dict[str, Any]] = None, doing: Optional[list] = None, replace: bool = False) -> None:
     """Write the folder `final` whole or not at all: each of `tensors` as safetensors, `state` as
     state.pt, and meta.json sealed with every file's sha256 (`verify`), in a temporary folder that
-    is flushed and renamed into place. An intact folder of that name is kept as it is. `doing[0]`
-    says what was being written when an error leaves (nothing of it is left behind)."""
+    is flushed and renamed into place. An intact folder of that name is kept as it is (a checkpoint of
+    a step is the same whoever writes it), unless `replace`. `doing[0]` says what was being written
+    when an error leaves (nothing of it is left behind)."""
     doing = doing if doing is not None else [""]
+    if replace and final.exists():
+        _remove(final)
     if (final / "meta.json").is_file() and _intact(final):
         return
     shutil.rmtree(final, ignore_errors=True)  # an incomplete or damaged folder of that name (never `latest`)

@@ -127,8 +127,9 @@ MAX_RESIDUAL = 0.05  # how far (relative L2) a reconstructed profile may stay fr
 def reconstruct(path, sigma_rels: list[float]) -> list:
     """Write, into the run at `path`, the EMA of each length in `sigma_rels` at the run's last snapshot
     (its final step), combined from all its intact snapshots (`posthoc_coefficients`); each one a
-    checkpoint folder of its own (RunDir.reconstructed) that every command loads with --ema. Every
-    length is checked before anything is written; a damaged snapshot is left out, and said so."""
+    checkpoint folder of its own (RunDir.reconstructed, replaced if there) that every command loads
+    with --ema. Every length is checked before anything is written; a damaged snapshot is left out,
+    and said so."""
     import warnings
 
     from ..errors import CheckpointDamaged, DdpmWarning
@@ -158,7 +159,7 @@ def reconstruct(path, sigma_rels: list[float]) -> list:
                              f"than {MAX_RESIDUAL:.0%}); ask for a length nearer those")
         solved[sigma_rel] = (x, residual)
     averaged: dict[float, dict] = {sigma_rel: {} for sigma_rel in sigma_rels}
-    for (folder, key, _, _), i in zip(parts, range(len(parts))):
+    for i, (folder, key, _, _) in enumerate(parts):
         weights = load_weights(folder, key)
         for sigma_rel, (x, _) in solved.items():
             state = averaged[sigma_rel]
@@ -175,6 +176,6 @@ def reconstruct(path, sigma_rels: list[float]) -> list:
         meta = {"step": step, "sigma_rel": sigma_rel, "residual": residual, "snapshots": len(snapshots),
                 "coefficients": [round(float(c), 8) for c in x]}
         template = load_weights(parts[-1][0], parts[-1][1])
-        write_sealed(final, {"ema": {k: v.to(template[k].dtype) for k, v in state.items()}}, meta)
+        write_sealed(final, {"ema": {k: v.to(template[k].dtype) for k, v in state.items()}}, meta, replace=True)
         written.append(final)
     return written
