@@ -33,7 +33,7 @@ from .errors import DdpmWarning, InputError
 from .factory import build_diffusion, load_run, run_codec
 from .models.codec import Codec
 from .config.options import Options
-from .registry import SAMPLERS, STUDENTS, SamplerSpec, resolve
+from .registry import SAMPLERS, STUDENTS, SamplerSpec, StudentSpec, resolve
 from .runtime.devices import resolve_device
 from .runtime.distributed import Distributed, init_distributed
 from .storage.checkpoint import load_into, load_weights, verify
@@ -172,8 +172,7 @@ class Pipeline:
         if not 1 <= steps <= self.diffusion.timesteps:
             raise InputError(f"--steps must be between 1 and the model's T = {self.diffusion.timesteps} (got {steps})")
         # a student learnt its own sampler, and some methods only the steps they were trained for
-        student = self.config.student and STUDENTS.get(self.config.student)
-        fixed = student and student.fixed_steps
+        fixed = self._student is not None and self._student.fixed_steps
         if fixed and (steps > s.steps or sampler != s.sampler) and (sampler, steps) != self._warned:
             self._warned = (sampler, steps)
             warnings.warn(f"this student was distilled to sample in {s.steps} steps of {s.sampler}; {steps} steps "
@@ -187,6 +186,11 @@ class Pipeline:
         labels = self._labels(n, classes) if n is not None else self._labels(1, classes) and None
         return Plan(sampler, steps, spacing, resolved, s.guidance if guidance is None else guidance, s.clip_denoised,
                     timesteps, labels, n)
+
+    @property
+    def _student(self) -> Optional[StudentSpec]:
+        """The student method's spec (registry.STUDENTS) for a student run; None for any other."""
+        return STUDENTS.get(self.config.student) if self.config.student else None
 
     def _labels(self, n: int, classes: Classes = None) -> Optional[Tensor]:
         """Class labels for n samples, cycling through `classes` (an int, a list, or "all"/None for
@@ -209,9 +213,8 @@ class Pipeline:
         """What the sampler calls: the network through its objective, clipped as the run samples,
         guided towards `labels` if given."""
         denoiser = self.diffusion.denoiser(self.network, plan.clip_denoised)
-        student = self.config.student and STUDENTS.get(self.config.student)
-        if student and student.denoiser is not None:  # a student whose network is read otherwise (as f(x, sigma))
-            denoiser = resolve(student.denoiser)(denoiser, self.config)
+        if self._student is not None and self._student.denoiser is not None:  # its network read otherwise: f(x, sigma)
+            denoiser = resolve(self._student.denoiser)(denoiser, self.config)
         return denoiser if labels is None else denoiser.conditioned(labels.to(self.device), plan.guidance)
 
     @torch.no_grad()

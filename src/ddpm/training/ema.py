@@ -170,12 +170,12 @@ def reconstruct(path, sigma_rels: list[float]) -> list:
                 term = tensor.double() * float(x[i])
                 state[name] = term if name not in state else state[name] + term
     written = []
+    template = load_weights(parts[-1][0], parts[-1][1])  # the dtypes the snapshots hold
     for sigma_rel, state in averaged.items():
         x, residual = solved[sigma_rel]
         final = run.reconstructed(sigma_rel)
         meta = {"step": step, "sigma_rel": sigma_rel, "residual": residual, "snapshots": len(snapshots),
                 "coefficients": [round(float(c), 8) for c in x]}
-        template = load_weights(parts[-1][0], parts[-1][1])
         write_sealed(final, {"ema": {k: v.to(template[k].dtype) for k, v in state.items()}}, meta, replace=True)
         written.append(final)
     return written
