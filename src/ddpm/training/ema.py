@@ -88,9 +88,12 @@ class PowerEMA:
             for mine, theirs in zip(average.buffers(), model.buffers()):
                 mine.copy_(theirs)
 
+    def named(self) -> dict[str, nn.Module]:
+        """The averages by the names a checkpoint and a snapshot keep them under: power_0, power_1, ..."""
+        return {f"power_{i}": average for i, average in enumerate(self.models)}
+
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        """{"power_0": state_dict, ...}: what a checkpoint and a snapshot keep."""
-        return {f"power_{i}": average.state_dict() for i, average in enumerate(self.models)}
+        return {name: average.state_dict() for name, average in self.named().items()}
 
 
 def _profile_products(t_a: np.ndarray, g_a: np.ndarray, t_b: np.ndarray, g_b: np.ndarray) -> np.ndarray:

@@ -86,9 +86,9 @@ class Trainer:
     skipped: int = 0  # non-finite steps in a row
     posthoc: "PowerEMA | None" = None  # the power EMAs of post-hoc EMA, if the run keeps them (train.posthoc_ema)
 
-    def moment(self, step: "int | None" = None) -> Moment:
-        """Where the run stands, for its task: at `step` (default: the current one) and the clock's time."""
-        return Moment(self.step if step is None else step, self.clock.seconds, self.clock.fraction())
+    def moment(self) -> Moment:
+        """Where the run stands, for its task: its step and the clock's time."""
+        return Moment(self.step, self.clock.seconds, self.clock.fraction())
 
     @classmethod
     def build(cls, task: Task, tc, device: torch.device, spent: float = 0.0) -> "Trainer":

@@ -134,9 +134,8 @@ class Run:
         load_into(trainer.ema.model, load_weights(folder, "ema"), folder, run.config_path)
         meta = load_meta(folder)
         trainer.ema.updates = meta["ema_updates"]
-        for key, average in (trainer.posthoc.tensors() if trainer.posthoc else {}).items():
-            average_model = trainer.posthoc.models[int(key.split("_")[1])]
-            load_into(average_model, load_weights(folder, key), folder, run.config_path)
+        for key, average in (trainer.posthoc.named() if trainer.posthoc else {}).items():
+            load_into(average, load_weights(folder, key), folder, run.config_path)
         if "optimizer" not in state:  # an imported model (ddpm import): fine-tuning starts its optimiser afresh
             tqdm.write(f"{folder} holds weights only (imported from {meta.get('imported_from', 'elsewhere')}); "
                        f"training starts a fresh optimiser from them")
