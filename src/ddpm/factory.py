@@ -53,9 +53,10 @@ def build_diffusion(config: Config) -> Diffusion:
                      d.min_snr_gamma)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter 2019) or Lion (Chen et al. 2023, from lion-pytorch)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: nn.Module, config: TrainConfig, *others: nn.Module) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019) or Lion (Chen et al. 2023, from lion-pytorch), over the
+    trainable weights of `model` and of any `others` trained with it (a learned loss weighting)."""
+    params = [p for module in (model, *others) for p in module.parameters() if p.requires_grad]
     betas = tuple(config.betas)
     if config.optimizer == "adamw":
         # One fused kernel for all the weights instead of a loop of small ops: the same update,

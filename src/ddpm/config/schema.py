@@ -161,6 +161,8 @@ class DiffusionConfig(OpenSection):
     loss: Loss = setting("mse", "how the error is measured", flag=True)
     min_snr_gamma: Optional[float] = setting(None, "weight the loss by min(SNR, gamma) (Hang et al. 2023; 5 in the "
                                                    "paper)", gt=0, null="for the unweighted loss")
+    loss_weighting: typing.Literal["fixed", "learned"] = setting("fixed", "or learned: EDM2's u(sigma) balances the "
+                                                                 "noise levels (diffusion/weighting.py)")
     timestep_sampling: TimestepSampling = setting("uniform", "or stratified (VDM's low-discrepancy draws), or "
                                                              "lognormal (EDM's noise levels)")
     options: dict = field(default_factory=dict)  # the objectives' own (diffusion.sigma_data, ...): see OpenSection

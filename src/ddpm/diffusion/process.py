@@ -22,6 +22,7 @@ from ..config.names import TIMESTEP_SAMPLING, element_loss
 from .guidance import guided_output
 from .objectives import Objective, Prediction, make_objective
 from .schedules import NoiseSchedule
+from .weighting import uncertainty_weighted
 
 __all__ = ["Denoiser", "Diffusion", "Prediction", "q_posterior", "q_sample", "target", "to_prediction",
            "training_loss"]
@@ -115,10 +116,11 @@ def training_loss(
     t: Tensor | None = None,
     noise: Tensor | None = None,
     min_snr_gamma: float | None = None,
+    weighting: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """The simple denoising loss (Ho et al. eq. 14, Algorithm 1) for any objective, on its target
     with unit weight (for EDM that is its lambda(sigma), eq. 8), optionally weighted per noise
-    level by min-SNR-gamma (`min_snr_weight`).
+    level by min-SNR-gamma (`min_snr_weight`) and by a learned `weighting` u(sigma) (weighting.py).
 
     t are timesteps drawn uniformly from {0, ..., T-1} (for a continuous objective, EDM's, they are
     noise levels sigma drawn log-normally) and the noise is N(0, I), both from `generator` so that
@@ -140,6 +142,8 @@ def training_loss(
     per_image = element_loss(loss)(output.float(), wanted.float(), reduction="none").flatten(1).mean(1)
     if min_snr_gamma is not None:
         per_image = per_image * min_snr_weight(objective, sigma.flatten().double(), min_snr_gamma)
+    if weighting is not None:
+        per_image = uncertainty_weighted(per_image, weighting(sigma.flatten()))
     return per_image.mean()
 
 
@@ -234,13 +238,15 @@ class Diffusion:
         return sample_timesteps(self.schedule, n, self.timestep_sampling, generator, device)
 
     def loss(self, network: Callable[..., Tensor], x0: Tensor, labels: Tensor | None = None, *,
-             t: Tensor | None = None, noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+             t: Tensor | None = None, noise: Tensor | None = None, generator: torch.Generator | None = None,
+             weighting: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """The configured denoising loss of `network` on a batch x0; t and noise are drawn from
-        `generator` unless given (the training loop draws them for the whole batch)."""
+        `generator` unless given (the training loop draws them for the whole batch); with a learned
+        `weighting` u(sigma), EDM2's uncertainty-weighted loss (weighting.py)."""
         if t is None:
             t = self.noise_levels(x0.shape[0], generator, x0.device)
         return training_loss(network, self.schedule, x0, self.objective, self.loss_type, generator, labels, t, noise,
-                             self.min_snr_gamma)
+                             self.min_snr_gamma, weighting)
 
     def denoiser(self, network: nn.Module, clip_denoised: bool = True) -> "Denoiser":
         return Denoiser(network, self.schedule, self.objective, clip_denoised)

@@ -48,6 +48,14 @@ class Distributed:
             value /= self.world_size
         return value
 
+    def average_gradients(self, module: nn.Module) -> None:
+        """Each gradient of `module` replaced by its mean over the ranks, as DDP does for the network."""
+        if self.enabled:
+            for p in module.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
+
     def max(self, values: list[float], device: torch.device) -> list[float]:
         """Each value's largest over the ranks, on every rank (the values themselves in one process)."""
         if not self.enabled:

@@ -71,7 +71,8 @@ def student_of(teacher: Config, source: Source, wanted: DistillConfig, settings:
     config = teacher.override({
         "distill.teacher": source.path, "distill.teacher_step": source.step, "distill.teacher_sha256": source.sha256,
         **{f"distill.{key}": value for key, value in wanted.values().items() if not key.startswith("teacher")},
-        "distill.teacher_clip": teacher.sample.clip_denoised, "train.posthoc_ema": [], **settings})
+        "distill.teacher_clip": teacher.sample.clip_denoised, "train.posthoc_ema": [],
+        "diffusion.loss_weighting": "fixed", **settings})
     if teacher.latent.autoencoder == OWN:  # the student decodes with the one in the teacher's directory
         config.latent.autoencoder = str(own_autoencoder_dir(Path(source.path)))
     config.distill.check_fields("distill")  # the rules every method shares, before a method sizes its budget

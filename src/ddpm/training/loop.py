@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -85,6 +85,7 @@ class Trainer:
     step: int = 0
     skipped: int = 0  # non-finite steps in a row
     posthoc: "PowerEMA | None" = None  # the power EMAs of post-hoc EMA, if the run keeps them (train.posthoc_ema)
+    others: dict[str, nn.Module] = field(default_factory=dict)  # what the task trains beside the network (Task.trained)
 
     def moment(self) -> Moment:
         """Where the run stands, for its task: its step and the clock's time."""
@@ -95,10 +96,11 @@ class Trainer:
         """The state `task` trains, fresh; its clock holds the budget less the `spent` seconds of an
         earlier stage (a run's own autoencoder)."""
         memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-        network = task.network.to(device, memory_format=memory_format)
-        optimizer = build_optimizer(network, tc)
-        if hasattr(network, "normalize_weights"):  # a network that keeps its weights' norm (EDM2's forced normalisation)
-            optimizer.register_step_post_hook(lambda *_: network.normalize_weights())
+        network, others = task.network.to(device, memory_format=memory_format), task.trained()
+        optimizer = build_optimizer(network, tc, *others.values())
+        for module in (network, *others.values()):  # those that keep their weights' norm (EDM2's forced normalisation)
+            if hasattr(module, "normalize_weights"):
+                optimizer.register_step_post_hook(lambda *_, module=module: module.normalize_weights())
         minutes = tc.max_minutes and tc.max_minutes - spent / 60
         if minutes is not None and minutes <= 0:
             raise InputError(f"the autoencoder took {spent / 60:.2f} of the run's {tc.max_minutes:g} minutes, leaving "
@@ -108,7 +110,7 @@ class Trainer:
             optimizer, lambda step: task.lr_factor(Moment(step, clock.seconds, clock.fraction())))
         return cls(network, EMA(network, tc.ema_decay, tc.ema_warmup), optimizer, lr_schedule,
                    make_scaler(tc.precision, device), torch.Generator(device=device).manual_seed(tc.seed), clock,
-                   posthoc=PowerEMA(network, tc.posthoc_ema) if tc.posthoc_ema else None)
+                   posthoc=PowerEMA(network, tc.posthoc_ema) if tc.posthoc_ema else None, others=others)
 
 
 def _train(config: "Config | AutoencoderRun", folder: RunDir, lock: RunLock, start: Start, progress: bool) -> RunDir:
@@ -198,8 +200,11 @@ def _step(task, model, trainer: Trainer, images, classes, ranks, tc, device) -> 
             micro_loss = task.loss(model, x0_i.contiguous(memory_format=memory_format), draws_i) / tc.grad_accum
         trainer.scaler.scale(micro_loss).backward()
         loss += micro_loss.detach()
+    for module in trainer.others.values():  # outside DDP: their gradients are averaged here
+        ranks.average_gradients(module)
     trainer.scaler.unscale_(trainer.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), tc.grad_clip or math.inf)
+    weights = [p for module in (trainer.network, *trainer.others.values()) for p in module.parameters()]
+    grad_norm = torch.nn.utils.clip_grad_norm_(weights, tc.grad_clip or math.inf)
     return ranks.mean(loss), grad_norm
 
 

@@ -105,7 +105,8 @@ class Run:
             "rng": rng_state(trainer.generator),
         }
         tensors = {"model": trainer.network.state_dict(), "ema": trainer.ema.model.state_dict(), **task.tensors(),
-                   **(trainer.posthoc.tensors() if trainer.posthoc else {})}
+                   **(trainer.posthoc.tensors() if trainer.posthoc else {}),
+                   **{name: module.state_dict() for name, module in trainer.others.items()}}
         meta = {"ema_updates": trainer.ema.updates, "train_seconds": round(trainer.clock.seconds, 3),
                 **task.meta(trainer.ema.model, trainer.moment())}
         save_checkpoint(self.dir, trainer.step, tensors, state, meta, keep=task.config.train.keep_checkpoints)
@@ -134,8 +135,8 @@ class Run:
         load_into(trainer.ema.model, load_weights(folder, "ema"), folder, run.config_path)
         meta = load_meta(folder)
         trainer.ema.updates = meta["ema_updates"]
-        for key, average in (trainer.posthoc.named() if trainer.posthoc else {}).items():
-            load_into(average, load_weights(folder, key), folder, run.config_path)
+        for key, module in {**(trainer.posthoc.named() if trainer.posthoc else {}), **trainer.others}.items():
+            load_into(module, load_weights(folder, key), folder, run.config_path)
         if "optimizer" not in state:  # an imported model (ddpm import): fine-tuning starts its optimiser afresh
             tqdm.write(f"{folder} holds weights only (imported from {meta.get('imported_from', 'elsewhere')}); "
                        f"training starts a fresh optimiser from them")

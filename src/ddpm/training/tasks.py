@@ -25,6 +25,7 @@ from ..data.augment import augment_images, augment_labels, draw_augmentations
 from ..data.imagedata import to_model_range, to_uint8
 from ..data.latents import LatentData, encode_data, latent_std
 from ..diffusion.guidance import drop_labels
+from ..diffusion.weighting import LossWeighting
 from ..errors import InputError
 from ..factory import autoencoder_from_run, build_diffusion, build_network, load_codec
 from ..models.autoencoder import autoencoder_loss
@@ -110,6 +111,11 @@ class Task(abc.ABC):
     def next_phase(self, trainer) -> None:
         """Start the next phase: the loop hands over the trainable state for the task to reset."""
 
+    def trained(self) -> dict[str, nn.Module]:
+        """Modules the task trains beside the network, by the same optimiser, and which each checkpoint
+        keeps under their names (a learned loss weighting); sampling never reads them."""
+        return {}
+
     def tensors(self) -> dict:
         """Tensors a checkpoint keeps beside the model and its EMA: {name: state_dict}."""
         return {}
@@ -144,6 +150,8 @@ class DiffusionTask(Task):
         self.data = data
         self.network = build_network(config)
         self.diffusion = build_diffusion(config).to(device)
+        learned = config.diffusion.loss_weighting == "learned"
+        self.weighting = LossWeighting().to(device) if learned else None  # EDM2's u(sigma) (diffusion/weighting.py)
 
     def batch(self, images: Tensor, generator: torch.Generator) -> Tensor:
         flips = self.config.data.flip
@@ -180,7 +188,10 @@ class DiffusionTask(Task):
         if draws.augment is not None:  # the images as augmented, the network told how (data/augment.py)
             x0 = augment_images(x0, draws.augment)
             model = functools.partial(model, augment=augment_labels(draws.augment, x0.shape[-1]).to(x0.device))
-        return self.diffusion.loss(model, x0, draws.labels, t=draws.t, noise=draws.noise)
+        return self.diffusion.loss(model, x0, draws.labels, t=draws.t, noise=draws.noise, weighting=self.weighting)
+
+    def trained(self) -> dict[str, nn.Module]:
+        return {"loss_weighting": self.weighting} if self.weighting is not None else {}
 
     def picture(self, run: RunDir, ema_model: nn.Module, step: int) -> Tensor:
         """A grid from the EMA model with the run's own sampling options, always from the same noise,
