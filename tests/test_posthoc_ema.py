@@ -18,7 +18,8 @@ from helpers import TINY, refused_cleanly
 from ddpm import Pipeline
 from ddpm.cli import main
 from ddpm.storage.checkpoint import RunDir, save_snapshot
-from ddpm.training.ema import PowerEMA, gamma_to_sigma_rel, posthoc_coefficients, reconstruct, sigma_rel_to_gamma
+from ddpm.training.ema import (PowerEMA, gamma_to_sigma_rel, posthoc_coefficients, reconstruct, sigma_rel_to_gamma,
+                               sweep)
 
 
 def test_the_lengths_are_edm2s():
@@ -163,3 +164,61 @@ def test_a_damaged_snapshot_is_left_out_and_said_so(tmp_path):
     with pytest.warns(UserWarning, match="step_000030: power_0.safetensors is damaged.*left out of the reconstruction"):
         [folder] = reconstruct(run.path, [0.08])
     assert np.isfinite(load_file(folder / "ema.safetensors")["theta"].numpy()).all()
+
+
+def test_a_sweep_scores_each_length_and_its_best_becomes_the_runs_default(trained, tmp_path, capsys):
+    root, argv = trained
+    run = tmp_path / "run"
+    shutil.copytree(root / "straight", run)
+    scores = iter([50.0, 45.0, 30.0, 40.0])  # classic, then 0.05, 0.07, 0.1: FIDs as an evaluator would give them
+
+    def evaluator(images):
+        assert images.shape == (4, 1, 28, 28) and images.dtype == torch.uint8
+        return {"fid": next(scores), "kid": 0.0}
+
+    rows, chosen = sweep(run, [0.05, 0.07, 0.1, 0.02], 4, evaluator, "cpu")
+    assert "length 0.02 left out" in capsys.readouterr().out  # beyond what 0.05 and 0.1 rebuild: not scored
+    assert [(r["weights"], r["sigma_rel"]) for r in rows] == [("classic", None), ("post-hoc", 0.05),
+                                                              ("post-hoc", 0.07), ("post-hoc", 0.1)]
+    assert chosen == {"sigma_rel": 0.07, "step": 6, "fid": 30.0, "classic_fid": 50.0, "samples": 4}
+    assert (run / "ema" / "sweep.png").is_file() and (run / "ema" / "sweep.csv").read_text().count("\n") == 5
+    # Every command now loads the chosen EMA by default, and says so; --ema classic the newest checkpoint's.
+    assert RunDir(run).weights() == RunDir(run).reconstructed(0.07)
+    assert RunDir(run).weights(ema="classic") is None
+    sample = ["sample", "--run", str(run), "--n", "2", "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "s.npz"),
+              "--grid", str(tmp_path / "s.png")]
+    assert main(sample) == 0
+    assert "the post-hoc EMA of length 0.07 that 'ddpm ema --sweep' chose" in capsys.readouterr().err
+    assert main([*sample, "--ema", "classic"]) == 0
+    assert "chose" not in capsys.readouterr().err
+    # Trained on, the run's newest step is past the choice: the classic EMA again.
+    assert main(["train", "--resume", str(run), "--max-steps", "8", "--no-progress", "--device", "cpu"]) == 0
+    assert RunDir(run).weights() is None
+
+
+def test_ema_sweep_from_the_command_line_writes_the_report_section(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    root, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(root / "straight", run)
+    assert main(["ema", "--run", str(run), "--sweep", "--sigma-rel", "0.06", "0.1", "--n", "4", "--ref-n", "8",
+                 "--device", "cpu"]) == 0
+    assert "is now the run's default weights" in capsys.readouterr().out
+    assert main(["report", "--run", str(run)]) == 0
+    assert '<section id="ema">' in (run / "report.html").read_text()
+    refused_cleanly(["ema", "--run", str(run)], "give the lengths to rebuild (--sigma-rel X [X ...]) or --sweep",
+                    capsys, run / "ema", run / "ema" / "sigma_0.0500")
+
+
+def test_serve_takes_the_rebuilt_ema(trained, tmp_path, capsys):
+    from ddpm.serve.server import load_models
+
+    root, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(root / "straight", run)
+    assert main(["ema", "--run", str(run), "--sigma-rel", "0.08"]) == 0
+    [model] = load_models([str(run)], "cpu", [RunDir(run).reconstructed(0.08)])
+    rebuilt = load_file(RunDir(run).reconstructed(0.08) / "ema.safetensors")
+    assert all(torch.equal(model.pipe.network.state_dict()[k], v) for k, v in rebuilt.items())
+    refused_cleanly(["serve", "--run", str(run), "--ema", "0.12", "--port", "0"], "has no EMA of length 0.12", capsys,
+                    run, RunDir(run).reconstructed(0.12))

@@ -12,7 +12,7 @@ from helpers import tiny_config
 from ddpm import train
 from ddpm.cli import main
 from ddpm.evaluation.history import append_eval_history
-from ddpm.storage.files import plot_sweep
+from ddpm.storage.files import plot_ema_sweep, plot_sweep
 from ddpm.pictures.report import SECTIONS
 
 IMG = re.compile(r'<img src="([^"]*)"')
@@ -40,6 +40,12 @@ def full_run(bare_run, tmp_path_factory):
     (run / "sweep.csv").write_text("sampler,steps,nfe,fid,kid,seconds,samples\n"
                                    + "".join(",".join(str(r[f]) for f in r) + "\n" for r in rows))
     plot_sweep(rows, run / "sweep.png")
+    lengths = [{"weights": "classic", "sigma_rel": None, "step": 8, "fid": 90.0, "kid": 0.0, "samples": 10},
+               {"weights": "post-hoc", "sigma_rel": 0.1, "step": 8, "fid": 80.0, "kid": 0.0, "samples": 10}]
+    (run / "ema").mkdir()
+    (run / "ema" / "sweep.csv").write_text("weights,sigma_rel,step,fid,kid,samples\nclassic,,8,90.0,0.0,10\n"
+                                          "post-hoc,0.1,8,80.0,0.0,10\n")
+    plot_ema_sweep(lengths, run / "ema" / "sweep.png")
     return run
 
 
@@ -60,7 +66,7 @@ def test_report_holds_the_sections_whose_data_exists(bare_run, full_run, tmp_pat
     assert "objective: v" in full  # the config, verbatim
     # Self-contained: every image is an inline PNG or GIF that decodes, nothing refers outside the file.
     sources = IMG.findall(full)
-    assert len(sources) == 7  # loss, grid, progression, trajectory PNG and GIF, edits, sweep
+    assert len(sources) == 8  # loss, grid, progression, trajectory PNG and GIF, edits, sweep, post-hoc EMA
     for source in sources:
         kind, data = re.fullmatch(r"data:image/(png|gif);base64,(.+)", source).groups()
         assert base64.b64decode(data)[:4] == (b"\x89PNG" if kind == "png" else b"GIF8")
@@ -114,7 +120,7 @@ def test_report_renders_in_headless_chromium(full_run, tmp_path):
     assert main(["report", "--run", str(full_run)]) == 0
 
     probe = _probe(report, tmp_path)
-    assert probe == {"images": 7, "broken": [], "problems": []}
+    assert probe == {"images": 8, "broken": [], "problems": []}
 
     screenshot = tmp_path / "report-screenshot.png"
     shot = _chromium("--window-size=1200,3000", f"--screenshot={screenshot}", "--enable-logging=stderr", "--v=0",

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from ..errors import InputError
+from .ema import add_ema_flag, checkpoint_of
 
 
 def add_commands(commands) -> None:
@@ -20,6 +21,7 @@ def add_commands(commands) -> None:
                         help="the address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0: any free one)")
     parser.add_argument("--device", default="auto")
+    add_ema_flag(parser)
     parser.set_defaults(command=run)
 
 
@@ -35,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
     def ready(server) -> None:
         print(f"ddpm serve: {server.url} (Ctrl-C stops)", flush=True)
 
+    checkpoints = [checkpoint_of(path, None, args.ema) for path in args.run]
     previous = _stop_on(signal.SIGINT, signal.SIGTERM)
     try:
-        serve(args.run, args.host, args.port, args.device, ready)
+        serve(args.run, args.host, args.port, args.device, ready, checkpoints)
     except KeyboardInterrupt:
         print("ddpm serve: stopped", flush=True)
     except OSError as error:

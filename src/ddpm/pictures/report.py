@@ -11,6 +11,7 @@ Sections, each present only when the run holds its data:
     edits        inpainting, img2img, DDIM inversion and interpolation (ddpm show edits)
     fid          the FID history (eval.csv, appended by ddpm eval --run)
     sweep        FID against network evaluations for each sampler (sweep.csv and sweep.png)
+    ema          FID against the post-hoc EMA's length (ddpm ema --sweep: ema/sweep.csv and ema/sweep.png)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..storage.atomic import atomic_write
 from ..storage.files import plot_loss
 
 MIN_WIDTH = 400  # pixels: narrower images are shown at an integer multiple of their size
-SECTIONS = ("config", "loss", "grid", "autoencoder", "progression", "trajectory", "edits", "fid", "sweep")
+SECTIONS = ("config", "loss", "grid", "autoencoder", "progression", "trajectory", "edits", "fid", "sweep", "ema")
 
 STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -82,8 +83,14 @@ def write_report(run_dir: Path, out: Optional[Path] = None) -> tuple[Path, list[
         if (run.path / "sweep.png").is_file():
             sections["sweep"] = _file(run.path / "sweep.png", "FID against network evaluations") + sections["sweep"]
 
+    if (run.path / "ema" / "sweep.csv").is_file():
+        sections["ema"] = _table(run.path / "ema" / "sweep.csv")
+        if (run.path / "ema" / "sweep.png").is_file():
+            sections["ema"] = _file(run.path / "ema" / "sweep.png", "FID against the post-hoc EMA's length "
+                                                                    "(ddpm ema --sweep)") + sections["ema"]
+
     titles = {"config": "Config", "loss": "Training loss", "grid": "Latest samples", "autoencoder": "Reconstructions", "progression": "Progression",
-              "trajectory": "Reverse trajectory", "edits": "Editing", "fid": "FID history", "sweep": "Sampler sweep"}
+              "trajectory": "Reverse trajectory", "edits": "Editing", "fid": "FID history", "sweep": "Sampler sweep", "ema": "Post-hoc EMA"}
     body = "".join(f'<section id="{name}"><h2>{titles[name]}</h2>{sections[name]}</section>\n'
                    for name in SECTIONS if name in sections)
     name = html.escape(run.path.name)

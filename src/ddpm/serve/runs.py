@@ -97,6 +97,9 @@ def sampler_info(spec, s) -> dict:
             "nfe": [spec.evaluations(k) for k in (1, 2)]}
 
 
-def load_models(runs: list[str], device: str = "auto") -> list[Model]:
-    """Each run directory as a served Model, its pipeline on `device`."""
-    return [Model(Path(path).name or str(path), Path(path), Pipeline.from_run(path, device=device)) for path in runs]
+def load_models(runs: list[str], device: str = "auto", checkpoints: Optional[list] = None) -> list[Model]:
+    """Each run directory as a served Model, its pipeline on `device` with the weights of the
+    matching folder of `checkpoints` (None: the run's newest)."""
+    checkpoints = checkpoints or [None] * len(runs)
+    return [Model(Path(path).name or str(path), Path(path), Pipeline.from_run(path, checkpoint, device=device))
+            for path, checkpoint in zip(runs, checkpoints)]

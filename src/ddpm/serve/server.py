@@ -246,9 +246,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def serve(runs: list[str], host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          ready: Optional[Callable[[Server], None]] = None) -> None:
-    """Serve the runs until Ctrl-C (or `server.shutdown()` from another thread, as the tests do)."""
-    server = Server(load_models(runs, device), host, port)
+          ready: Optional[Callable[[Server], None]] = None, checkpoints: Optional[list] = None) -> None:
+    """Serve the runs (each with the weights of its folder in `checkpoints`; None: the newest) until
+    Ctrl-C (or `server.shutdown()` from another thread, as the tests do)."""
+    server = Server(load_models(runs, device, checkpoints), host, port)
     if ready is not None:
         ready(server)
     try:

@@ -147,6 +147,37 @@ class RunDir:
         """Where `ddpm ema` writes the EMA of length sigma_rel: a checkpoint folder of its own."""
         return self.path / "ema" / f"sigma_{sigma_rel:.4f}"
 
+    @property
+    def chosen_path(self) -> Path:
+        """The length `ddpm ema --sweep` chose by FID, and at which step (training/ema.py's sweep)."""
+        return self.path / "ema" / "chosen.json"
+
+    def weights(self, checkpoint: Optional[str] = None, ema: "float | str | None" = None) -> Optional[Path]:
+        """The folder a command loads: --checkpoint's; --ema's rebuilt EMA ("classic": the newest
+        checkpoint's EMA); by default the length `ddpm ema --sweep` chose, while it is of the newest
+        step; else None, the newest checkpoint."""
+        if checkpoint is not None and ema is not None:
+            raise InputError("--ema loads a rebuilt EMA, --checkpoint a checkpoint; give one of them")
+        if checkpoint is not None or ema == "classic":
+            return checkpoint and Path(checkpoint)
+        if ema is None:
+            chosen, latest = self.chosen(), self.latest()
+            if chosen is None or chosen["sigma_rel"] is None or latest is None or chosen["step"] != load_meta(latest)["step"]:
+                return None  # no choice, the classic EMA chosen, or a choice made before the run trained on
+            ema = chosen["sigma_rel"]
+        folder = self.reconstructed(ema)
+        if not (folder / "meta.json").is_file():
+            raise InputError(f"{self.path} has no EMA of length {ema:g}; rebuild it with 'ddpm ema --run {self.path} "
+                             f"--sigma-rel {ema:g}'")
+        return folder
+
+    def chosen(self) -> Optional[dict]:
+        """What `ddpm ema --sweep` wrote into ema/chosen.json, or None."""
+        try:
+            return json.loads(self.chosen_path.read_text())
+        except (OSError, ValueError):
+            return None
+
     def all_checkpoints(self) -> list[Path]:
         """Complete checkpoint folders, oldest first."""
         if not self.checkpoints.is_dir():

@@ -126,9 +126,10 @@ def plot_loss(log_csv: Path, path: Optional[Path] = None) -> Optional[bytes]:
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     axes.plot(steps, losses, lw=1)
-    axes.set_yscale("log")
+    weighted = min(losses) <= 0  # EDM2's learned weighting adds u(sigma), which may be negative
+    axes.set_yscale("linear" if weighted else "log")
     axes.set_xlabel("step")
-    axes.set_ylabel("training loss")
+    axes.set_ylabel("training loss" + (" (uncertainty-weighted)" if weighted else ""))
     axes.grid(alpha=0.3)
     figure.tight_layout()
     png = figure_png(figure)
@@ -149,6 +150,26 @@ def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
     axes.set_ylabel("FID")
     axes.set_title(title)
     axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    figure.tight_layout()
+    atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_ema_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
+    """FID against the post-hoc EMA's length sigma_rel, the classic EMA's FID as a dashed line."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    points = sorted((float(r["sigma_rel"]), float(r["fid"])) for r in rows if r["sigma_rel"] is not None)
+    axes.plot(*zip(*points), marker="o", label="post-hoc EMA")
+    for row in rows:
+        if row["sigma_rel"] is None:
+            axes.axhline(float(row["fid"]), color="gray", linestyle="--", label="classic EMA")
+    axes.set_xlabel("EMA length sigma_rel (std of the averaging profile over its mean)")
+    axes.set_ylabel("FID")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
     atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png"))

@@ -127,29 +127,49 @@ def posthoc_coefficients(times, gammas, t: float, gamma: float) -> tuple[np.ndar
 MAX_RESIDUAL = 0.05  # how far (relative L2) a reconstructed profile may stay from the one asked for
 
 
+def _snapshots(run) -> tuple[list, list]:
+    """A run's intact snapshots with their meta (a damaged one left out, and said so), and their parts:
+    (folder, key, step, gamma) per power EMA in each."""
+    import warnings
+
+    from ..errors import CheckpointDamaged, DdpmWarning
+    from ..storage.checkpoint import verify
+
+    snapshots = []
+    for folder in run.all_snapshots():
+        try:
+            snapshots.append((folder, verify(folder)))
+        except CheckpointDamaged as error:
+            warnings.warn(f"{error}; left out of the reconstruction", DdpmWarning, stacklevel=3)
+    if not snapshots:
+        raise InputError(f"{run.path} keeps no post-hoc EMA snapshots; train with --set train.posthoc_ema=[0.05,0.1] "
+                         f"to keep them")
+    parts = [(folder, f"power_{i}", meta["step"], gamma) for folder, meta in snapshots
+             for i, gamma in enumerate(meta["gammas"])]
+    return snapshots, parts
+
+
+def residuals(path, sigma_rels) -> dict[float, float]:
+    """How far (relative L2) the run's snapshots stay from the profile of each length: those above
+    MAX_RESIDUAL cannot be rebuilt."""
+    from ..storage.checkpoint import RunDir
+
+    snapshots, parts = _snapshots(RunDir(path))
+    step = snapshots[-1][1]["step"]
+    return {s: posthoc_coefficients([p[2] for p in parts], [p[3] for p in parts], step, sigma_rel_to_gamma(s))[1]
+            for s in sigma_rels}
+
+
 def reconstruct(path, sigma_rels: list[float]) -> list:
     """Write, into the run at `path`, the EMA of each length in `sigma_rels` at the run's last snapshot
     (its final step), combined from all its intact snapshots (`posthoc_coefficients`); each one a
     checkpoint folder of its own (RunDir.reconstructed, replaced if there) that every command loads
     with --ema. Every length is checked before anything is written; a damaged snapshot is left out,
     and said so."""
-    import warnings
-
-    from ..errors import CheckpointDamaged, DdpmWarning
-    from ..storage.checkpoint import RunDir, load_weights, verify, write_sealed
+    from ..storage.checkpoint import RunDir, load_weights, write_sealed
 
     run = RunDir(path)
-    snapshots = []
-    for folder in run.all_snapshots():
-        try:
-            snapshots.append((folder, verify(folder)))
-        except CheckpointDamaged as error:
-            warnings.warn(f"{error}; left out of the reconstruction", DdpmWarning, stacklevel=2)
-    if not snapshots:
-        raise InputError(f"{run.path} keeps no post-hoc EMA snapshots; train with --set train.posthoc_ema=[0.05,0.1] "
-                         f"to keep them")
-    parts = [(folder, f"power_{i}", meta["step"], gamma) for folder, meta in snapshots
-             for i, gamma in enumerate(meta["gammas"])]
+    snapshots, parts = _snapshots(run)
     times, gammas = [p[2] for p in parts], [p[3] for p in parts]
     step = snapshots[-1][1]["step"]
     solved = {}
@@ -182,3 +202,53 @@ def reconstruct(path, sigma_rels: list[float]) -> list:
         write_sealed(final, {"ema": {k: v.to(template[k].dtype) for k, v in state.items()}}, meta, replace=True)
         written.append(final)
     return written
+
+
+SWEEP_FIELDS = ("weights", "sigma_rel", "step", "fid", "kid", "samples")
+
+
+def sweep(path, sigma_rels, n: int, evaluator, device: str = "auto", seed: int = 0) -> tuple[list[dict], dict]:
+    """Score the run's classic EMA and the EMA of each length in `sigma_rels` its snapshots can rebuild
+    (the others are left out, and said so) by the FID of `n` samples drawn with the run's own sampler
+    from the same noise; choose the best as the run's default weights (RunDir.weights). Writes
+    ema/sweep.csv, ema/sweep.png (FID against sigma_rel) and ema/chosen.json into the run. Returns the
+    rows and the choice."""
+    import csv
+    import json
+
+    from ..pipeline import Pipeline
+    from ..storage.atomic import atomic_write
+    from ..storage.checkpoint import RunDir
+    from ..storage.files import plot_ema_sweep
+
+    run = RunDir(path)
+    far = {s: r for s, r in residuals(path, sigma_rels).items() if r > MAX_RESIDUAL}
+    for s, r in far.items():
+        print(f"length {s:g} left out: the snapshots stay {r:.0%} from its profile (at most {MAX_RESIDUAL:.0%})")
+    lengths = [s for s in sigma_rels if s not in far]
+    if not lengths:
+        raise InputError(f"none of the lengths {', '.join(map(str, sigma_rels))} can be rebuilt from {run.path}'s "
+                         f"snapshots; ask for lengths nearer those it tracked")
+    folders = [None, *reconstruct(path, lengths)]
+    rows = []
+    for sigma_rel, folder in zip([None, *lengths], folders):
+        pipe = Pipeline.from_run(path, checkpoint=folder, device=device)
+        scores = evaluator(pipe.draw(pipe.plan(n), seed))
+        rows.append({"weights": "classic" if folder is None else "post-hoc", "sigma_rel": sigma_rel, "step": pipe.step,
+                     "fid": round(scores["fid"], 4), "kid": round(scores["kid"], 6), "samples": n})
+        print(f"{'classic EMA' if folder is None else f'sigma_rel {sigma_rel:g}':>15}: FID {scores['fid']:.3f}", flush=True)
+    best = min(rows, key=lambda row: row["fid"])
+    chosen = {"sigma_rel": best["sigma_rel"], "step": best["step"], "fid": best["fid"], "classic_fid": rows[0]["fid"],
+              "samples": n}
+    folder = run.chosen_path.parent
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, SWEEP_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(folder / "sweep.csv", write_csv)
+    plot_ema_sweep(rows, folder / "sweep.png", f"{run.path.name}, step {best['step']}, {n} samples")
+    atomic_write(run.chosen_path, lambda tmp: tmp.write_text(json.dumps(chosen, indent=2)))
+    return rows, chosen
