@@ -67,6 +67,20 @@ def refused_cleanly(argv: list, message: str, capsys, kept: Path, absent: Path) 
     assert not absent.exists() and {p: p.stat().st_mtime_ns for p in kept.rglob("*")} == before
 
 
+def distill_refused(method: list, argv: list, message: str, capsys, teacher: Path, tmp_path: Path, **names) -> None:
+    """`ddpm distill` of `teacher` into tmp_path/student with `method`'s flags and `argv` ({ae}, {teacher}
+    and the other `names` filled in; its own --run or --out take their places) is refused cleanly."""
+    argv = [a.format(teacher=teacher, **names) for a in argv]
+    places = {"--run": str(teacher), "--out": str(tmp_path / "student")}
+    for flag in places:
+        if flag in argv:
+            i = argv.index(flag)
+            places[flag], argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    command = ["distill", "--run", places["--run"], "--out", places["--out"], *method, "--device", "cpu",
+               "--no-progress", *argv]
+    refused_cleanly(command, message, capsys, teacher, tmp_path / "student")
+
+
 class GaussianDenoiser:
     """The optimal denoiser for data x0 ~ N(mu, diag(sigma^2)), in closed form.
 

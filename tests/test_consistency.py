@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import GaussianDenoiser, refused_cleanly, TINY, trained
+from helpers import GaussianDenoiser, distill_refused, TINY, trained
 from ddpm import Pipeline, train
 from ddpm.cli import main
 from ddpm.config import Config
@@ -287,7 +287,7 @@ def test_latent_and_conditional_teachers_tune(tmp_path):
     (["--steps", "9"], "--steps must be 1 to 8 for a consistency student"),
     (["--phase-steps", "2"], "an ect student's budget is --max-steps or --max-minutes"),
     (["--method", "progressive", "--phase-steps", "2"], "train.max_steps is for --method ect"),
-    (["--set", "model.channels=[4,8]"], "--set takes train.*, consistency.* and model.dropout"),
+    (["--set", "model.channels=[4,8]"], "--set takes train.*, consistency.*, adversarial.* and model.dropout"),
     (["--run", "{ae}"], "is an autoencoder run"),
     (["--out", "{teacher}"], "already holds a run"),
 ])
@@ -295,15 +295,7 @@ def test_bad_tunings_are_one_line_exit_2_and_write_nothing(argv, message, teache
     from helpers import tiny_autoencoder
 
     ae = train(tiny_autoencoder(**{"train.max_steps": 1}), tmp_path / "ae", progress=False).path
-    names = {"ae": ae, "teacher": teacher}
-    argv = [a.format(**names) for a in argv]
-    command = ["distill", "--method", "ect", "--run", str(teacher), "--out", str(tmp_path / "student"),
-               "--max-steps", "2", "--device", "cpu", "--no-progress"]
-    for flag, index in (("--run", 4), ("--out", 6)):
-        if flag in argv:
-            command[index] = argv[argv.index(flag) + 1]
-            argv = argv[:argv.index(flag)] + argv[argv.index(flag) + 2:]
-    refused_cleanly([*command, *argv], message, capsys, teacher, tmp_path / "student")
+    distill_refused(["--method", "ect", "--max-steps", "2"], argv, message, capsys, teacher, tmp_path, ae=ae)
 
 
 def test_the_page_streams_a_consistency_students_steps(teacher, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import GaussianDenoiser, refused_cleanly, TINY, trained
+from helpers import GaussianDenoiser, distill_refused, TINY, trained
 from ddpm import Pipeline, UNet, train
 from ddpm.cli import main
 from ddpm.diffusion.objectives import Prediction
@@ -175,14 +175,4 @@ def test_bad_distillations_are_one_line_exit_2_and_write_nothing(argv, message, 
     empty = tmp_path / "empty"
     shutil.copytree(teacher, empty)
     shutil.rmtree(empty / "checkpoints")
-    names = {"ae": ae, "empty": empty, "teacher": teacher}
-    argv = [a.format(**names) for a in argv]
-    command = ["distill", "--run", str(teacher), "--out", str(tmp_path / "student"), "--phase-steps", "2",
-               "--device", "cpu", "--no-progress"]
-    if "--run" in argv:
-        command[2] = argv[argv.index("--run") + 1]
-        argv = argv[:argv.index("--run")] + argv[argv.index("--run") + 2:]
-    if "--out" in argv:
-        command[4] = argv[argv.index("--out") + 1]
-        argv = []
-    refused_cleanly([*command, *argv], message, capsys, teacher, tmp_path / "student")
+    distill_refused(["--phase-steps", "2"], argv, message, capsys, teacher, tmp_path, ae=ae, empty=empty)

@@ -34,6 +34,8 @@ def blocks(path: Path) -> list[tuple[str, str]]:
 
 def _tiny(line: str) -> str:
     """The same command or code, with a budget that takes seconds."""
+    if line.startswith("ddpm distill"):
+        line = re.sub(r"--max-(minutes|steps) [\d.]+", "--max-steps 2", line)
     if "--resume" in line:
         line = re.sub(r"--max-(minutes|steps) [\d.]+", "--max-steps 4", line)
     elif " train " in f"{line} " or " train-autoencoder " in line:
@@ -49,7 +51,7 @@ def _tiny(line: str) -> str:
     sampling = ("ddpm sample", "ddpm eval", "ddpm edit", "ddpm show trajectory", "ddpm show progression", "ddpm show edits")
     if line.startswith(sampling) and "--steps" not in line:
         line += " --steps 5"
-    if line.startswith(("ddpm eval", "ddpm sweep")):
+    if line.startswith(("ddpm eval", "ddpm sweep")) or line.startswith("ddpm ema") and "--sweep" in line:
         line += " --ref-n 8"
     return line
 

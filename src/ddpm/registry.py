@@ -339,7 +339,7 @@ class StudentSpec:
 
 STUDENTS: Registry[StudentSpec] = Registry("student method")
 DEFAULT_STUDENT = "progressive"  # ddpm distill's --method when none is given
-_PROGRESSIVE, _ECT = "ddpm.training.progressive:", "ddpm.training.consistency:"
+_PROGRESSIVE, _ECT, _ADV = "ddpm.training.progressive:", "ddpm.training.consistency:", "ddpm.training.adversarial:"
 STUDENTS.register(StudentSpec(
     DEFAULT_STUDENT, _PROGRESSIVE + "ProgressiveTask", _PROGRESSIVE + "configure", _PROGRESSIVE + "check",
     "the student learns to take in one DDIM step what its teacher takes in two, halving --from-steps to --steps",
@@ -352,6 +352,13 @@ STUDENTS.register(StudentSpec(
     denoiser="ddpm.diffusion.consistency:consistency_denoiser", section="consistency",
     export="DDPMPipeline's scheduler would read its network as a denoiser; diffusers' consistency scheduler "
            "expects EDM's parametrisation", citation="Geng et al. 2024"))
+STUDENTS.register(StudentSpec(
+    "adversarial", _ADV + "AdversarialTask", _ADV + "configure", _ADV + "check",
+    "the teacher's own encoder judges the student's images (hinge loss, heads trained alongside) beside a regression "
+    "anchor on the teacher's ODE; sampled in 1 to 4 steps, for --max-steps or --max-minutes", "an adversarial student",
+    "consistency", 2, max_steps=4, section="adversarial",
+    export="diffusers has no pipeline for its steps (each x0 re-noised to the next level)",
+    citation="Sauer et al. 2024 (LADD)"))
 
 
 # ---- data sets --------------------------------------------------------------------------------

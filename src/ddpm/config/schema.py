@@ -42,7 +42,7 @@ from .names import (
 )
 from ..registry import DATASETS, NETWORKS, OBJECTIVES, SAMPLERS, STUDENTS, OptionRegistry, option_fields, resolve
 from .settings import Section, Sections, check, checked, coerce, hints, setting
-from .students import ConsistencyConfig, DistillConfig
+from .students import AdversarialConfig, ConsistencyConfig, DistillConfig
 
 OWN = "own"  # latent.autoencoder of a run that trains its own autoencoder first
 
@@ -335,6 +335,7 @@ class Config(Sections):
     latent: LatentConfig = field(default_factory=LatentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def validate(self) -> "Config":
         super().validate()

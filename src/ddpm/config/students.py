@@ -84,3 +84,28 @@ class ConsistencyConfig(Section):
                                    "1e-4, a tenth of EDM's training rate)", gt=0)
     share: float = setting(0.25, "without --max-steps or --max-minutes, the budget: this share of the teacher's "
                                  "training time", gt=0, flag="--share")
+
+
+@dataclass
+class AdversarialConfig(Section):
+    """Adversarial distillation with the teacher as the discriminator (training/adversarial.py), for
+    distill.method adversarial, after LADD (Sauer et al. 2024): the frozen teacher's encoder features of
+    re-noised images, with small trainable heads; a hinge loss with an approximate R1 penalty; and a
+    regression anchor on the teacher's own few-step ODE, which keeps the student's modes covered."""
+
+    adversarial_weight: float = setting(0.1, "the generator's hinge term, beside the anchor's", ge=0)
+    anchor_weight: float = setting(1.0, "the regression anchor: |x0 - the teacher's ODE from the same x_t|^2", ge=0)
+    anchor_steps: int = setting(4, "the teacher's DDIM steps from the student's level to its x0, for the anchor", ge=1)
+    d_lr: Optional[float] = setting(None, "the discriminator heads' learning rate", gt=0,
+                                    null="for the teacher's own learning rate")
+    d_steps: int = setting(1, "discriminator steps per generator step", ge=1)
+    r1_weight: float = setting(100.0, "the approximate R1 penalty: weight x |D(x) - D(x + r1_sigma n)|^2 on real "
+                                      "images (Lin et al. 2025)", ge=0)
+    r1_sigma: float = setting(0.01, "the approximate R1 penalty's perturbation", gt=0)
+    p_mean: float = setting(-0.4, "the discriminator's noise levels: ln(sigma) ~ N(p_mean, p_std^2)", finite=True)
+    p_std: float = setting(1.0, "the discriminator's noise levels: ln(sigma) ~ N(p_mean, p_std^2)", gt=0)
+    diffaugment: bool = setting(True, "flip and translate real and generated images alike before the discriminator "
+                                      "(DiffAugment, Zhao et al. 2020), for small data sets")
+    lr_share: float = setting(0.1, "without --lr, the student's learning rate: this share of the teacher's", gt=0)
+    share: float = setting(0.25, "without --max-steps or --max-minutes, the budget: this share of the teacher's "
+                                 "training time", gt=0)

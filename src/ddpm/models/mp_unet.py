@@ -188,6 +188,21 @@ class MPUNet(nn.Module):
         self.conv_out = MPConv(width, in_channels, 3)
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None, augment: Optional[Tensor] = None) -> Tensor:
+        x, skips, emb = self._encode(x, t, y, augment)
+        for block, takes in zip(self.dec, self.takes_skip):
+            if takes:
+                x = mp_cat(x, skips.pop(), 0.5)
+            x = block(x, emb)
+        return self.conv_out(x, gain=self.out_gain)
+
+    def encoder_features(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> list[Tensor]:
+        """The encoder's last output at each resolution: what an adversarial student's discriminator
+        reads of a frozen teacher (training/adversarial.py). The decoder is not run."""
+        skips = self._encode(x, t, y, None)[1]
+        return [h for h, after in zip(skips, [*skips[1:], None]) if after is None or after.shape[-1] != h.shape[-1]]
+
+    def _encode(self, x: Tensor, t: Tensor, y: Optional[Tensor], augment: Optional[Tensor]):
+        """The embedding, then the encoder: its output, every block's output (the skips) and the embedding."""
         emb = self.emb_noise(fourier_features(t, self.noise_dim).to(x.dtype))
         if self.emb_label is not None:
             labels = torch.full(t.shape, self.num_classes, dtype=torch.long, device=t.device) if y is None else y
@@ -203,11 +218,7 @@ class MPUNet(nn.Module):
         for block in self.enc:
             x = block(x, emb)
             skips.append(x)
-        for block, takes in zip(self.dec, self.takes_skip):
-            if takes:
-                x = mp_cat(x, skips.pop(), 0.5)
-            x = block(x, emb)
-        return self.conv_out(x, gain=self.out_gain)
+        return x, skips, emb
 
     def normalize_weights(self) -> None:
         """EDM2's forced weight normalisation: every MPConv's rows back to unit RMS, after each step."""

@@ -319,6 +319,20 @@ class UNet(nn.Module):
             check_unet_size(side, self.levels, self.patch_size)
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None, augment: Optional[Tensor] = None) -> Tensor:
+        h, skips, time, _ = self._encode(x, t, y, augment)
+        for block in self.up:
+            h = block(h, skips, time)
+        out = self.head(self.act(self.head_norm(h)))
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
+
+    def encoder_features(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> list[Tensor]:
+        """The down path's output at each level, then the neck's: what an adversarial student's
+        discriminator reads of a frozen teacher (training/adversarial.py). The up path is not run."""
+        return self._encode(x, t, y, None)[3]
+
+    def _encode(self, x: Tensor, t: Tensor, y: Optional[Tensor], augment: Optional[Tensor]):
+        """The time (and class, augmentation) embedding, then the down path and the neck: the neck's
+        output, the skips, the embedding and each level's output."""
         self.check_size(x.shape[-2], x.shape[-1])
         waves = sinusoidal_embedding(t, self.time_emb_dim, shift=self.time_freq_shift, cos_first=self.time_cos_first)
         time = self.time_mlp(waves.to(self.time_mlp[0].weight.dtype))  # a float64 network (the tests) too
@@ -331,17 +345,16 @@ class UNet(nn.Module):
             time = time + self.augment_embedding(augment.to(time.dtype))
         h = self.stem(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
         skips = [h] if self.down[0].per_block else []
+        levels = []
         for block in self.down:
             h, level_skips = block(h, time)
             skips += level_skips
+            levels.append(h)
         for i, block in enumerate(self.neck):
             h = block(h, time)
             if i == 0:
                 h = self.neck_attention(h)
-        for block in self.up:
-            h = block(h, skips, time)
-        out = self.head(self.act(self.head_norm(h)))
-        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
+        return h, skips, time, [*levels, h]
 
 
 def unet_from_config(config) -> UNet:

@@ -51,10 +51,7 @@ class Distributed:
     def average_gradients(self, module: nn.Module) -> None:
         """Each gradient of `module` replaced by its mean over the ranks, as DDP does for the network."""
         if self.enabled:
-            for p in module.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world_size
+            average_gradients(module)
 
     def max(self, values: list[float], device: torch.device) -> list[float]:
         """Each value's largest over the ranks, on every rank (the values themselves in one process)."""
@@ -83,6 +80,16 @@ class Distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def average_gradients(module: nn.Module) -> None:
+    """Each gradient of `module` replaced by its mean over the process group's ranks (nothing without
+    one): for what trains outside DDP, a learned loss weighting or a discriminator's heads."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for p in module.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
 
 
 def init_distributed(device_name: str = "auto") -> tuple[Distributed, str]:

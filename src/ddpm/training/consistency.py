@@ -28,8 +28,7 @@ from ..config.settings import check as require
 from ..config.students import DistillConfig
 from ..diffusion.consistency import SameRandomness, consistency_denoiser, ect_levels, ect_loss, ect_partner
 from ..diffusion.process import Denoiser
-from ..errors import InputError
-from .distill import Source, StudentTask, student_of
+from .distill import Source, StudentTask, student_of, tuning_budget
 from .optim import budget_spent
 from .tasks import Draws, Moment
 
@@ -106,13 +105,5 @@ def configure(teacher: Config, source: Source, wanted: DistillConfig, overrides:
         "sample.sampler": "consistency", "sample.steps": wanted.student_steps, "sample.clip_denoised": False,
         "sample.guidance": guidance})
     check(config)  # before the budget, as progressive distillation does
-    budget = {key: overrides.get(key) for key in ("train.max_steps", "train.max_minutes")}
     tuning = config.override(overrides).consistency
-    if "train.lr" not in overrides:
-        budget["train.lr"] = teacher.train.lr * tuning.lr_share
-    if budget["train.max_steps"] is None and budget["train.max_minutes"] is None:
-        if not source.seconds:
-            raise InputError(f"{source.path} records no training time to take a share of; give --max-steps or "
-                             f"--max-minutes")
-        budget["train.max_minutes"] = round(source.seconds / 60 * tuning.share, 3)
-    return config.override({**overrides, **budget})
+    return config.override({**overrides, **tuning_budget(teacher, source, overrides, tuning.lr_share, tuning.share)})

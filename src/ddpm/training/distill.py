@@ -80,6 +80,20 @@ def student_of(teacher: Config, source: Source, wanted: DistillConfig, settings:
     return config
 
 
+def tuning_budget(teacher: Config, source: Source, overrides: dict, lr_share: float, share: float) -> dict:
+    """A tuned student's learning rate and budget (ect, adversarial): --lr, or `lr_share` of the teacher's;
+    --max-steps and/or --max-minutes, or `share` of the teacher's recorded training time."""
+    budget = {key: overrides.get(key) for key in ("train.max_steps", "train.max_minutes")}
+    if "train.lr" not in overrides:
+        budget["train.lr"] = teacher.train.lr * lr_share
+    if budget["train.max_steps"] is None and budget["train.max_minutes"] is None:
+        if not source.seconds:
+            raise InputError(f"{source.path} records no training time to take a share of; give --max-steps or "
+                             f"--max-minutes")
+        budget["train.max_minutes"] = round(source.seconds / 60 * share, 3)
+    return budget
+
+
 def start_from_teacher(network: nn.Module, d: DistillConfig) -> None:
     """Load into `network` the EMA weights of the teacher that the student's `distill` section names,
     refusing any other than those it hashed when the student started."""

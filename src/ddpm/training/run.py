@@ -43,6 +43,7 @@ class Run:
     ranks: Distributed
     device: torch.device
     start: Start
+    resumed: Optional[dict] = None  # the meta.json of the checkpoint it resumed from
 
     def begin(self, task, trainer) -> float:
         """Take the run for this process: restore its newest intact checkpoint, or create it (or, to
@@ -103,11 +104,13 @@ class Run:
             "lr_schedule": trainer.lr_schedule.state_dict(),
             "grad_scaler": trainer.scaler.state_dict(),
             "rng": rng_state(trainer.generator),
+            **({"task": task.state()} if task.state() else {}),
         }
         tensors = {"model": trainer.network.state_dict(), "ema": trainer.ema.model.state_dict(), **task.tensors(),
                    **(trainer.posthoc.tensors() if trainer.posthoc else {}),
                    **{name: module.state_dict() for name, module in trainer.others.items()}}
         meta = {"ema_updates": trainer.ema.updates, "train_seconds": round(trainer.clock.seconds, 3),
+                "world_size": self.ranks.world_size, "grad_accum": trainer.grad_accum,
                 **task.meta(trainer.ema.model, trainer.moment())}
         save_checkpoint(self.dir, trainer.step, tensors, state, meta, keep=task.config.train.keep_checkpoints)
 
@@ -148,6 +151,9 @@ class Run:
             set_rng_state(state["rng"], trainer.generator)
         trainer.step = meta["step"]
         task.restore(folder, meta)
+        if "task" in state:
+            task.restore_state(state["task"])
+        self.resumed = meta
         return meta.get("train_seconds", 0.0)  # runs from before the clock have none
 
     def own_autoencoder(self, config: Config, data, progress: bool, train: Callable) -> Optional[float]:

@@ -123,6 +123,14 @@ class Task(abc.ABC):
     def restore(self, folder, meta: dict) -> None:
         """Take back from a checkpoint what `tensors` and `meta` saved."""
 
+    def state(self) -> dict:
+        """What else the task keeps in a checkpoint's state.pt: plain data and tensors (an optimiser of its
+        own), loadable with weights_only."""
+        return {}
+
+    def restore_state(self, state: dict) -> None:
+        """Take back what `state` saved."""
+
 
 def flip_images(x0: Tensor, flipped: Tensor) -> Tensor:
     return torch.where(flipped[:, None, None, None], x0.flip(-1), x0)
