@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -20,8 +21,9 @@ TMP_PREFIX = ".tmp-"
 
 def temporary_path(path: Path) -> Path:
     """Where `path` is written before it is renamed into place: hidden, beside it, and unique to this
-    process, so that two processes writing the same file (torchrun's ranks) never share one."""
-    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+    process on this host, so that two processes writing the same file (torchrun's ranks, on one node
+    or on several sharing a file system, where PIDs repeat) never share one."""
+    return path.with_name(f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{path.name}")
 
 
 def atomic_write(path: Path, write: Callable[[Path], object], durable: bool = False) -> Path:

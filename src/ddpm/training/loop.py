@@ -86,6 +86,7 @@ class Trainer:
     skipped: int = 0  # non-finite steps in a row
     posthoc: "PowerEMA | None" = None  # the power EMAs of post-hoc EMA, if the run keeps them (train.posthoc_ema)
     others: dict[str, nn.Module] = field(default_factory=dict)  # what the task trains beside the network (Task.trained)
+    grad_accum: int = 1  # micro-batches per process and step (train.grad_accum, or as a changed world size needs)
 
     def moment(self) -> Moment:
         """Where the run stands, for its task: its step and the clock's time."""
@@ -110,7 +111,8 @@ class Trainer:
             optimizer, lambda step: task.lr_factor(Moment(step, clock.seconds, clock.fraction())))
         return cls(network, EMA(network, tc.ema_decay, tc.ema_warmup), optimizer, lr_schedule,
                    make_scaler(tc.precision, device), torch.Generator(device=device).manual_seed(tc.seed), clock,
-                   posthoc=PowerEMA(network, tc.posthoc_ema) if tc.posthoc_ema else None, others=others)
+                   posthoc=PowerEMA(network, tc.posthoc_ema) if tc.posthoc_ema else None, others=others,
+                   grad_accum=tc.grad_accum)
 
 
 def _train(config: "Config | AutoencoderRun", folder: RunDir, lock: RunLock, start: Start, progress: bool) -> RunDir:
@@ -120,7 +122,8 @@ def _train(config: "Config | AutoencoderRun", folder: RunDir, lock: RunLock, sta
     ranks, device_name = init_distributed(tc.device)
     device = resolve_device(device_name)
     run = Run(folder, lock, ranks, device, start)
-    _check_batch_split(tc, ranks.world_size)
+    if start != "resume":  # a resumed run keeps its global batch on any world size that can (`_keep_global_batch`)
+        _check_batch_split(tc, ranks.world_size)
     seed_everything(tc.seed)
 
     # The data, the task (diffusion or autoencoder) with the config resolved against the data, and
@@ -136,6 +139,7 @@ def _train(config: "Config | AutoencoderRun", folder: RunDir, lock: RunLock, sta
     task = make_task(config, data, device, run.start == "resume", progress and ranks.is_main, folder.path)
     trainer = Trainer.build(task, tc, device, spent)
     seconds_trained = run.begin(task, trainer)
+    trainer.grad_accum = _keep_global_batch(tc.batch_size, ranks, run.resumed, tc.grad_accum)
     model = ranks.wrap(trainer.network, device)  # what the loss calls: DDP averages the gradients across ranks
     if tc.compile:
         model = torch.compile(model)
@@ -195,9 +199,10 @@ def _step(task, model, trainer: Trainer, images, classes, ranks, tc, device) -> 
     draws = task.draws(x0, classes, trainer.generator, trainer.moment())
     trainer.optimizer.zero_grad(set_to_none=True)
     loss = torch.zeros((), device=device)
-    for i, (x0_i, draws_i) in enumerate(_micro_batches(ranks, tc.grad_accum, x0, draws)):
-        with _accumulating(model, i < tc.grad_accum - 1), autocast(tc.precision, device):
-            micro_loss = task.loss(model, x0_i.contiguous(memory_format=memory_format), draws_i) / tc.grad_accum
+    accum = trainer.grad_accum
+    for i, (x0_i, draws_i) in enumerate(_micro_batches(ranks, accum, x0, draws)):
+        with _accumulating(model, i < accum - 1), autocast(tc.precision, device):
+            micro_loss = task.loss(model, x0_i.contiguous(memory_format=memory_format), draws_i) / accum
         trainer.scaler.scale(micro_loss).backward()
         loss += micro_loss.detach()
     for module in trainer.others.values():  # outside DDP: their gradients are averaged here
@@ -265,6 +270,29 @@ def _check_batch_split(tc, world_size: int) -> None:
     if tc.batch_size % parts:
         raise InputError(f"train.batch_size ({tc.batch_size}) is the global batch and must split evenly into "
                          f"{world_size} processes x {tc.grad_accum} micro-batches; use a multiple of {parts}")
+
+
+def _keep_global_batch(batch: int, ranks, resumed: "dict | None", configured: int) -> int:
+    """The micro-batches per process that keep the run's global batch on this world size. A new run
+    takes train.grad_accum. A resumed one that trained on another number of processes (an elastic
+    restart with a node more or less) takes the fewest that keep each process's micro-batch within
+    the one it had, so that it still fits in memory, and says so; the data order, the draws, the
+    learning-rate schedule and the step count are the global batch's, and stay. A world size that
+    cannot split the batch so is refused."""
+    world = ranks.world_size
+    if resumed is None or "world_size" not in resumed:  # new, or a checkpoint from before it was recorded
+        return configured
+    before, accum_before = resumed["world_size"], resumed["grad_accum"]
+    most = batch // (before * accum_before)  # the images one process took at a time
+    accum = next((a for a in range(1, batch + 1) if batch % (world * a) == 0 and batch // (world * a) <= most), None)
+    if accum is None:
+        raise InputError(f"train.batch_size ({batch}) cannot be kept on {world} processes in micro-batches of at most "
+                         f"{most} images, as the run trained; resume on a number of processes that divides {batch}")
+    if world != before and ranks.is_main:
+        tqdm.write(f"ddpm: the run trained on {before} processes x {accum_before} micro-batches of {most} images; it "
+                   f"goes on with {world} x {accum} of {batch // (world * accum)}: the same global batch of {batch}, "
+                   f"learning-rate schedule and step count")
+    return accum
 
 
 def _micro_batches(ranks, count: int, x0: torch.Tensor, draws: Draws):
