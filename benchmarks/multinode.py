@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--skip", type=int, default=10, help="steps left out of the timing (warm-up)")
-    parser.add_argument("--out", default="benchmarks/multinode.json")
+    parser.add_argument("--out", default="runs/multinode.json")
     args = parser.parse_args()
     import torch
 
@@ -99,6 +99,7 @@ def main() -> None:
     print(f"(one process on half the batch, 1 thread: {compute:.3f} s/step)")
     paper = _paper()
     print(paper)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"gflops": round(gflops), "steps": args.steps, "half_batch_seconds": compute,
                                           "arms": rows, "paper": paper}, indent=2))
 
