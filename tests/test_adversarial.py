@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import TINY, distill_refused, trained
+from helpers import TINY, distill_refused, refused_cleanly, trained
 from ddpm import Pipeline, train
 from ddpm.cli import main
 from ddpm.data.datasets import load_data
@@ -148,6 +148,23 @@ def test_a_conditional_teacher_with_guidance_distilled_in(tmp_path):
     assert pipe(4, classes=[1, 2], progress=False).shape == (4, 1, 28, 28)
 
 
+def test_it_starts_from_another_student_with_init(teacher, tmp_path, capsys):
+    ect = tmp_path / "ect"
+    assert main(["distill", "--method", "ect", "--run", str(teacher), "--out", str(ect), "--max-steps", "2",
+                 "--device", "cpu", "--no-progress"]) == 0
+    student = _student(teacher, tmp_path / "adversarial", "--max-steps", "1", "--init", str(ect))
+    config = student.load_config()
+    assert config.distill.init == str(ect) and config.distill.init_sha256
+    task = make_task(config, load_data(config.data), torch.device("cpu"), False, False, student.path)
+    start, first = (load_file(RunDir(run).latest() / "ema.safetensors") for run in (ect, teacher))
+    assert any(not torch.equal(start[k], first[k]) for k in start)  # the two differ: which one it took shows
+    assert all(torch.equal(task.network.state_dict()[k], v) for k, v in start.items())
+    assert all(torch.equal(task.teacher.state_dict()[k], v) for k, v in first.items())
+    refused_cleanly(["distill", "--method", "ect", "--run", str(teacher), "--out", str(tmp_path / "other"), "--init",
+                     str(ect), "--max-steps", "2", "--device", "cpu"], "--init starts an adversarial student from "
+                    "another student", capsys, teacher, tmp_path / "other")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--method", "gan"], "invalid choice: 'gan'"),
     (["--steps", "0"], "distill.steps"),
@@ -156,6 +173,7 @@ def test_a_conditional_teacher_with_guidance_distilled_in(tmp_path):
     (["--set", "consistency.stages=2"], "consistency.stages is a setting of another student method"),
     (["--run", "{ae}"], "is an autoencoder run"),
     (["--out", "{teacher}"], "already holds a run"),
+    (["--init", "{teacher}"], "--init takes a student run of the teacher's network (ddpm distill)"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, message, teacher, tmp_path, capsys):
     from helpers import tiny_autoencoder

@@ -40,6 +40,9 @@ class DistillConfig(Section):
     guidance: Optional[float] = setting(None, "a class-conditional teacher's guidance weight: fixed in a progressive "
                                               "student, an ect student's sampling default", ge=0, flag="--guidance")
     teacher_clip: bool = setting(True, "whether the teacher's steps clip x0, as the teacher run samples")
+    init: Optional[str] = setting(None, "adversarial: the student run (progressive or ect, of the same network) whose "
+                                        "EMA the student starts from", flag="--init", null="for the teacher's weights")
+    init_sha256: Optional[str] = setting(None, "of --init's EMA weights, written when distillation starts")
     phase_steps: Optional[int] = setting(None, "progressive: each halving's optimiser steps", ge=1,
                                          flag="--phase-steps")
     phase_minutes: Optional[float] = setting(None, "progressive: each halving's minutes (default: the teacher's "

@@ -89,6 +89,8 @@ class ConsistencyTask(StudentTask):
 def check(config: Config) -> None:
     """ECT's rules on a student's config (its steps are bounded by the spec's max_steps)."""
     d = config.distill
+    require(d.init is None, "--init starts an adversarial student from another student; this method starts from "
+                            "the teacher")
     require(d.phase_steps is None and d.phase_minutes is None,
             "--phase-steps and --phase-minutes budget progressive distillation's halvings; an ect student's budget "
             "is --max-steps or --max-minutes")

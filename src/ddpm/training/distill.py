@@ -9,7 +9,7 @@ its weights' hash (`Source`, `student_of`), the task that starts from the teache
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,20 +38,22 @@ class Source:
 
 
 def distill(teacher: str, out: str, steps=None, from_steps=None, phase_steps=None, phase_minutes=None,
-            guidance=None, checkpoint=None, overrides=None, progress: bool = True, method: str | None = None):
+            guidance=None, checkpoint=None, overrides=None, progress: bool = True, method: str | None = None,
+            init: str | None = None):
     """Distil the run `teacher` into a student run `out` by `method` (a name of registry.STUDENTS; None:
     progressive distillation), sampling in `steps` steps (None: the method's own default).
 
     `from_steps`, `phase_steps` and `phase_minutes` are progressive distillation's (its halvings and
     each one's budget, by default an equal share of the teacher's training time); other methods take
     their budget from train.max_steps and/or train.max_minutes in `overrides`, with the keys of their
-    own section (consistency.*). Everything is checked before anything is written."""
+    own section (consistency.*). An adversarial student may start from the student run `init` instead
+    of the teacher. Everything is checked before anything is written."""
     loaded = load_run(teacher, checkpoint, "ema")  # a diffusion run with an intact checkpoint, or one line
     config, overrides = loaded.config, dict(overrides or {})
     if guidance is not None and not config.model.num_classes:
         raise InputError(f"--guidance needs a class-conditional teacher; {teacher} was trained without classes")
     given = {"method": method, "steps": steps, "from_steps": from_steps, "phase_steps": phase_steps,
-             "phase_minutes": phase_minutes, "guidance": guidance}
+             "phase_minutes": phase_minutes, "guidance": guidance, "init": init}
     wanted = Config().override({f"distill.{key}": value for key, value in given.items() if value is not None}).distill
     wanted.check_fields("distill")
     spec = STUDENTS.get(wanted.method)
@@ -61,6 +63,12 @@ def distill(teacher: str, out: str, steps=None, from_steps=None, phase_steps=Non
         raise InputError(f"{foreign[0]} is a setting of another student method; --method {wanted.method} does not take it")
     source = Source(str(teacher), loaded.meta["step"], file_sha256(loaded.folder / "ema.safetensors"),
                     loaded.meta.get("train_seconds", 0.0))
+    if init is not None:  # a student of the same network, hashed as the teacher is
+        start = load_run(init, None, "ema")
+        if start.config.student is None or replace(start.config.model, dropout=0.0) != replace(config.model, dropout=0.0):
+            raise InputError(f"--init takes a student run of the teacher's network (ddpm distill); {init} is "
+                             f"{'a run that is no student' if start.config.student is None else 'of another network'}")
+        wanted.init_sha256 = file_sha256(start.folder / "ema.safetensors")
     student = resolve(spec.configure)(config, source, wanted, overrides)
     return train(student.validate(), out, progress=progress)
 
@@ -94,13 +102,18 @@ def tuning_budget(teacher: Config, source: Source, overrides: dict, lr_share: fl
     return budget
 
 
-def start_from_teacher(network: nn.Module, d: DistillConfig) -> None:
-    """Load into `network` the EMA weights of the teacher that the student's `distill` section names,
-    refusing any other than those it hashed when the student started."""
-    loaded = load_run(d.teacher, RunDir(d.teacher).checkpoints / f"step_{d.teacher_step:06d}", "ema")
-    if file_sha256(loaded.folder / "ema.safetensors") != d.teacher_sha256:
-        raise InputError(f"the teacher {d.teacher}'s weights at step {d.teacher_step} are not those this "
-                         f"distillation started from; start it again with ddpm distill")
+def start_from_teacher(network: nn.Module, d: DistillConfig, init: bool = False) -> None:
+    """Load into `network` the EMA weights of the teacher that the student's `distill` section names (with
+    `init`, of its --init student, if it has one), refusing any other than those it hashed when the
+    student started."""
+    if init and d.init is not None:
+        loaded, wanted, name = load_run(d.init, None, "ema"), d.init_sha256, f"the --init student {d.init}"
+    else:
+        loaded = load_run(d.teacher, RunDir(d.teacher).checkpoints / f"step_{d.teacher_step:06d}", "ema")
+        wanted, name = d.teacher_sha256, f"the teacher {d.teacher} at step {d.teacher_step}"
+    if file_sha256(loaded.folder / "ema.safetensors") != wanted:
+        raise InputError(f"{name}'s weights are not those this distillation started from; start it again with "
+                         f"ddpm distill")
     network.load_state_dict(loaded.network.state_dict())
 
 
@@ -110,5 +123,5 @@ class StudentTask(DiffusionTask):
     def __init__(self, config: Config, data, device: torch.device, resume: bool, progress: bool,
                  run: "Path | None" = None):
         super().__init__(config, data, device, resume, progress, run)
-        if not resume:
-            start_from_teacher(self.network, self.config.distill)
+        if not resume:  # from the teacher, or from the student --init names
+            start_from_teacher(self.network, self.config.distill, init=True)

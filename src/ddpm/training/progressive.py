@@ -202,6 +202,8 @@ def check(config: Config) -> None:
     """Progressive distillation's rules on a student's config: halvings of a power of two, within T,
     each phase budgeted by steps or by minutes."""
     d = config.distill
+    require(d.init is None, "--init starts an adversarial student from another student; this method starts from "
+                            "the teacher")
     power = lambda n: n >= 1 and n & (n - 1) == 0  # noqa: E731
     require(power(d.from_steps), f"--from-steps must be a power of two (got {d.from_steps})")
     require(power(d.student_steps), f"--steps must be a power of two: 1, 2, 4, 8, ... (got {d.student_steps})")
