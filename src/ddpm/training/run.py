@@ -99,12 +99,13 @@ class Run:
                              f"or choose another --out")
 
     def checkpoint(self, task, trainer) -> None:
+        own = task.state()  # a task's own optimiser (the adversarial student's heads)
         state = {
             "optimizer": trainer.optimizer.state_dict(),
             "lr_schedule": trainer.lr_schedule.state_dict(),
             "grad_scaler": trainer.scaler.state_dict(),
             "rng": rng_state(trainer.generator),
-            **({"task": task.state()} if task.state() else {}),
+            **({"task": own} if own else {}),
         }
         tensors = {"model": trainer.network.state_dict(), "ema": trainer.ema.model.state_dict(), **task.tensors(),
                    **(trainer.posthoc.tensors() if trainer.posthoc else {}),
