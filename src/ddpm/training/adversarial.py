@@ -69,10 +69,12 @@ def r1_penalty(discriminator: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return grad.flatten(1).square().sum(1).mean()
 
 
-def approximate_r1(discriminator: Callable[[Tensor], Tensor], x: Tensor, sigma: float, noise: Tensor) -> Tensor:
+def approximate_r1(discriminator: Callable[[Tensor], Tensor], x: Tensor, sigma: float, noise: Tensor,
+                   at_x: Optional[Tensor] = None) -> Tensor:
     """R1 without a second backward pass (Lin et al. 2025): mean (D(x) - D(x + sigma n))^2, which for a
-    smooth D is sigma^2 |grad D|^2 in expectation over n ~ N(0, I)."""
-    return (discriminator(x) - discriminator(x + sigma * noise)).square().mean()
+    smooth D is sigma^2 |grad D|^2 in expectation over n ~ N(0, I). `at_x`: D(x), if computed already."""
+    at_x = discriminator(x) if at_x is None else at_x
+    return (at_x - discriminator(x + sigma * noise)).square().mean()
 
 
 # ---- the discriminator's heads ---------------------------------------------------------------------
@@ -139,22 +141,22 @@ class AdversarialTask(StudentTask):
                                              betas=(0.0, 0.99), weight_decay=0.0)
         options = self.config.sample.options_for("consistency")
         schedule = self.diffusion.schedule
-        # The levels its sampler visits in k = 1 .. distill.steps steps, each schedule drawn alike.
-        self.schedules = [consistency_sigmas(k, options.sigmas if k == d.student_steps else "", options.sigma_max,
-                                             schedule) for k in range(1, d.student_steps + 1)]
-        self.table = torch.full((d.student_steps, d.student_steps), math.nan, dtype=torch.float64)  # [k - 1, i]
-        for k, sigmas in enumerate(self.schedules):
-            self.table[k, : len(sigmas)] = torch.tensor(sigmas, dtype=torch.float64)
+        # The levels its sampler visits in k = 1 .. distill.steps steps, each schedule drawn alike: row k - 1.
+        self.table = torch.full((d.student_steps, d.student_steps), math.nan, dtype=torch.float64)
+        for k in range(1, d.student_steps + 1):
+            sigmas = consistency_sigmas(k, options.sigmas if k == d.student_steps else "", options.sigma_max, schedule)
+            self.table[k - 1, :k] = torch.tensor(sigmas, dtype=torch.float64)
+        self.table = self.table.to(device)
 
     # ---- the draws -------------------------------------------------------------------------------
 
     def draws(self, x0: Tensor, classes, generator: torch.Generator, now: Moment) -> AdversarialDraws:
         a, n, device = self.config.adversarial, len(x0), x0.device
         labels = self.labels(classes, generator)
-        which = torch.randint(0, len(self.schedules), (n,), device=device, generator=generator)
+        which = torch.randint(0, len(self.table), (n,), device=device, generator=generator)
         position = (torch.rand(n, device=device, generator=generator, dtype=torch.float64)
                     * (which + 1)).long().clamp(max=which)  # one of the chosen schedule's levels, alike
-        level = self.table.to(device)[which, position]
+        level = self.table[which, position]
         noise = torch.randn(x0.shape, device=device, generator=generator)
         passes = a.d_steps + 1
         d_sigma = torch.exp(a.p_mean + a.p_std * torch.randn(n, passes, device=device, generator=generator,
@@ -188,10 +190,11 @@ class AdversarialTask(StudentTask):
         """One step of the heads on the hinge loss, with the approximate R1 on the real images."""
         a = self.config.adversarial
         self.d_optimizer.zero_grad(set_to_none=True)
-        loss = hinge_d(self.judge(real, draws, i, 0), self.judge(fake, draws, i, 1))
-        if a.r1_weight:
+        real_logits = self.judge(real, draws, i, 0)
+        loss = hinge_d(real_logits, self.judge(fake, draws, i, 1))
+        if a.r1_weight:  # D(real) once for both terms
             loss = loss + a.r1_weight * approximate_r1(lambda x: self.judge(x, draws, i, 0), real, a.r1_sigma,
-                                                       draws.r1_noise)
+                                                       draws.r1_noise, real_logits)
         loss.backward()
         average_gradients(self.heads)
         self.d_optimizer.step()
