@@ -1,6 +1,6 @@
 """What the tests share: tiny configs and runs that train in seconds, the closed-form denoiser of
-Gaussian data, the check of a clean refusal, writers of small data files in their real formats, and
-the serve tests' requests. Test modules import from here and take conftest.py's fixtures; none
+Gaussian data (ddpm.diffusion.gaussian), the check of a clean refusal, writers of small data files
+in their real formats, and the serve tests' requests. Test modules import from here and take conftest.py's fixtures; none
 imports another test module."""
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm import Config, NoiseSchedule, Prediction
+from ddpm import Config
 from ddpm.config import AutoencoderRun
 from ddpm.data.emoji import EMOJI_TEST, FONT
+from ddpm.diffusion.gaussian import GaussianDenoiser  # noqa: F401  (the tests' closed-form denoiser)
 
 RNG = np.random.default_rng(0)
 
@@ -79,24 +80,6 @@ def distill_refused(method: list, argv: list, message: str, capsys, teacher: Pat
     command = ["distill", "--run", places["--run"], "--out", places["--out"], *method, "--device", "cpu",
                "--no-progress", *argv]
     refused_cleanly(command, message, capsys, teacher, tmp_path / "student")
-
-
-class GaussianDenoiser:
-    """The optimal denoiser for data x0 ~ N(mu, diag(sigma^2)), in closed form.
-
-    With x_t = a x0 + s eps (a = sqrt(alpha_bar_t), s = sqrt(1 - alpha_bar_t)), x_t is Gaussian with
-    variance a^2 sigma^2 + s^2, and E[eps | x_t] = s (x_t - a mu) / (a^2 sigma^2 + s^2). A sampler
-    that is right must turn N(0, I) noise into samples with mean mu and standard deviation sigma.
-    """
-
-    def __init__(self, schedule: NoiseSchedule, mu: torch.Tensor, sigma: torch.Tensor):
-        self.schedule, self.mu, self.sigma = schedule, mu, sigma
-
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
-        # at the schedule's timesteps, or between them (fractional t: EDM's sampler)
-        a, s, _ = (level.to(x_t.dtype).view(-1, *[1] * (x_t.ndim - 1)) for level in self.schedule.levels(t))
-        eps = s * (x_t - a * self.mu) / (a**2 * self.sigma**2 + s**2)
-        return Prediction(eps=eps, x0=(x_t - s * eps) / a)
 
 
 TINY = ["--set", "model.channels=[8,16]", "--set", "model.attention=[false,true]", "--set", "model.time_emb_dim=16",
