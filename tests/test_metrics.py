@@ -1,4 +1,5 @@
-"""FID and KID: the Frechet distance against closed forms, KID's unbiasedness, the Inception preprocessing."""
+"""FID, KID, precision and recall: the Frechet distance against closed forms, KID's unbiasedness, precision and
+recall on sets whose answer is known by construction, the Inception preprocessing."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,8 @@ import scipy.linalg
 import torch
 
 from ddpm.evaluation.inception import preprocess, resize_bilinear_tf1
-from ddpm.evaluation.metrics import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
+from ddpm.evaluation.metrics import (feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance,
+                                    precision_recall)
 
 
 def test_frechet_distance_of_diagonal_gaussians_is_closed_form():
@@ -57,6 +59,25 @@ def test_kid_is_near_zero_for_two_halves_of_the_same_data():
     assert abs(same) < 3 * same_std / np.sqrt(20) + 1e-3
     different, _ = kernel_inception_distance(features[:1000], features[1000:] + 0.3, subsets=20, subset_size=500)
     assert different > 20 * abs(same) and different > 0
+
+
+def test_precision_and_recall_by_construction():
+    """k = 1 on points whose neighbours are known: a grid of spacing 1 has every radius 1, so a fake point
+    0.9 from a real one is inside and 1.1 away is outside; then the mode-dropping case on two clusters."""
+    grid = np.array([[float(i), 0.0] for i in range(10)])
+    inside, outside = grid[:5] + [0.0, 0.9], grid[:5] + [0.0, 1.1]
+    assert precision_recall(grid, inside, k=1)[0] == 1.0
+    assert precision_recall(grid, outside, k=1)[0] == 0.0
+    assert precision_recall(grid, grid, k=1) == (1.0, 1.0)
+    rng = np.random.default_rng(0)
+    centres = np.zeros((2, 8))
+    centres[1, 0] = 10.0
+    data = centres[rng.integers(0, 2, 1000)] + rng.standard_normal((1000, 8))
+    perfect = centres[rng.integers(0, 2, 1000)] + rng.standard_normal((1000, 8))
+    one_mode = centres[0] + rng.standard_normal((1000, 8))
+    precision, recall = precision_recall(data, perfect, k=3, chunk=128)  # chunks smaller than the sets
+    dropped = precision_recall(data, one_mode, k=3, chunk=128)
+    assert abs(dropped[0] - precision) < 0.05 and 0.4 * recall < dropped[1] < 0.6 * recall
 
 
 def test_feature_statistics_are_mean_and_covariance():

@@ -66,3 +66,30 @@ def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 100, 
         within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
         estimates.append(within - 2 * k_xy.mean())
     return float(np.mean(estimates)), float(np.std(estimates))
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of features [N, D].
+
+    Each set's manifold is the union of balls around its points, each ball reaching the point's k-th
+    nearest neighbour in its own set. Precision is the share of fake points inside the real manifold
+    (are the samples realistic?); recall the share of real points inside the fake manifold (is the
+    data covered?). A generator that drops modes keeps its precision and loses recall.
+    """
+    import torch
+
+    real_t, fake_t = (torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in (real, fake))
+    if min(len(real_t), len(fake_t)) <= k:
+        raise ValueError(f"precision and recall with k = {k} need more than {k} points per set")
+
+    def radii(points):  # distance of each point to its k-th nearest neighbour among the others
+        return torch.cat([torch.cdist(points[i:i + chunk], points).kthvalue(k + 1, dim=1).values
+                          for i in range(0, len(points), chunk)])
+
+    def covered(points, centres, radius):  # is each point within some centre's ball?
+        return torch.cat([(torch.cdist(points[i:i + chunk], centres) <= radius[None, :]).any(dim=1)
+                          for i in range(0, len(points), chunk)])
+
+    precision = covered(fake_t, real_t, radii(real_t)).float().mean().item()
+    recall = covered(real_t, fake_t, radii(fake_t)).float().mean().item()
+    return precision, recall
