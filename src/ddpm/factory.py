@@ -38,6 +38,7 @@ def build_network(config: Config) -> nn.Module:
 
 
 def build_schedule(config: Config) -> NoiseSchedule:
+    """The noise schedule a config's `diffusion` section names: its betas, T and log-SNR shift."""
     d = config.diffusion
     return make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end, d.log_snr_shift)
 

