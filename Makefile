@@ -2,6 +2,7 @@
 #   make demo   create .venv, install ddpm, train on the embedded MNIST-5k, sample, write a grid and an FID
 #               (make demo-color: the same on the color emoji of Debian's Noto Color Emoji font)
 #   make test   create .venv with the test extras and run the test suite
+#   make docs   the documentation site (the book, guides, API and command reference) in build/site, offline
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -14,7 +15,7 @@ DEMO_DATA    ?= mnist5k
 DEMO_FID_N   ?= 250
 DEMO_FID_REF ?= 500
 
-.PHONY: demo demo-color serve test test-slow install clean chromium emoji gpu-check
+.PHONY: demo demo-color serve test test-slow install clean chromium emoji gpu-check docs docs-figures docs-serve katex
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,8 +55,31 @@ serve: $(VENV)/.installed-base
 # and process starts, which leave a core idle in one process (docs/tests.md has the measure).
 # TEST_WORKERS=0: one process.
 TEST_WORKERS ?= auto
-test: $(VENV)/.installed-test chromium emoji
+test: $(VENV)/.installed-test chromium emoji katex
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+
+# The site: MkDocs with Material, mkdocstrings and markdown-exec (the docs extra); the chapters' code
+# runs as it builds, and a failing block, a broken link or an undocumented public name stops it.
+# KaTeX comes from npm into build/npm, once, and is served from the site itself.
+KATEX_VERSION ?= 0.16.22
+KATEX = build/npm/node_modules/katex/dist/katex.min.js
+$(KATEX):
+	@command -v npm >/dev/null 2>&1 || $(call APT,npm) || true
+	@command -v npm >/dev/null 2>&1 && npm install --prefix build/npm --no-audit --no-fund --silent katex@$(KATEX_VERSION) || \
+	  echo "npm is not available: KaTeX is missing, so make docs cannot build and the book's test is skipped"
+katex: $(KATEX)
+
+docs: $(VENV)/.installed-docs katex
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "docs: open build/site/index.html, or make docs-serve"
+
+# The book's pictures of a trained model: one pinned run (about ten minutes on two CPU cores).
+docs-figures: $(VENV)/.installed-base
+	$(BIN)/python docs/tools/figures.py
+
+DOCS_PORT ?= 8001
+docs-serve: docs
+	$(BIN)/python -m http.server $(DOCS_PORT) --bind 127.0.0.1 --directory build/site
 
 # Debian packages, installed when this machine allows it (root with apt-get); without them the
 # tests that need them are skipped. The report's browser test opens it in headless chromium; the
