@@ -42,9 +42,10 @@ def test_eval_npz_then_folder_reuses_the_cached_reference(tiny_run, tmp_path, co
     result_path = tmp_path / "fid.json"
     assert main(["eval", "--samples", str(npz), "--data", "mnist5k", "--ref-n", "10", "--json", str(result_path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("FID ") and "\nKID " in out
+    assert out.startswith("FID ") and "\nKID " in out and "\nprecision " in out
     result = json.loads(result_path.read_text())
     assert result["samples"] == 10 and result["reference"] == 10 and result["fid"] > 0
+    assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
     assert counted == [10, 10]  # reference, then samples
     cache = list((tmp_path / "cache").glob("reference-mnist5k-28px-10.npy"))
     assert len(cache) == 1
@@ -79,10 +80,10 @@ def test_an_older_eval_history_keeps_its_rows_under_the_new_columns(tmp_path):
                                     "variance": "large", "samples": 1000, "reference": 5000, "data": "mnist5k",
                                     "fid": 89.0, "kid": 0.1})
     assert (tmp_path / "eval.csv").read_text().splitlines() == [
-        "step,weights,sampler,steps,spacing,eta,variance,guidance,seed,samples,reference,data,fid,kid",
-        "1985,,heun,25,,,,,,1000,5000,mnist5k,59.6,0.06",
-        "1985,,ddim,50,uniform,0.5,,,,1000,5000,mnist5k,32.7,0.03",
-        "1985,,ddpm,50,uniform,,large,,,1000,5000,mnist5k,89.0,0.1",
+        "step,weights,sampler,steps,spacing,eta,variance,guidance,seed,samples,reference,data,fid,kid,precision,recall",
+        "1985,,heun,25,,,,,,1000,5000,mnist5k,59.6,0.06,,",
+        "1985,,ddim,50,uniform,0.5,,,,1000,5000,mnist5k,32.7,0.03,,",
+        "1985,,ddpm,50,uniform,,large,,,1000,5000,mnist5k,89.0,0.1,,",
     ]
     assert not list(tmp_path.glob("*.partial"))
 

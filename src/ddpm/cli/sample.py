@@ -30,7 +30,7 @@ def add_commands(commands) -> None:
     sample.add_argument("--grid-n", type=int, default=64, help="how many samples the grid shows (default 64)")
     sample.set_defaults(command=run_sample)
 
-    evaluate = commands.add_parser("eval", help="FID and KID of samples against a data set",
+    evaluate = commands.add_parser("eval", help="FID, KID, precision and recall of samples against a data set",
                                    description="FID and KID of a sample set (.npz, image folder, or a run that is "
                                                "sampled) against a data set. Reference features are cached in "
                                                "$DDPM_CACHE (~/.cache/ddpm).")
@@ -112,6 +112,8 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"PSNR {result['psnr']:.2f} dB")
     print(f"{'rFID' if args.reconstruct else 'FID'} {result['fid']:.3f}")
     print(f"KID {result['kid']:.5f}")
+    if result["precision"] is not None:
+        print(f"precision {result['precision']:.3f}, recall {result['recall']:.3f} (Kynkaenniemi et al. 2019, k = 3)")
     print(f"({result['samples']} samples against {result['reference']} {result['data']} images at "
           f"{result['image_size']}px; FID is biased upward at small counts, compare equal counts only)")
     if args.json:

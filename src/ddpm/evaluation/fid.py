@@ -21,7 +21,7 @@ from ..data.datasets import load_data, load_folder
 from ..data.imagedata import fixed_subset
 from ..errors import InputError
 from .inception import InceptionFeatures
-from .metrics import fid_from_features, kernel_inception_distance
+from .metrics import fid_from_features, kernel_inception_distance, precision_recall
 
 
 def load_samples(path: Path) -> torch.Tensor:
@@ -70,7 +70,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 class Evaluator:
-    """FID and KID against one data set: the network and reference features are loaded once,
+    """FID, KID, precision and recall against one data set: the network and reference features are loaded once,
     then each call scores a set of uint8 samples [N, C, H, W] at `image_size`."""
 
     def __init__(self, data: str = "mnist5k", root: str = "data", image_size: int = 28,
@@ -88,10 +88,15 @@ class Evaluator:
             raise InputError(f"samples are {samples.shape[-1]}px but the reference is {self.image_size}px")
         features = self.extractor.features(samples, progress=self.progress, desc="sample features")
         kid, kid_std = kernel_inception_distance(features, self.reference)
+        # k = 3 needs 4 images a side; FID's minimum is 2
+        precision, recall = precision_recall(self.reference, features) if min(len(features), len(self.reference)) > 3 \
+            else (None, None)
         return {
             "fid": fid_from_features(features, self.reference),
             "kid": kid,
             "kid_std": kid_std,
+            "precision": precision,  # Kynkaenniemi et al. 2019, k = 3: realism, and coverage of the data
+            "recall": recall,
             "samples": len(features),
             "reference": len(self.reference),
             "data": self.data,

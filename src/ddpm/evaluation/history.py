@@ -13,7 +13,7 @@ from ..storage.lock import appending
 
 
 EVAL_FIELDS = ["step", "weights", "sampler", "steps", "spacing", "eta", "variance", "guidance", "seed", "samples",
-               "reference", "data", "fid", "kid"]
+               "reference", "data", "fid", "kid", "precision", "recall"]
 
 
 def eval_fields(path: Path, result: dict) -> list[str]:
