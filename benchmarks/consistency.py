@@ -28,6 +28,7 @@ import torch
 from distillation import timed  # beside this script
 from throughput import matmul_rate
 
+from ddpm.registry import STUDENTS
 from ddpm.storage.checkpoint import RunDir, load_meta
 
 
@@ -109,8 +110,9 @@ def main() -> None:
     rows, students = [], []
     for share in [float(s) for s in args.shares.split(",") if s.strip()]:  # all the tuning first, then the scoring
         student = out / f"{args.name}-{share:g}"
-        seconds = timed(["distill", "--method", args.method, "--run", str(teacher), "--out", str(student), "--share",
-                         f"{share:g}", "--no-progress", *shlex.split(args.extra)])
+        section = STUDENTS.get(args.method).section  # the method's own share: consistency.share, adversarial.share
+        seconds = timed(["distill", "--method", args.method, "--run", str(teacher), "--out", str(student), "--set",
+                         f"{section}.share={share:g}", "--no-progress", *shlex.split(args.extra)])
         students.append((share, student, seconds))
     print("tuning done", flush=True)
     for share, student, seconds in students:

@@ -171,6 +171,7 @@ def test_it_starts_from_another_student_with_init(teacher, tmp_path, capsys):
     (["--steps", "9"], "--steps must be 1 to 4 for an adversarial student"),
     (["--phase-steps", "2"], "an adversarial student's budget is --max-steps or --max-minutes"),
     (["--set", "consistency.stages=2"], "consistency.stages is a setting of another student method"),
+    (["--share", "0.3"], "--method adversarial does not take it (its own: --set adversarial.share=...)"),
     (["--run", "{ae}"], "is an autoencoder run"),
     (["--out", "{teacher}"], "already holds a run"),
     (["--init", "{teacher}"], "--init takes a student run of the teacher's network (ddpm distill)"),

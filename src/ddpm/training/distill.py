@@ -60,7 +60,9 @@ def distill(teacher: str, out: str, steps=None, from_steps=None, phase_steps=Non
     foreign = sorted(key for key in overrides for other in STUDENTS if other.section and other is not spec
                      and key.startswith(other.section + "."))
     if foreign:
-        raise InputError(f"{foreign[0]} is a setting of another student method; --method {wanted.method} does not take it")
+        name = foreign[0].split(".", 1)[1]
+        own = f" (its own: --set {spec.section}.{name}=...)" if spec.section and hasattr(getattr(Config(), spec.section), name) else ""
+        raise InputError(f"{foreign[0]} is a setting of another student method; --method {wanted.method} does not take it{own}")
     source = Source(str(teacher), loaded.meta["step"], file_sha256(loaded.folder / "ema.safetensors"),
                     loaded.meta.get("train_seconds", 0.0))
     if init is not None:  # a student of the same network, hashed as the teacher is
