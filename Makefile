@@ -73,7 +73,7 @@ docs: $(VENV)/.installed-docs katex
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	@echo "docs: open build/site/index.html, or make docs-serve"
 
-# The book's pictures of a trained model: small pinned runs and a sweep (about fifteen minutes on two CPU cores).
+# The book's pictures of a trained model: two small pinned runs (about ten minutes on two CPU cores).
 docs-figures: $(VENV)/.installed-base
 	$(BIN)/python docs/tools/figures.py
 

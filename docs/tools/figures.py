@@ -2,9 +2,8 @@
 
 The main run: class-conditional MNIST-5k (the `mnist5k-cond` preset), seed 0, a fixed number of steps
 (not minutes, so every machine trains the same model), a checkpoint every 300 steps. A second run of
-1,200 steps with `--objective eps` serves the chapter of common problems, and `ddpm sweep` of the main
-run gives FID against the number of steps (200 samples a point). About fifteen minutes on two CPU
-cores. Every picture is drawn with the public API, from fixed seeds, into docs/book/figures/, with
+1,200 steps with `--objective eps` serves the chapter of common problems. About ten minutes on two
+CPU cores. Every picture is drawn with the public API, from fixed seeds, into docs/book/figures/, with
 figures.json saying how it was made. The chapters show these files; the build fails if one is missing.
 
     python docs/tools/figures.py [--steps 3000] [--run build/docs-run]
@@ -151,19 +150,6 @@ def objectives(run: Path, eps_run: Path, steps: int) -> None:
     save(images(rows, row_titles=[f"v, step {steps}", f"eps, {steps} steps"]), "objectives.png")
 
 
-def fid_against_nfe(run: Path, n: int = 200) -> list[dict]:
-    """`ddpm sweep` of the pinned run: DDIM and DPM-Solver++(2M) at 5 to 50 steps, n samples each against
-    1,000 digits (an FID biased upward at this n, chapter 13: compare the curves, not the values)."""
-    out = run.with_name(run.name + "-sweep")
-    subprocess.run([sys.executable, "-m", "ddpm", "sweep", "--run", str(run), "--samplers", "ddim,dpm++2m",
-                    "--steps", "5,10,20,50", "--n", str(n), "--ref-n", "1000", "--out", str(out), "--device", "cpu"],
-                   check=True)
-    (OUT / "fid-nfe.png").write_bytes((out / "sweep.png").read_bytes())
-    with (out / "sweep.csv").open() as handle:
-        return [{key: row[key] for key in ("sampler", "steps", "nfe", "fid", "kid") if key in row}
-                for row in csv.DictReader(handle)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
@@ -182,10 +168,9 @@ def main() -> None:
     steps = progression(args.run)
     edits(pipe)
     objectives(args.run, args.run.with_name(args.run.name + "-eps"), 1200)
-    sweep = fid_against_nfe(args.run)
     (OUT / "figures.json").write_text(json.dumps({
         "command": f"python docs/tools/figures.py --steps {args.steps}", "preset": "mnist5k-cond", "seed": 0,
-        "steps": pipe.step, "train_seconds": seconds, "torch": torch.__version__, "progression_steps": steps, "sweep": sweep,
+        "steps": pipe.step, "train_seconds": seconds, "torch": torch.__version__, "progression_steps": steps,
         "pixels_by_guidance": saturated}, indent=2) + "\n")
     print(f"figures in {OUT.relative_to(ROOT)}")
 
