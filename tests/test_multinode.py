@@ -94,7 +94,7 @@ def test_two_nodes_equal_one_node_with_two_processes_bit_for_bit(tmp_path):
 
 def test_a_lost_node_the_other_goes_on_with_the_global_batch_and_a_second_job_is_refused(tmp_path):
     shared = tmp_path / "shared" / "run"
-    argv = [*TRAIN, "--max-steps", "300", "--set", "train.checkpoint_every=20", "--out", str(shared), "--resume-if-exists"]
+    argv = [*TRAIN, "--max-steps", "300", "--set", "train.checkpoint_every=5", "--out", str(shared), "--resume-if-exists"]
     port = _free_port()
     elastic = {"torchrun": ["--max-restarts", "1"]}
     a = _agent(tmp_path, "a", port, "1:2", argv, **dict(elastic))
