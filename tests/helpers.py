@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import json
 import pickle
+import shutil
 import struct
 import sys
 import time
@@ -80,6 +81,12 @@ def distill_refused(method: list, argv: list, message: str, capsys, teacher: Pat
     command = ["distill", "--run", places["--run"], "--out", places["--out"], *method, "--device", "cpu",
                "--no-progress", *argv]
     refused_cleanly(command, message, capsys, teacher, tmp_path / "student")
+
+
+# Debian's chromium, as the browser tests drive it (Playwright with executable_path), and its flags
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run", "--disable-sync", "--disable-quic"]
 
 
 TINY = ["--set", "model.channels=[8,16]", "--set", "model.attention=[false,true]", "--set", "model.time_emb_dim=16",

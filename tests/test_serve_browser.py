@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import request, slowed, trained
+from helpers import CHROMIUM, CHROMIUM_FLAGS, request, slowed, trained
 from ddpm import Pipeline
 from ddpm.serve.server import Server, load_models
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extras: make test)")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (make test installs it)")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--disable-sync", "--disable-quic"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +43,7 @@ def server(run):
 @pytest.fixture(scope="module")
 def browser():
     with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield browser
         browser.close()
 

@@ -61,7 +61,8 @@ def distill(teacher: str, out: str, steps=None, from_steps=None, phase_steps=Non
                      and key.startswith(other.section + "."))
     if foreign:
         name = foreign[0].split(".", 1)[1]
-        own = f" (its own: --set {spec.section}.{name}=...)" if spec.section and hasattr(getattr(Config(), spec.section), name) else ""
+        takes = spec.section and hasattr(getattr(Config(), spec.section), name)  # the same setting, its own section
+        own = f" (its own: --set {spec.section}.{name}=...)" if takes else ""
         raise InputError(f"{foreign[0]} is a setting of another student method; --method {wanted.method} does not take it{own}")
     source = Source(str(teacher), loaded.meta["step"], file_sha256(loaded.folder / "ema.safetensors"),
                     loaded.meta.get("train_seconds", 0.0))
