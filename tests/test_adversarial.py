@@ -139,6 +139,20 @@ def test_the_student_samples_in_1_to_4_steps_and_every_command_takes_it(teacher,
     assert "an adversarial student" in capsys.readouterr().err and not (tmp_path / "exported").exists()
 
 
+def test_without_method_1_or_2_steps_get_the_adversarial_student_and_others_progressive(teacher, tmp_path, capsys):
+    from ddpm.training.distill import method_for
+
+    assert [method_for({"steps": k}) for k in (None, 1, 2, 3, 4, 8)] == [
+        "progressive", "adversarial", "adversarial", "progressive", "progressive", "progressive"]
+    assert method_for({"steps": 2, "from_steps": 8}) == "progressive"  # its own options choose it
+    assert method_for({"steps": 1, "method": "ect"}) == "ect"
+    capsys.readouterr()
+    assert main(["distill", "--run", str(teacher), "--out", str(tmp_path / "student"), "--steps", "1", "--max-steps", "1",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert RunDir(tmp_path / "student").load_config().distill.method == "adversarial"
+    assert "--steps 1 without --method: an adversarial student" in capsys.readouterr().err
+
+
 def test_a_conditional_teacher_with_guidance_distilled_in(tmp_path):
     teacher = tmp_path / "teacher"
     assert main(["train", "--out", str(teacher), "--max-steps", "2", "--classes", "10", *TINY]) == 0

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 from ..config import AutoencoderRun, Config
 from ..config.students import student_sections
 from ..errors import InputError
-from ..registry import STUDENTS
+from ..registry import DEFAULT_STUDENT, STUDENTS
 from .common import add_config_flags, config_overrides
 from .ema import add_ema_flag, checkpoint_of
 
@@ -73,7 +74,7 @@ def add_distill(commands) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from ..training.distill import distill
+    from ..training.distill import distill, method_for
 
     overrides = config_overrides(args)
     settings = {key.split(".")[1]: overrides.pop(key) for key in list(overrides) if key.startswith("distill.")}
@@ -82,6 +83,10 @@ def run_distill(args: argparse.Namespace) -> int:
     if other:
         raise InputError(f"a student keeps its teacher's network and process; --set takes "
                          f"{', '.join(s + '.*' for s in sections)} and model.dropout (got {other[0]})")
+    if "method" not in settings and method_for(settings) != DEFAULT_STUDENT:
+        print(f"ddpm: --steps {settings['steps']} without --method: {STUDENTS.get(method_for(settings)).called}, the "
+              f"method that measured best at 1 and 2 steps (docs/samplers.md); --method {DEFAULT_STUDENT} or ect for "
+              f"another", file=sys.stderr)
     run_dir = distill(args.run, args.out, **settings, checkpoint=checkpoint_of(args.run, args.checkpoint, args.ema), overrides=overrides,
                       progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:

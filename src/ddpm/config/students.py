@@ -31,7 +31,8 @@ class DistillConfig(Section):
     teacher: Optional[str] = setting(None, "the teacher run directory", null="for a run that is no student")
     teacher_sha256: Optional[str] = setting(None, "of the teacher's EMA weights, written when distillation starts")
     teacher_step: Optional[int] = setting(None, "the teacher's step")
-    method: str = setting(DEFAULT_STUDENT, "how the student learns, a method of the student registry",
+    method: str = setting(DEFAULT_STUDENT, "how the student learns, a method of the student registry (ddpm distill "
+                                           "without it: adversarial for --steps 1 or 2, else progressive)",
                           names=STUDENTS, what="student method", flag=True)
     from_steps: int = setting(64, "progressive: the teacher's DDIM steps at the start, a power of two",
                               flag="--from-steps")

@@ -19,7 +19,7 @@ from ..config import OWN, Config
 from ..config.students import DistillConfig
 from ..errors import InputError
 from ..factory import load_run, own_autoencoder_dir
-from ..registry import STUDENTS, resolve
+from ..registry import STUDENTS, default_student, resolve
 from ..storage.atomic import file_sha256
 from ..storage.checkpoint import RunDir
 from .loop import train
@@ -40,8 +40,9 @@ class Source:
 def distill(teacher: str, out: str, steps=None, from_steps=None, phase_steps=None, phase_minutes=None,
             guidance=None, checkpoint=None, overrides=None, progress: bool = True, method: str | None = None,
             init: str | None = None):
-    """Distil the run `teacher` into a student run `out` by `method` (a name of registry.STUDENTS; None:
-    progressive distillation), sampling in `steps` steps (None: the method's own default).
+    """Distil the run `teacher` into a student run `out` by `method` (a name of registry.STUDENTS; None: the
+    one that measured best at `steps`, registry.default_student), sampling in `steps` steps (None: the
+    method's own default).
 
     `from_steps`, `phase_steps` and `phase_minutes` are progressive distillation's (its halvings and
     each one's budget, by default an equal share of the teacher's training time); other methods take
@@ -54,6 +55,7 @@ def distill(teacher: str, out: str, steps=None, from_steps=None, phase_steps=Non
         raise InputError(f"--guidance needs a class-conditional teacher; {teacher} was trained without classes")
     given = {"method": method, "steps": steps, "from_steps": from_steps, "phase_steps": phase_steps,
              "phase_minutes": phase_minutes, "guidance": guidance, "init": init}
+    given["method"] = method_for(given)
     wanted = Config().override({f"distill.{key}": value for key, value in given.items() if value is not None}).distill
     wanted.check_fields("distill")
     spec = STUDENTS.get(wanted.method)
@@ -74,6 +76,13 @@ def distill(teacher: str, out: str, steps=None, from_steps=None, phase_steps=Non
         wanted.init_sha256 = file_sha256(start.folder / "ema.safetensors")
     student = resolve(spec.configure)(config, source, wanted, overrides)
     return train(student.validate(), out, progress=progress)
+
+
+def method_for(settings: dict) -> str:
+    """The student method of `distill`'s settings: their `method`, or the one registry.default_student
+    chooses for their `steps` (progressive distillation whenever one of its own options is set)."""
+    own = any(settings.get(key) is not None for key in ("from_steps", "phase_steps", "phase_minutes"))
+    return settings.get("method") or default_student(settings.get("steps"), own)
 
 
 def student_of(teacher: Config, source: Source, wanted: DistillConfig, settings: dict) -> Config:
