@@ -83,8 +83,9 @@ def run_distill(args: argparse.Namespace) -> int:
     if other:
         raise InputError(f"a student keeps its teacher's network and process; --set takes "
                          f"{', '.join(s + '.*' for s in sections)} and model.dropout (got {other[0]})")
-    if "method" not in settings and method_for(settings) != DEFAULT_STUDENT:
-        print(f"ddpm: --steps {settings['steps']} without --method: {STUDENTS.get(method_for(settings)).called}, the "
+    chosen = method_for(settings)
+    if "method" not in settings and chosen != DEFAULT_STUDENT:
+        print(f"ddpm: --steps {settings['steps']} without --method: {STUDENTS.get(chosen).called}, the "
               f"method that measured best at 1 and 2 steps (docs/samplers.md); --method {DEFAULT_STUDENT} or ect for "
               f"another", file=sys.stderr)
     run_dir = distill(args.run, args.out, **settings, checkpoint=checkpoint_of(args.run, args.checkpoint, args.ema), overrides=overrides,
