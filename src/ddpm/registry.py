@@ -342,9 +342,7 @@ class StudentSpec:
 
 STUDENTS: Registry[StudentSpec] = Registry("student method")
 """The few-step student methods by name (`ddpm distill --method NAME`): task, sampler and limits."""
-DEFAULT_STUDENT = "progressive"  # the schema's distill.method; ddpm distill without --method: default_student
-FEW_STEPS_STUDENT = "adversarial"  # ddpm distill without --method, for --steps 1 or 2
-
+DEFAULT_STUDENT = "progressive"  # the schema's distill.method; ddpm distill without --method: distill.method_for
 _PROGRESSIVE, _ECT, _ADV = "ddpm.training.progressive:", "ddpm.training.consistency:", "ddpm.training.adversarial:"
 STUDENTS.register(StudentSpec(
     DEFAULT_STUDENT, _PROGRESSIVE + "ProgressiveTask", _PROGRESSIVE + "configure", _PROGRESSIVE + "check",
@@ -365,16 +363,6 @@ STUDENTS.register(StudentSpec(
     "consistency", 2, max_steps=4, section="adversarial",
     export="diffusers has no pipeline for its steps (each x0 re-noised to the next level)",
     citation="Sauer et al. 2024 (LADD)"))
-
-
-def default_student(steps: Optional[int], progressive_options: bool = False) -> str:
-    """`ddpm distill`'s method when --method is not given: the one that measured best at the step count
-    asked (docs/samplers.md). At 1 and 2 steps the adversarial student: at a quarter of the teacher's
-    time its 2 steps were 1.94x the teacher's FID on the digits and 1.45x on emoji, consistency tuning's
-    3.3x and 1.80x; progressive distillation's 3.8x and 1.54x at three times the time. At 4 steps, or
-    without --steps, progressive distillation (1.36x on emoji). Options only progressive distillation
-    takes (`progressive_options`: --from-steps, --phase-steps, --phase-minutes) choose it at any step count."""
-    return FEW_STEPS_STUDENT if steps is not None and steps <= 2 and not progressive_options else DEFAULT_STUDENT
 
 
 # ---- data sets --------------------------------------------------------------------------------
