@@ -343,6 +343,7 @@ class StudentSpec:
 STUDENTS: Registry[StudentSpec] = Registry("student method")
 """The few-step student methods by name (`ddpm distill --method NAME`): task, sampler and limits."""
 DEFAULT_STUDENT = "progressive"  # the schema's distill.method; ddpm distill without --method: distill.method_for
+FEW_STEP_STUDENT = "adversarial"  # ddpm distill --steps 1 or 2 without --method (distill.method_for)
 _PROGRESSIVE, _ECT, _ADV = "ddpm.training.progressive:", "ddpm.training.consistency:", "ddpm.training.adversarial:"
 STUDENTS.register(StudentSpec(
     DEFAULT_STUDENT, _PROGRESSIVE + "ProgressiveTask", _PROGRESSIVE + "configure", _PROGRESSIVE + "check",
@@ -357,7 +358,7 @@ STUDENTS.register(StudentSpec(
     export="DDPMPipeline's scheduler would read its network as a denoiser; diffusers' consistency scheduler "
            "expects EDM's parametrisation", citation="Geng et al. 2024"))
 STUDENTS.register(StudentSpec(
-    "adversarial", _ADV + "AdversarialTask", _ADV + "configure", _ADV + "check",
+    FEW_STEP_STUDENT, _ADV + "AdversarialTask", _ADV + "configure", _ADV + "check",
     "the teacher's own encoder judges the student's images (hinge loss, heads trained alongside) beside a regression "
     "anchor on the teacher's ODE; sampled in 1 to 4 steps, for --max-steps or --max-minutes", "an adversarial student",
     "consistency", 2, max_steps=4, section="adversarial",

@@ -86,8 +86,8 @@ def run_distill(args: argparse.Namespace) -> int:
     chosen = method_for(settings)
     if "method" not in settings and chosen != DEFAULT_STUDENT:
         print(f"ddpm: --steps {settings['steps']} without --method: {STUDENTS.get(chosen).called}, the "
-              f"method that measured best at 1 and 2 steps (docs/samplers.md); --method {DEFAULT_STUDENT} or ect for "
-              f"another", file=sys.stderr)
+              f"method that measured best at 1 and 2 steps (docs/samplers.md); --method "
+              f"{' or '.join(name for name in STUDENTS.names() if name != chosen)} for another", file=sys.stderr)
     run_dir = distill(args.run, args.out, **settings, checkpoint=checkpoint_of(args.run, args.checkpoint, args.ema), overrides=overrides,
                       progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:

@@ -19,7 +19,7 @@ from ..config import OWN, Config
 from ..config.students import DistillConfig
 from ..errors import InputError
 from ..factory import load_run, own_autoencoder_dir
-from ..registry import DEFAULT_STUDENT, STUDENTS, resolve
+from ..registry import DEFAULT_STUDENT, FEW_STEP_STUDENT, STUDENTS, resolve
 from ..storage.atomic import file_sha256
 from ..storage.checkpoint import RunDir
 from .loop import train
@@ -88,7 +88,7 @@ def method_for(settings: dict) -> str:
     own = any(settings.get(key) is not None for key in ("from_steps", "phase_steps", "phase_minutes"))
     steps = settings.get("steps")
     few = steps is not None and steps <= 2 and not own
-    return settings.get("method") or ("adversarial" if few else DEFAULT_STUDENT)
+    return settings.get("method") or (FEW_STEP_STUDENT if few else DEFAULT_STUDENT)
 
 
 def student_of(teacher: Config, source: Source, wanted: DistillConfig, settings: dict) -> Config:
