@@ -261,10 +261,27 @@ def test_a_color_cpu_budget_trains_its_own_autoencoder_where_it_was_measured_to_
     assert (config.latent.autoencoder == OWN) == own
     assert ("latent.autoencoder" in config.chosen) == own
     assert config.sample.steps == 50  # the row chooses no sampler: DDPM 50 won at <= 50 NFE (docs/cpu-default.md)
+    assert (config.model.network == "mp-unet" and config.train.lr_schedule == "rsqrt") == own  # EDM2's, with latents
     if own:
         assert config.model.channels == WIDE and config.chosen["latent.autoencoder"].startswith(
             "own, chosen by the time budget: --max-minutes 20 on a CPU at 171 GFLOP/s, 20.0 minutes" if
             config.train.max_minutes == 20 else "own, chosen by the time budget")
+
+
+@pytest.mark.parametrize("overrides, network, lr, schedule", [
+    ({}, "mp-unet", 0.03, "rsqrt"),  # the row's network with the dynamics measured with it
+    ({"train.lr": 0.01}, "mp-unet", 0.01, "rsqrt"),  # a flag still wins, setting by setting
+    ({"model.network": "unet"}, "unet", Config().train.lr, "cosine"),  # another network: the schema's dynamics
+    ({"model.network": "unet", "train.lr": 0.002}, "unet", 0.002, "cosine"),
+    ({"model.network": "unet", "latent.autoencoder": "null"}, "unet", Config().train.lr, "cosine"),
+])
+def test_a_flag_that_chooses_another_network_takes_the_budgets_learning_rate_with_it(overrides, network, lr, schedule):
+    """The mp-unet's learning rate (3e-2) would throw the UNet's weights far off: the row's network,
+    learning rate and schedule are one choice, and a layer that names another network drops all three."""
+    config = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 10, **overrides})
+    assert (config.model.network, config.train.lr, config.train.lr_schedule) == (network, lr, schedule)
+    assert ("model.network" in config.chosen) == ("model.network" not in overrides)
+    assert ("train.lr" in config.chosen) == (not overrides)
 
 
 @pytest.mark.parametrize("data", ["emoji", "mnist5k"])

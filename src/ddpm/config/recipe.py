@@ -50,9 +50,14 @@ COLOR_DEFAULTS: dict[str, object] = {
 # probe's wobble cannot flip the README's budgets.
 BUDGET_SIZES_GFLOPS = 171.0
 NARROW = {"model.channels": [16, 32, 64]}
+# On those latents, EDM2's magnitude-preserving network with its inverse-square-root decay: at 10 wall
+# minutes on emoji, three runs each, FID 93.5 / 91.8 / 91.5 against the UNet's 96.9 / 101.9 / 98.8, in
+# half the steps; at 30 minutes 75.2 against 82.3 (docs/edm2.md, "Three runs per arm"). Its learning rate and schedule
+# go with the network: a run that a layer gives another network keeps the schema's (_row).
+EDM2_DYNAMICS = {"model.network": "mp-unet", "train.lr": 0.03, "train.lr_schedule": "rsqrt", "train.lr_step_size": 1000}
 COLOR_CPU_BUDGET_SIZES: tuple[tuple[float, dict[str, object]], ...] = (
     (2.4, NARROW),
-    (150.0, {"latent.autoencoder": OWN}),
+    (150.0, {"latent.autoencoder": OWN, **EDM2_DYNAMICS}),
     (11.0, NARROW),
 )
 #
@@ -155,24 +160,34 @@ def _own_fits(data: DataConfig) -> bool:
     return in_memory and size in OWN_SIZES
 
 
-def sized_by_budget(chosen: Config, pixels: bool = False) -> dict[str, object]:
+def sized_by_budget(chosen: Config, pixels: bool = False, network: bool = True) -> dict[str, object]:
     """The settings that a color run's time budget (train.max_minutes) chooses over COLOR_DEFAULTS:
     those of the first COLOR_CPU_BUDGET_SIZES row that covers it, in minutes of the study's machine,
     for a pixel-space color run on the CPU; none for any other run. The rows that choose an
     autoencoder are passed over, with all they set, where its own does not fit the data (_own_fits)
-    or `pixels` says a flag kept the run in pixels."""
+    or `pixels` says a flag kept the run in pixels; without `network` (a flag chose another network),
+    a row's network goes with the training dynamics measured with it (EDM2_DYNAMICS)."""
     if not _sized(chosen):
         return {}
     rows = [(most, settings) for most, settings in COLOR_CPU_BUDGET_SIZES
             if "latent.autoencoder" not in settings or (not pixels and _own_fits(chosen.data))]
-    return next((dict(settings) for most, settings in rows if budget_minutes(chosen) <= most), {})
+    row = next((dict(settings) for most, settings in rows if budget_minutes(chosen) <= most), {})
+    return row if network else {key: value for key, value in row.items() if key not in EDM2_DYNAMICS}
+
+
+def _kept(first: Config, config: Config) -> dict[str, bool]:
+    """sized_by_budget's arguments for a run whose layers (`first`) gave `config` over the recipe: in
+    pixels where a flag kept it there, and without the row's network where a flag chose another."""
+    pixels = config.latent.autoencoder is None
+    wanted = sized_by_budget(first, pixels).get("model.network", config.model.network)
+    return {"pixels": pixels, "network": config.model.network == wanted}
 
 
 def chosen_by_budget(first: Config, config: Config) -> dict[str, str]:
     """Why each setting that the time budget of `first` (the layers above the defaults) chose is in
     `config` (those layers over the defaults): {"model.channels": "[16, 32, 64], chosen by ..."}, for
     the settings no layer overrode."""
-    settings = sized_by_budget(first, pixels=config.latent.autoencoder is None)
+    settings = sized_by_budget(first, **_kept(first, config))
     if not settings:
         return {}
     flat = config.flat()
@@ -190,7 +205,8 @@ def notes() -> dict[str, str]:
     sizes = " and ".join(f"{s}x{s}" for s in OWN_SIZES)
     narrow = ", ".join(f"{key} {value}" for key, value in NARROW.items())
     said["train.max_minutes"] = (f"on the CPU, color data trains latent diffusion on its own autoencoder from "
-                                 f"{least[0]:g} to {own[0]:g} ({sizes} images held in memory), and {narrow} below "
+                                 f"{least[0]:g} to {own[0]:g} ({sizes} images held in memory), with the "
+                                 f"{EDM2_DYNAMICS['model.network']} network and its learning rate, and {narrow} below "
                                  f"{least[0]:g} or, in pixels, up to {pixels[0]:g}, in minutes of a "
                                  f"{BUDGET_SIZES_GFLOPS:g} GFLOP/s CPU scaled by this one's matrix-multiply rate "
                                  f"({CPU_GFLOPS_VARIABLE}=R gives it; recipe.COLOR_CPU_BUDGET_SIZES); no step cap "
@@ -201,14 +217,14 @@ def notes() -> dict[str, str]:
 # ---- composition ------------------------------------------------------------------------------
 
 
-def defaults_for(chosen: Config, pixels: bool = False) -> Config:
+def defaults_for(chosen: Config, pixels: bool = False, network: bool = True) -> Config:
     """The config a run starts from, given what the layers above the defaults chose (`chosen`): the
     gray defaults, or COLOR_DEFAULTS over them for 3-channel data. Chosen by what the data is, not
     its name, so a user's own folder of color images gets what emoji and CIFAR-10 get. The color
     loss weight goes with the objective it was measured with: a run on another objective keeps
     that objective's own loss. On the CPU the time budget chooses latent diffusion where the run's
     own autoencoder fits its data, and for a run in pixels a narrower network on a short budget
-    (sized_by_budget, which `pixels` passes to). With --max-minutes the minutes are the budget: the
+    (sized_by_budget, which `pixels` and `network` pass to). With --max-minutes the minutes are the budget: the
     schema's step cap (20,000) would end a fast machine's run early (docs/cpu-default.md, "No step
     cap under a time budget"), so such a run has none unless a layer gives one."""
     uncapped = {"train.max_steps": None} if chosen.train.max_minutes is not None else {}
@@ -217,7 +233,7 @@ def defaults_for(chosen: Config, pixels: bool = False) -> Config:
     color = dict(COLOR_DEFAULTS)
     if chosen.diffusion.objective != Config().diffusion.objective:
         del color["diffusion.min_snr_gamma"]
-    return Config().override({**color, **uncapped, **sized_by_budget(chosen, pixels)})
+    return Config().override({**color, **uncapped, **sized_by_budget(chosen, pixels, network)})
 
 
 def compose_config(preset: Optional[str] = None, config_file: Optional[str] = None,
@@ -235,8 +251,9 @@ def compose_config(preset: Optional[str] = None, config_file: Optional[str] = No
 
     first = layered(Config())
     config = layered(defaults_for(first))
-    if config.latent.autoencoder is None and sized_by_budget(first).get("latent.autoencoder"):
-        config = layered(defaults_for(first, pixels=True))  # a flag kept pixels: the rest of the latent row goes too
+    kept = _kept(first, config)
+    if kept["pixels"] and sized_by_budget(first).get("latent.autoencoder") or not kept["network"]:
+        config = layered(defaults_for(first, **kept))  # a flag kept pixels or another network: what went with them goes
     config.chosen = chosen_by_budget(first, config)
     return config
 

@@ -241,6 +241,7 @@ def mp_unet_from_config(config) -> MPUNet:
     for key in UNET_ONLY:
         if getattr(m, key) != getattr(default, key):
             raise InputError(f"model.{key} is an option of the unet network; the mp-unet has no counterpart (it "
-                             f"has no norm layers and EDM2's own layout): leave it at {getattr(default, key)!r}")
+                             f"has no norm layers and EDM2's own layout): leave it at {getattr(default, key)!r}, or "
+                             f"--set model.network=unet")
     return MPUNet(config.model_input()[0], m.channels, m.attention, m.num_res, m.dropout, m.num_classes,
                   m.time_emb_dim, m.attention_head_dim, config.data.augment_dim)
