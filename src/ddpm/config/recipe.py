@@ -52,8 +52,9 @@ BUDGET_SIZES_GFLOPS = 171.0
 NARROW = {"model.channels": [16, 32, 64]}
 # On those latents, EDM2's magnitude-preserving network with its inverse-square-root decay: at 10 wall
 # minutes on emoji, three runs each, FID 93.5 / 91.8 / 91.5 against the UNet's 96.9 / 101.9 / 98.8, in
-# half the steps; at 30 minutes 75.2 against 82.3 (docs/edm2.md, "Three runs per arm"). Its learning rate and schedule
-# go with the network: a run that a layer gives another network keeps the schema's (_row).
+# half the steps; at 30 minutes 75.2 against 82.3 (docs/edm2.md, "Three runs per arm"). Its learning
+# rate and schedule go with the network: a run that a layer gives another network keeps the schema's
+# (sized_by_budget's `network`, which _kept reads off the layers).
 EDM2_DYNAMICS = {"model.network": "mp-unet", "train.lr": 0.03, "train.lr_schedule": "rsqrt", "train.lr_step_size": 1000}
 COLOR_CPU_BUDGET_SIZES: tuple[tuple[float, dict[str, object]], ...] = (
     (2.4, NARROW),
