@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..registry import DEFAULT_STUDENT, STUDENTS
+from ..registry import DEFAULT_STUDENT, FEW_STEP_STUDENT, STUDENTS
 from .settings import Section, check, setting
 
 
@@ -32,7 +32,7 @@ class DistillConfig(Section):
     teacher_sha256: Optional[str] = setting(None, "of the teacher's EMA weights, written when distillation starts")
     teacher_step: Optional[int] = setting(None, "the teacher's step")
     method: str = setting(DEFAULT_STUDENT, "how the student learns, a method of the student registry (ddpm distill "
-                                           "without it: adversarial for --steps 1 or 2, else progressive)",
+                                           f"without it: {FEW_STEP_STUDENT} for --steps 1 or 2, else {DEFAULT_STUDENT})",
                           names=STUDENTS, what="student method", flag=True)
     from_steps: int = setting(64, "progressive: the teacher's DDIM steps at the start, a power of two",
                               flag="--from-steps")
