@@ -3,7 +3,7 @@ import pytest
 from ddpm import Config, InputError
 from ddpm.config import OWN
 from ddpm.config.presets import list_presets, load_preset
-from ddpm.config.recipe import COLOR_DEFAULTS, compose_config, own_autoencoder, requeued
+from ddpm.config.recipe import COLOR_DEFAULTS, compose_config, own_autoencoder, requeued, said_by_budget
 from ddpm.registry import DATASETS
 
 
@@ -282,6 +282,18 @@ def test_a_flag_that_chooses_another_network_takes_the_budgets_learning_rate_wit
     assert (config.model.network, config.train.lr, config.train.lr_schedule) == (network, lr, schedule)
     assert ("model.network" in config.chosen) == ("model.network" not in overrides)
     assert ("train.lr" in config.chosen) == (not overrides)
+
+
+def test_the_command_line_says_what_one_budget_chose_in_one_line():
+    """Ten minutes of emoji choose five settings for one reason: one line names them all, each with
+    the value the config holds, and gives the reason once."""
+    config = compose_config(overrides={"data.name": "emoji", "train.device": "cpu", "train.max_minutes": 10})
+    flat, (line,) = config.flat(), said_by_budget(config)
+    settings, reason = line.split(", chosen by ")
+    assert settings.split(", ") == [f"{key} {flat[key]}" for key in config.chosen] and len(config.chosen) == 5
+    assert "model.network mp-unet" in settings and config.chosen["train.lr"] == f"0.03, chosen by {reason}"
+    pixels = compose_config(overrides={"data.name": "emoji", "train.max_minutes": 10, "latent.autoencoder": "null"})
+    assert said_by_budget(pixels) == [f"model.channels [16, 32, 64], chosen by {reason}"]
 
 
 @pytest.mark.parametrize("data", ["emoji", "mnist5k"])

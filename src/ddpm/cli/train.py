@@ -114,6 +114,7 @@ def run_autoencoder(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, kind: type, compose, name) -> int:
+    from ..config.recipe import said_by_budget
     from ..storage.checkpoint import RunDir
     from ..training.loop import train
 
@@ -135,8 +136,8 @@ def _train(args: argparse.Namespace, kind: type, compose, name) -> int:
         if getattr(args, "resume_if_exists", False) and not args.out:
             raise InputError("--resume-if-exists needs --out RUN: the run to start or resume")
         out = Path(args.out) if args.out else Path("runs") / f"{name(config)}-{time.strftime('%Y%m%d-%H%M%S')}"
-        for key, why in config.chosen.items() if int(os.environ.get("RANK", 0)) == 0 else ():
-            print(f"ddpm: {key} {why}")
+        for line in said_by_budget(config) if int(os.environ.get("RANK", 0)) == 0 else ():
+            print(f"ddpm: {line}")
     config.validate()
     run_dir = train(config, out, resume=bool(args.resume), progress=not args.no_progress,
                     resume_if_exists=getattr(args, "resume_if_exists", False))

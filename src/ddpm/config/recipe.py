@@ -198,6 +198,16 @@ def chosen_by_budget(first: Config, config: Config) -> dict[str, str]:
     return {key: f"{value}, {why}" for key, value in settings.items() if flat[key] == value}
 
 
+def said_by_budget(config: Config) -> list[str]:
+    """What the time budget chose (`config.chosen`), as the command line says it: one line per reason,
+    the settings it chose before it ("model.network mp-unet, train.lr 0.03, chosen by ..."), where the
+    config's header gives each setting its own line."""
+    flat, reasons = config.flat(), {}
+    for key, why in config.chosen.items():
+        reasons.setdefault(why.removeprefix(f"{flat[key]}, "), []).append(f"{key} {flat[key]}")
+    return [f"{', '.join(keys)}, {reason}" for reason, keys in reasons.items()]
+
+
 def notes() -> dict[str, str]:
     """What the recipe changes, by config key, as the command line's help says it: read off the
     tables above, so that a measured number is written once."""
