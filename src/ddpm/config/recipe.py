@@ -263,7 +263,7 @@ def compose_config(preset: Optional[str] = None, config_file: Optional[str] = No
     first = layered(Config())
     config = layered(defaults_for(first))
     kept = _kept(first, config)
-    if kept["pixels"] and sized_by_budget(first).get("latent.autoencoder") or not kept["network"]:
+    if (kept["pixels"] and sized_by_budget(first).get("latent.autoencoder")) or not kept["network"]:
         config = layered(defaults_for(first, **kept))  # a flag kept pixels or another network: what went with them goes
     config.chosen = chosen_by_budget(first, config)
     return config
